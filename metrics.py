@@ -1,0 +1,727 @@
+"""Metrics for ASVspoof 2019 LA: EER, DET curve, min t-DCF, per-attack EER and score files.
+
+Score polarity, once for the whole project: a HIGHER score means MORE BONA FIDE. The official
+ASVspoof code assumes it, and so does every function here; a score that grows with "spoofness"
+(e.g. the spoof probability) inverts the DET curve and gives 100 % - EER.
+
+The EER and min t-DCF follow the organisers' `tDCF_python` package (`eval_metrics.py`) line for
+line, tie handling included, so the numbers match the published ones to the last digit:
+
+  T. Kinnunen, K.-A. Lee, H. Delgado, N. Evans, M. Todisco, M. Sahidullah, J. Yamagishi,
+  D. A. Reynolds, "t-DCF: a Detection Cost Function for the Tandem Assessment of Spoofing
+  Countermeasures and Automatic Speaker Verification", Proc. Odyssey 2018, pp. 312-319.
+  ASVspoof 2019: Automatic Speaker Verification Spoofing and Countermeasures Challenge
+  Evaluation Plan (the "legacy" t-DCF used to rank ASVspoof 2019 systems).
+
+Usage:
+  python metrics.py --scores scores.txt --data-root /data/LA --split eval [--json] [--det det.png]
+
+Imports only numpy and the standard library (matplotlib lazily, for the DET plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+KEYS = ("bonafide", "spoof")
+ASV_KEYS = ("target", "nontarget", "spoof")
+ASV_SCORES_DIR = "ASVspoof2019_LA_asv_scores"
+ASV_SCORES_FILE = "ASVspoof2019.LA.asv.{split}.gi.trl.scores.txt"
+
+
+# --- input checks -------------------------------------------------------------------------------
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """Array from a list, numpy array or torch tensor (duck-typed: this file never imports torch)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if x.is_floating_point():
+            x = x.double()  # half/bfloat16 have no numpy dtype; float64 keeps close logits apart
+    return np.asarray(x)
+
+
+def _describe_nonfinite(values: np.ndarray) -> str:
+    """'NaN', 'inf' or 'NaN or inf', whichever the non-finite values are."""
+    n_nan = int(np.isnan(values).sum())
+    if n_nan == values.size:
+        return "NaN"
+    return "inf" if n_nan == 0 else "NaN or inf"
+
+
+def _check_finite(scores: np.ndarray, utt_ids: np.ndarray | None = None) -> None:
+    """Raise ValueError naming how many scores are NaN/inf and the first one."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        first = int(np.argmax(bad))
+        where = utt_ids[first] if utt_ids is not None else f"index {first}"
+        raise ValueError(
+            f"{int(bad.sum()):,} of {scores.size:,} scores are {_describe_nonfinite(scores[bad])} "
+            f"(first: {where}); EER and t-DCF need finite scores"
+        )
+
+
+def _as_scores(x: Any, name: str) -> np.ndarray:
+    """1-D, non-empty, finite float64 scores, or ValueError saying which rule was broken."""
+    arr = _to_numpy(x)
+    try:
+        arr = arr.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be numbers, got dtype {arr.dtype}") from e
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of scores, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"no {name}: the EER needs both bona fide and spoof scores")
+    _check_finite(arr)
+    return arr
+
+
+def _check_soft(bonafide: np.ndarray, spoof: np.ndarray) -> None:
+    """Refuse hard decisions, as the official t-DCF code does (fewer than 3 distinct scores)."""
+    n_unique = np.unique(np.concatenate((bonafide, spoof))).size
+    if n_unique < 3:
+        raise ValueError(
+            f"only {n_unique} distinct score(s) among {bonafide.size + spoof.size:,}: EER and t-DCF "
+            "need soft scores, not hard decisions (has the model collapsed to a constant output?)"
+        )
+
+
+# --- DET curve and EER --------------------------------------------------------------------------
+
+
+def compute_det_curve(
+    bonafide_scores: Any, spoof_scores: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Miss and false-alarm rates of a CM over all thresholds, as the ASVspoof 2019 code does.
+
+    The scores are pooled and stably sorted (mergesort), and the threshold steps through the sorted
+    list one score at a time: at step i the i lowest scores are rejected. Among tied scores bona
+    fide trials sort first, so a tie group is crossed one trial at a time (bona fide first), exactly
+    as in the organisers' `compute_det_curve`; the intermediate points of a tie group are not
+    reachable by any real threshold, but the official EER/t-DCF are defined on this curve.
+
+    Args:
+        bonafide_scores: (N_bona,) CM scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) CM scores of spoofed trials.
+
+    Returns:
+        frr: (N + 1,) fraction of bona fide trials rejected (CM miss rate), from 0 up to 1.
+        far: (N + 1,) fraction of spoofs accepted (CM false-alarm rate), from 1 down to 0.
+        thresholds: (N + 1,) the sorted scores, preceded by min - 0.001 (accept everything);
+            a trial is accepted as bona fide when its score is above the threshold.
+
+    Raises:
+        ValueError: a class is empty, the scores are not 1-D or contain NaN/inf.
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    all_scores = np.concatenate((bona, spoof))
+    is_bona = np.concatenate((np.ones(bona.size, dtype=bool), np.zeros(spoof.size, dtype=bool)))
+    order = np.argsort(all_scores, kind="mergesort")  # stable: the official tie order
+    is_bona = is_bona[order]
+    bona_rejected = np.cumsum(is_bona)  # integer counts, so the rates match the official bit for bit
+    spoof_accepted = spoof.size - (np.arange(1, all_scores.size + 1) - bona_rejected)
+    frr = np.concatenate(([0.0], bona_rejected / bona.size))
+    far = np.concatenate(([1.0], spoof_accepted / spoof.size))
+    thresholds = np.concatenate(([all_scores[order[0]] - 0.001], all_scores[order]))
+    return frr, far, thresholds
+
+
+def compute_eer(bonafide_scores: Any, spoof_scores: Any) -> tuple[float, float]:
+    """Equal error rate of a CM, the ASVspoof 2019 way.
+
+    Picks the first point of the DET curve where |FRR - FAR| is smallest and returns the mean of
+    the two rates there (not an interpolation).
+
+    Args:
+        bonafide_scores: (N_bona,) scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) scores of spoofed trials.
+
+    Returns:
+        (eer, threshold): the EER as a fraction in [0, 1] (not a percentage) and its threshold.
+
+    Raises:
+        ValueError: as `compute_det_curve`.
+    """
+    frr, far, thresholds = compute_det_curve(bonafide_scores, spoof_scores)
+    i = int(np.argmin(np.abs(frr - far)))
+    return float(np.mean((frr[i], far[i]))), float(thresholds[i])
+
+
+def get_eer(logits: Any, labels: Any) -> float:
+    """EER of a two-class model from its logits (the homework's interface).
+
+    The score is the bona fide log-odds `logits[:, 1] - logits[:, 0]`, which ranks trials exactly
+    as the bona fide probability softmax(logits)[:, 1] does but without float saturation ties.
+    Never score with the spoof probability: it inverts the curve (EER becomes 1 - EER).
+
+    Args:
+        logits: (N, 2) logits ordered [spoof, bona fide]; numpy, list or torch tensor.
+        labels: (N,) 1 = bona fide, 0 = spoof.
+
+    Returns:
+        The EER as a fraction in [0, 1].
+
+    Raises:
+        ValueError: shapes do not match, labels are not 0/1, one class is absent, a logit is
+            NaN/inf, or there are fewer than 3 distinct scores (hard decisions or a collapsed model).
+    """
+    logits = _to_numpy(logits)
+    labels = _to_numpy(labels)
+    if logits.ndim != 2 or logits.shape[1] != 2:
+        raise ValueError(f"logits must have shape (N, 2) [spoof, bona fide], got {logits.shape}")
+    if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits {logits.shape}, got {labels.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 1 (bona fide) or 0 (spoof), got values {np.unique(labels)[:5].tolist()}")
+    logits = logits.astype(np.float64)
+    _check_finite(logits.ravel())
+    scores = logits[:, 1] - logits[:, 0]  # (N,) bona fide log-odds
+    is_bona = labels == 1
+    for present, name in ((is_bona, "bona fide (label 1)"), (~is_bona, "spoof (label 0)")):
+        if not present.any():
+            raise ValueError(f"no {name} trials among {labels.size:,}: the EER needs both classes")
+    _check_soft(scores[is_bona], scores[~is_bona])
+    return compute_eer(scores[is_bona], scores[~is_bona])[0]
+
+
+# --- min t-DCF (ASVspoof 2019, legacy formulation) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Priors and costs of the t-DCF (Kinnunen et al., Odyssey 2018)."""
+
+    p_spoof: float  # prior of a spoofing attack
+    p_tar: float  # prior of a target speaker
+    p_non: float  # prior of a zero-effort nontarget
+    c_miss_asv: float  # ASV falsely rejects a target
+    c_fa_asv: float  # ASV falsely accepts a nontarget
+    c_miss_cm: float  # CM falsely rejects a bona fide trial
+    c_fa_cm: float  # CM falsely accepts a spoof
+
+    def __post_init__(self) -> None:
+        priors = (self.p_spoof, self.p_tar, self.p_non)
+        if min(priors) < 0 or abs(sum(priors) - 1) > 1e-10:
+            raise ValueError(f"t-DCF priors must be non-negative and sum to 1, got {priors}")
+        costs = (self.c_miss_asv, self.c_fa_asv, self.c_miss_cm, self.c_fa_cm)
+        if min(costs) < 0:
+            raise ValueError(f"t-DCF costs must be non-negative, got {costs}")
+
+
+# The ASVspoof 2019 evaluation plan's values, written as the organisers' code writes them so the
+# priors are the same floats: Ptar = 0.9405, Pnon = 0.0095.
+ASVSPOOF2019_COST_MODEL = CostModel(
+    p_spoof=0.05,
+    p_tar=(1 - 0.05) * 0.99,
+    p_non=(1 - 0.05) * 0.01,
+    c_miss_asv=1,
+    c_fa_asv=10,
+    c_miss_cm=1,
+    c_fa_cm=10,
+)
+
+
+@dataclass
+class AsvScores:
+    """The organisers' ASV scores, split by trial key (target / nontarget / spoof)."""
+
+    target: np.ndarray
+    nontarget: np.ndarray
+    spoof: np.ndarray
+    path: Path | None = None
+
+
+def read_asv_scores(path: str | Path) -> AsvScores:
+    """Read `ASVspoof2019.LA.asv.{dev,eval}.gi.trl.scores.txt` (lines: SOURCE KEY SCORE).
+
+    Args:
+        path: the organisers' ASV score file; KEY is target, nontarget or spoof.
+
+    Returns:
+        AsvScores with one float64 array per key.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line without 3 fields, an unknown key or a score that is not a number
+            (the message names the file and line), or a key with no trials.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ASV score file {path} not found")
+    columns: dict[str, list[float]] = {k: [] for k in ASV_KEYS}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3:
+                raise ValueError(f"{path.name} line {n}: expected 3 fields (source key score), got {len(fields)}: {line.strip()!r}")
+            if fields[1] not in columns:
+                raise ValueError(f"{path.name} line {n}: key {fields[1]!r} is not one of {', '.join(ASV_KEYS)}")
+            try:
+                columns[fields[1]].append(float(fields[2]))
+            except ValueError:
+                raise ValueError(f"{path.name} line {n}: score {fields[2]!r} is not a number") from None
+    for key, values in columns.items():
+        if not values:
+            raise ValueError(f"{path.name} has no {key} trials; the t-DCF needs target, nontarget and spoof ASV scores")
+    asv = AsvScores(*(np.array(columns[k], dtype=np.float64) for k in ASV_KEYS), path=path)
+    for key in ASV_KEYS:
+        _check_finite(getattr(asv, key))
+    return asv
+
+
+def find_asv_scores(data_root: str | Path, split: str) -> Path:
+    """Find the organisers' ASV score file of a split under a data root.
+
+    Accepts the official `LA/` folder (holding `ASVspoof2019_LA_asv_scores/`), its parent, a Kaggle
+    copy nested `LA/LA/`, or a folder that holds the score files directly.
+
+    Args:
+        data_root: where to look.
+        split: "dev" or "eval" (the organisers published no ASV scores for train).
+
+    Returns:
+        The path of `ASVspoof2019.LA.asv.{split}.gi.trl.scores.txt`.
+
+    Raises:
+        ValueError: split is not dev or eval.
+        FileNotFoundError: not found; the message lists every place looked in.
+    """
+    if split not in ("dev", "eval"):
+        raise ValueError(f"ASV scores exist only for the dev and eval splits, got split {split!r}")
+    root = Path(data_root)
+    name = ASV_SCORES_FILE.format(split=split)
+    folders = [root, root / ASV_SCORES_DIR, root / "LA" / ASV_SCORES_DIR, root / "LA" / "LA" / ASV_SCORES_DIR]
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"--data-root {root} has no {name} (looked in {', '.join(str(d) for d in folders)}): expected the "
+        "official LA layout, the Kaggle copy or a folder of score files; or pass --asv-scores FILE"
+    )
+
+
+def compute_asv_error_rates(asv: AsvScores) -> dict[str, float]:
+    """ASV operating point of the t-DCF: the threshold at the ASV's own target/nontarget EER.
+
+    Transcribes the organisers' `obtain_asv_error_rates` (accept when score >= threshold).
+
+    Args:
+        asv: the organisers' ASV scores.
+
+    Returns:
+        {"threshold", "eer", "pfa" (nontargets accepted), "pmiss" (targets rejected),
+        "pmiss_spoof" (spoofs rejected by the ASV)}, rates as fractions.
+    """
+    eer, threshold = compute_eer(asv.target, asv.nontarget)
+    return {
+        "threshold": threshold,
+        "eer": eer,
+        "pfa": np.count_nonzero(asv.nontarget >= threshold) / asv.nontarget.size,
+        "pmiss": np.count_nonzero(asv.target < threshold) / asv.target.size,
+        "pmiss_spoof": np.count_nonzero(asv.spoof < threshold) / asv.spoof.size,
+    }
+
+
+def compute_tdcf_curve(
+    bonafide_scores: Any,
+    spoof_scores: Any,
+    asv: AsvScores,
+    cost_model: CostModel = ASVSPOOF2019_COST_MODEL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised t-DCF of a CM over all its thresholds, ASVspoof 2019 (legacy) formulation.
+
+    With the ASV fixed at its EER threshold (Kinnunen et al., Odyssey 2018; ASVspoof 2019
+    evaluation plan):
+        C1 = Ptar (Cmiss_cm - Cmiss_asv Pmiss_asv) - Pnon Cfa_asv Pfa_asv
+        C2 = Cfa_cm Pspoof (1 - Pmiss_spoof_asv)
+        t-DCF_norm(s) = (C1 Pmiss_cm(s) + C2 Pfa_cm(s)) / min(C1, C2)
+    A value above 1 means the tandem system does better without the CM.
+
+    Args:
+        bonafide_scores: (N_bona,) CM scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) CM scores of spoofed trials.
+        asv: the organisers' ASV scores of the same split.
+        cost_model: priors and costs; the ASVspoof 2019 values by default.
+
+    Returns:
+        (tdcf_norm, thresholds), both (N + 1,), on the thresholds of `compute_det_curve`.
+
+    Raises:
+        ValueError: as `compute_det_curve`; fewer than 3 distinct CM scores; C1 or C2 not positive
+            (e.g. an ASV that rejects every spoof makes the normalisation undefined).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    _check_soft(bona, spoof)
+    pmiss_cm, pfa_cm, thresholds = compute_det_curve(bona, spoof)
+    rates = compute_asv_error_rates(asv)
+    m = cost_model
+    c1 = m.p_tar * (m.c_miss_cm - m.c_miss_asv * rates["pmiss"]) - m.p_non * m.c_fa_asv * rates["pfa"]
+    c2 = m.c_fa_cm * m.p_spoof * (1 - rates["pmiss_spoof"])
+    if c1 <= 0 or c2 <= 0:
+        raise ValueError(
+            f"t-DCF weights C1 = {c1:.6g}, C2 = {c2:.6g} must be positive; check the ASV scores "
+            f"(ASV Pmiss {rates['pmiss']:.4f}, Pfa {rates['pfa']:.4f}, spoofs rejected {rates['pmiss_spoof']:.4f})"
+        )
+    tdcf = c1 * pmiss_cm + c2 * pfa_cm
+    return tdcf / min(c1, c2), thresholds
+
+
+def compute_min_tdcf(
+    bonafide_scores: Any,
+    spoof_scores: Any,
+    asv: AsvScores,
+    cost_model: CostModel = ASVSPOOF2019_COST_MODEL,
+) -> float:
+    """Minimum normalised t-DCF of a CM, the primary ASVspoof 2019 metric (see `compute_tdcf_curve`).
+
+    Returns:
+        min over CM thresholds of the normalised t-DCF (0 = perfect CM, 1 = no better than no CM).
+    """
+    tdcf_norm, _ = compute_tdcf_curve(bonafide_scores, spoof_scores, asv, cost_model)
+    return float(tdcf_norm.min())
+
+
+# --- per-attack EER -----------------------------------------------------------------------------
+
+
+def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
+    """EER of each attack's spoofs against all bona fide trials.
+
+    Args:
+        scores: (N,) CM scores; higher = more bona fide.
+        systems: (N,) attack ids ("A07".."A19"; "-" for bona fide).
+        keys: (N,) "bonafide" or "spoof".
+
+    Returns:
+        {attack: EER as a fraction}, attacks sorted by name.
+
+    Raises:
+        ValueError: lengths differ, no bona fide or no spoof trials, NaN/inf scores.
+    """
+    scores = _as_scores(scores, "scores")
+    systems = np.asarray(systems).astype(str)
+    keys = np.asarray(keys).astype(str)
+    if not (scores.shape == systems.shape == keys.shape):
+        raise ValueError(f"scores {scores.shape}, systems {systems.shape} and keys {keys.shape} must have the same shape")
+    bona = scores[keys == "bonafide"]
+    is_spoof = keys == "spoof"
+    if not is_spoof.any():
+        raise ValueError("no spoof trials: per-attack EER needs at least one attack")
+    return {
+        attack: compute_eer(bona, scores[is_spoof & (systems == attack)])[0]
+        for attack in sorted(set(systems[is_spoof].tolist()))
+    }
+
+
+# --- score files --------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreFile:
+    """A CM score file: one trial per entry, in file order."""
+
+    utt_id: np.ndarray  # (N,) str
+    system: np.ndarray  # (N,) str, "-" for bona fide
+    key: np.ndarray  # (N,) str, "bonafide" | "spoof"
+    score: np.ndarray  # (N,) float64, higher = more bona fide
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return self.score.size
+
+    @property
+    def bonafide_scores(self) -> np.ndarray:
+        return self.score[self.key == "bonafide"]
+
+    @property
+    def spoof_scores(self) -> np.ndarray:
+        return self.score[self.key == "spoof"]
+
+
+def write_score_file(path: str | Path, utt_ids: Any, systems: Any, keys: Any, scores: Any) -> Path:
+    """Write scores in the ASVspoof CM format `UTT SYSTEM KEY SCORE`, atomically.
+
+    The file is written to a temporary file in the same folder and renamed over `path`, so a reader
+    never sees half a file. Scores are written with `repr`, which reads back to the same float.
+
+    Args:
+        path: destination; its folder is created if missing.
+        utt_ids: (N,) utterance ids, unique.
+        systems: (N,) attack ids, "-" for bona fide.
+        keys: (N,) "bonafide" or "spoof".
+        scores: (N,) CM scores; higher = more bona fide.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: lengths differ, a duplicate utt id, a key other than bonafide/spoof, or a field
+            that is empty or contains whitespace.
+    """
+    path = Path(path)
+    columns = [np.asarray(_to_numpy(c)).astype(str) for c in (utt_ids, systems, keys)]
+    values = _to_numpy(scores).astype(np.float64)
+    if any(c.ndim != 1 for c in columns) or values.ndim != 1 or len({c.size for c in columns} | {values.size}) != 1:
+        raise ValueError(
+            "utt_ids, systems, keys and scores must be 1-D of one length, got shapes "
+            f"{[c.shape for c in columns] + [values.shape]}"
+        )
+    seen: dict[str, int] = {}
+    lines = []
+    for i, (utt, system, key, score) in enumerate(zip(*columns, values.tolist())):
+        for field in (utt, system, key):
+            if field.split() != [field]:
+                raise ValueError(f"entry {i}: field {field!r} is empty or contains whitespace")
+        if key not in KEYS:
+            raise ValueError(f"entry {i} ({utt}): key {key!r} is not bonafide or spoof")
+        if utt in seen:
+            raise ValueError(f"entry {i}: duplicate utt_id {utt} (first at entry {seen[utt]})")
+        seen[utt] = i
+        lines.append(f"{utt} {system} {key} {score!r}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_score_file(path: str | Path) -> ScoreFile:
+    """Read a CM score file: `UTT SYSTEM KEY SCORE`, or the baseline files' 6-column form
+    `SPEAKER UTT - SYSTEM KEY SCORE` (the CM protocol's five columns + score).
+
+    Args:
+        path: the score file.
+
+    Returns:
+        ScoreFile in file order. NaN/inf scores are read as they are; `evaluate_scores` refuses them.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line with neither 4 nor 6 fields, a key other than bonafide/spoof, a score
+            that is not a number, a duplicate utt id (each names the file and line), or no lines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"score file {path} not found")
+    utts, systems, keys, scores = [], [], [], []
+    first_line: dict[str, int] = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) == 4:
+                utt, system, key, score = fields
+            elif len(fields) == 6:
+                _, utt, _, system, key, score = fields
+            else:
+                raise ValueError(
+                    f"{path.name} line {n}: expected 4 fields (utt_id system key score) or 6 "
+                    f"(speaker utt_id - system key score), got {len(fields)}: {line.strip()!r}"
+                )
+            if key not in KEYS:
+                raise ValueError(f"{path.name} line {n}: key {key!r} is not bonafide or spoof: {line.strip()!r}")
+            try:
+                scores.append(float(score))
+            except ValueError:
+                raise ValueError(f"{path.name} line {n}: score {score!r} is not a number: {line.strip()!r}") from None
+            if utt in first_line:
+                raise ValueError(f"{path.name} line {n}: duplicate utt_id {utt} (first on line {first_line[utt]})")
+            first_line[utt] = n
+            utts.append(utt)
+            systems.append(system)
+            keys.append(key)
+    if not scores:
+        raise ValueError(f"{path.name} has no score lines")
+    return ScoreFile(np.array(utts), np.array(systems), np.array(keys), np.array(scores, dtype=np.float64), path)
+
+
+# --- evaluation and report ----------------------------------------------------------------------
+
+
+def evaluate_scores(scores: ScoreFile, asv: AsvScores | None = None) -> dict[str, Any]:
+    """EER, min t-DCF and per-attack EER of a score file.
+
+    Args:
+        scores: the CM scores (higher = more bona fide).
+        asv: the organisers' ASV scores of the same split; None skips the t-DCF.
+
+    Returns:
+        {"eer": percent, "min_tdcf": float or None, "per_attack": {"A07": percent, ...}}.
+
+    Raises:
+        ValueError: NaN/inf scores (naming the first utt id), a class absent, hard decisions.
+    """
+    _check_finite(scores.score, scores.utt_id)
+    name = scores.path.name if scores.path else "scores"
+    bona, spoof = scores.bonafide_scores, scores.spoof_scores
+    for values, key in ((bona, "bonafide"), (spoof, "spoof")):
+        if values.size == 0:
+            raise ValueError(f"{name} has no {key} trials: the EER needs both bona fide and spoof scores")
+    _check_soft(bona, spoof)
+    return {
+        "eer": 100 * compute_eer(bona, spoof)[0],
+        "min_tdcf": None if asv is None else compute_min_tdcf(bona, spoof, asv),
+        "per_attack": {a: 100 * e for a, e in per_attack_eer(scores.score, scores.system, scores.key).items()},
+    }
+
+
+def format_report(result: dict[str, Any], title: str = "") -> str:
+    """A plain-text report of `evaluate_scores`' result: EER, min t-DCF and the per-attack table."""
+    lines = [title] if title else []
+    lines.append(f"EER        {result['eer']:9.6f} %")
+    tdcf = result["min_tdcf"]
+    lines.append(f"min t-DCF  {tdcf:9.6f}" if tdcf is not None else "min t-DCF  n/a (pass --asv-scores or --data-root)")
+    lines.append("")
+    lines.append("attack   EER (%)")
+    lines += [f"{attack:<6} {eer:8.3f}" for attack, eer in result["per_attack"].items()]
+    return "\n".join(lines)
+
+
+# --- DET plot -----------------------------------------------------------------------------------
+
+DET_TICKS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 40)  # percent
+
+
+def _probit(p: np.ndarray) -> np.ndarray:
+    """Normal deviate of each rate (the DET axis), clipped away from 0 and 1."""
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    uniq, inverse = np.unique(p, return_inverse=True)  # DET rates repeat a lot; invert each once
+    return np.array([NormalDist().inv_cdf(float(u)) for u in uniq])[inverse]
+
+
+def plot_det(curves: dict[str, tuple[Any, Any]], path: str | Path, title: str | None = None) -> Path:
+    """DET curves of one or several systems on normal-deviate axes, EER points marked, as PNG.
+
+    Args:
+        curves: {system name: (bonafide_scores, spoof_scores)}; higher = more bona fide.
+        path: PNG to write (atomically); its folder is created if missing.
+        title: optional plot title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no curves, or scores `compute_det_curve` refuses.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: only the plot needs it
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ValueError("plot_det needs at least one (bonafide, spoof) pair")
+    path = Path(path)
+    fig = Figure(figsize=(6, 6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lowest = 0.0005
+    for name, (bona, spoof) in curves.items():
+        frr, far, _ = compute_det_curve(bona, spoof)
+        eer, _ = compute_eer(bona, spoof)
+        (line,) = ax.plot(_probit(far), _probit(frr), lw=1.6, label=f"{name} (EER {100 * eer:.2f} %)")
+        ax.plot(*_probit(np.array([eer, eer])), "o", ms=7, mfc="white", mew=2, color=line.get_color())
+        lowest = min(lowest, max(eer / 4, 1e-5))
+    ticks = [t for t in DET_TICKS if t / 100 >= lowest]
+    limits = _probit(np.array([lowest, 0.5]))
+    ax.plot(limits, limits, ":", color="0.5", lw=1, label="EER line (FRR = FAR)")
+    positions = _probit(np.array(ticks) / 100)
+    labels = [f"{t:g}" for t in ticks]
+    ax.set_xticks(positions, labels)
+    ax.set_yticks(positions, labels)
+    ax.set_xlim(*limits)
+    ax.set_ylim(*limits)
+    ax.set_aspect("equal")
+    ax.grid(True, color="0.88")
+    ax.set_xlabel("Spoof false acceptance rate (%)")
+    ax.set_ylabel("Bona fide false rejection rate (%)")
+    ax.set_title(title or "DET curve (higher score = bona fide)")
+    ax.legend(loc="upper right", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _infer_split(utt_ids: np.ndarray) -> str:
+    """dev or eval from the utt ids' prefix (LA_D_ / LA_E_), or ValueError asking for --split."""
+    prefixes = {u[:5] for u in utt_ids.tolist()}
+    split = {frozenset({"LA_D_"}): "dev", frozenset({"LA_E_"}): "eval"}.get(frozenset(prefixes))
+    if split is None:
+        raise ValueError(
+            f"cannot tell the split from the utt ids (prefixes {', '.join(sorted(prefixes)[:4])}); "
+            "pass --split dev or --split eval"
+        )
+    return split
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print EER, min t-DCF and the per-attack table of a CM score file."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scores", required=True, type=Path, help="CM score file: UTT SYSTEM KEY SCORE (or the 6-column baseline form)")
+    asv_group = parser.add_mutually_exclusive_group()
+    asv_group.add_argument("--asv-scores", type=Path, help="the organisers' ASV score file, for the min t-DCF")
+    asv_group.add_argument("--data-root", type=Path, help="find the ASV scores here (LA/, its parent, LA/LA/ or the scores' folder)")
+    parser.add_argument("--split", choices=("dev", "eval"), help="which ASV scores --data-root means; default: from the utt ids")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: eer (%%), min_tdcf, per_attack (%%)")
+    parser.add_argument("--det", type=Path, metavar="FILE.png", help="also write a DET curve")
+    parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
+    args = parser.parse_args(argv)
+    try:
+        scores = read_score_file(args.scores)
+        asv_path = args.asv_scores
+        if args.data_root is not None:
+            asv_path = find_asv_scores(args.data_root, args.split or _infer_split(scores.utt_id))
+        asv = read_asv_scores(asv_path) if asv_path is not None else None
+        result = evaluate_scores(scores, asv)
+        if args.det is not None:
+            plot_det({args.scores.stem: (scores.bonafide_scores, scores.spoof_scores)}, args.det)
+    except (OSError, ValueError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"metrics.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if args.json:
+        print(json.dumps(result))
+        return
+    title = (
+        f"{args.scores.name}: {len(scores):,} scores ({scores.bonafide_scores.size:,} bona fide, "
+        f"{scores.spoof_scores.size:,} spoof)" + (f"; ASV scores {asv_path.name}" if asv_path else "")
+    )
+    print(format_report(result, title))
+    if args.det is not None:
+        print(f"\nDET curve written to {args.det}")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,8 +4,16 @@ Score polarity, once for the whole project: a HIGHER score means MORE BONA FIDE.
 ASVspoof code assumes it, and so does every function here; a score that grows with "spoofness"
 (e.g. the spoof probability) inverts the DET curve and gives 100 % - EER.
 
-The EER and min t-DCF follow the organisers' `tDCF_python` package (`eval_metrics.py`) line for
-line, tie handling included, so the numbers match the published ones to the last digit:
+The EER and min t-DCF follow the organisers' `tDCF_python` package (`eval_metrics.py`: DET curve,
+EER, ASV error rates at the ASV EER threshold, legacy t-DCF) formula for formula, tie handling
+included; the test suite checks them against a transcription of that code. On the baseline eval
+scores with the organisers' eval ASV scores they give B01 EER 9.572028 %, min t-DCF 0.235936 and
+B02 8.089825 %, 0.211053, exactly what the organisers' Python code prints. (The published results
+table rounds the EERs to the same 9.57 / 8.09 % but lists min t-DCF 0.2366 / 0.2116; no variant we
+tried reproduces those: accepting the ASV at > instead of >=, using the ASV EER as both ASV rates,
+or the dev ASV scores all stay within 1e-4 of 0.2359.)
+
+References:
 
   T. Kinnunen, K.-A. Lee, H. Delgado, N. Evans, M. Todisco, M. Sahidullah, J. Yamagishi,
   D. A. Reynolds, "t-DCF: a Detection Cost Function for the Tandem Assessment of Spoofing
@@ -100,9 +108,7 @@ def _check_soft(bonafide: np.ndarray, spoof: np.ndarray) -> None:
 # --- DET curve and EER --------------------------------------------------------------------------
 
 
-def compute_det_curve(
-    bonafide_scores: Any, spoof_scores: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def compute_det_curve(bonafide_scores: Any, spoof_scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Miss and false-alarm rates of a CM over all thresholds, as the ASVspoof 2019 code does.
 
     The scores are pooled and stably sorted (mergesort), and the threshold steps through the sorted
@@ -164,7 +170,7 @@ def get_eer(logits: Any, labels: Any) -> float:
 
     The score is the bona fide log-odds `logits[:, 1] - logits[:, 0]`, which ranks trials exactly
     as the bona fide probability softmax(logits)[:, 1] does but without float saturation ties.
-    Never score with the spoof probability: it inverts the curve (EER becomes 1 - EER).
+    Never score with the spoof probability: it inverts the curve (the EER becomes about 1 - EER).
 
     Args:
         logits: (N, 2) logits ordered [spoof, bona fide]; numpy, list or torch tensor.
@@ -182,11 +188,19 @@ def get_eer(logits: Any, labels: Any) -> float:
     if logits.ndim != 2 or logits.shape[1] != 2:
         raise ValueError(f"logits must have shape (N, 2) [spoof, bona fide], got {logits.shape}")
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits {logits.shape}, got {labels.shape}")
+        raise ValueError(
+            f"labels must have shape ({logits.shape[0]},) to match logits {logits.shape}, got {labels.shape}"
+        )
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"labels must be 1 (bona fide) or 0 (spoof), got values {np.unique(labels)[:5].tolist()}")
     logits = logits.astype(np.float64)
-    _check_finite(logits.ravel())
+    bad_rows = ~np.isfinite(logits).all(axis=1)
+    if bad_rows.any():
+        raise ValueError(
+            f"{int(bad_rows.sum()):,} of {logits.shape[0]:,} logit rows are "
+            f"{_describe_nonfinite(logits[~np.isfinite(logits)])} (first: row {int(np.argmax(bad_rows))}); "
+            "EER and t-DCF need finite scores"
+        )
     scores = logits[:, 1] - logits[:, 0]  # (N,) bona fide log-odds
     is_bona = labels == 1
     for present, name in ((is_bona, "bona fide (label 1)"), (~is_bona, "spoof (label 0)")):
@@ -267,7 +281,9 @@ def read_asv_scores(path: str | Path) -> AsvScores:
             if not fields:
                 continue
             if len(fields) != 3:
-                raise ValueError(f"{path.name} line {n}: expected 3 fields (source key score), got {len(fields)}: {line.strip()!r}")
+                raise ValueError(
+                    f"{path.name} line {n}: expected 3 fields (source key score), got {len(fields)}: {line.strip()!r}"
+                )
             if fields[1] not in columns:
                 raise ValueError(f"{path.name} line {n}: key {fields[1]!r} is not one of {', '.join(ASV_KEYS)}")
             try:
@@ -417,7 +433,9 @@ def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
     systems = np.asarray(systems).astype(str)
     keys = np.asarray(keys).astype(str)
     if not (scores.shape == systems.shape == keys.shape):
-        raise ValueError(f"scores {scores.shape}, systems {systems.shape} and keys {keys.shape} must have the same shape")
+        raise ValueError(
+            f"scores {scores.shape}, systems {systems.shape} and keys {keys.shape} must have the same shape"
+        )
     bona = scores[keys == "bonafide"]
     is_spoof = keys == "spoof"
     if not is_spoof.any():
@@ -483,7 +501,7 @@ def write_score_file(path: str | Path, utt_ids: Any, systems: Any, keys: Any, sc
         )
     seen: dict[str, int] = {}
     lines = []
-    for i, (utt, system, key, score) in enumerate(zip(*columns, values.tolist())):
+    for i, (utt, system, key, score) in enumerate(zip(*(c.tolist() for c in columns), values.tolist())):
         for field in (utt, system, key):
             if field.split() != [field]:
                 raise ValueError(f"entry {i}: field {field!r} is empty or contains whitespace")
@@ -602,7 +620,7 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
 
 # --- DET plot -----------------------------------------------------------------------------------
 
-DET_TICKS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 40)  # percent
+DET_TICKS = (0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 40, 60, 80)  # percent
 
 
 def _probit(p: np.ndarray) -> np.ndarray:
@@ -632,18 +650,25 @@ def plot_det(curves: dict[str, tuple[Any, Any]], path: str | Path, title: str | 
     if not curves:
         raise ValueError("plot_det needs at least one (bonafide, spoof) pair")
     path = Path(path)
-    fig = Figure(figsize=(6, 6), dpi=120)
+    fig = Figure(figsize=(6, 6.3 + 0.2 * ((len(curves) + 2) // 2)), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    lowest = 0.0005
-    for name, (bona, spoof) in curves.items():
-        frr, far, _ = compute_det_curve(bona, spoof)
-        eer, _ = compute_eer(bona, spoof)
+    lowest, highest = 0.0005, 0.5  # rates at the axis ends; widened for very good or very bad systems
+    dets = {
+        name: (*compute_det_curve(bona, spoof)[:2], compute_eer(bona, spoof)[0])
+        for name, (bona, spoof) in curves.items()
+    }
+    eers = [eer for _, _, eer in dets.values()]
+    if any(eer > 0 for eer in eers):
+        lowest = min(lowest, max(min(eer for eer in eers if eer > 0) / 10, 1e-5))
+    highest = max(highest, min(1.5 * max(eers), 0.95))
+    for name, (frr, far, eer) in dets.items():
         (line,) = ax.plot(_probit(far), _probit(frr), lw=1.6, label=f"{name} (EER {100 * eer:.2f} %)")
-        ax.plot(*_probit(np.array([eer, eer])), "o", ms=7, mfc="white", mew=2, color=line.get_color())
-        lowest = min(lowest, max(eer / 4, 1e-5))
-    ticks = [t for t in DET_TICKS if t / 100 >= lowest]
-    limits = _probit(np.array([lowest, 0.5]))
+        # EER 0 (perfect separation) has no curve inside the axes; its marker sits in the corner
+        eer_xy = _probit(np.clip([eer, eer], lowest, highest))
+        ax.plot(*eer_xy, "o", ms=7, mfc="white", mew=2, color=line.get_color(), clip_on=False)
+    ticks = [t for t in DET_TICKS if lowest <= t / 100 <= highest]
+    limits = _probit(np.array([lowest, highest]))
     ax.plot(limits, limits, ":", color="0.5", lw=1, label="EER line (FRR = FAR)")
     positions = _probit(np.array(ticks) / 100)
     labels = [f"{t:g}" for t in ticks]
@@ -656,7 +681,8 @@ def plot_det(curves: dict[str, tuple[Any, Any]], path: str | Path, title: str | 
     ax.set_xlabel("Spoof false acceptance rate (%)")
     ax.set_ylabel("Bona fide false rejection rate (%)")
     ax.set_title(title or "DET curve (higher score = bona fide)")
-    ax.legend(loc="upper right", fontsize=9)
+    # below the axes: good systems fill the lower left and systems near chance the upper right
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -688,12 +714,20 @@ def _infer_split(utt_ids: np.ndarray) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Print EER, min t-DCF and the per-attack table of a CM score file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scores", required=True, type=Path, help="CM score file: UTT SYSTEM KEY SCORE (or the 6-column baseline form)")
+    parser.add_argument(
+        "--scores", required=True, type=Path, help="CM score file: UTT SYSTEM KEY SCORE (or the 6-column baseline form)"
+    )
     asv_group = parser.add_mutually_exclusive_group()
     asv_group.add_argument("--asv-scores", type=Path, help="the organisers' ASV score file, for the min t-DCF")
-    asv_group.add_argument("--data-root", type=Path, help="find the ASV scores here (LA/, its parent, LA/LA/ or the scores' folder)")
-    parser.add_argument("--split", choices=("dev", "eval"), help="which ASV scores --data-root means; default: from the utt ids")
-    parser.add_argument("--json", action="store_true", help="print one JSON object: eer (%%), min_tdcf, per_attack (%%)")
+    asv_group.add_argument(
+        "--data-root", type=Path, help="find the ASV scores here (LA/, its parent, LA/LA/ or the scores' folder)"
+    )
+    parser.add_argument(
+        "--split", choices=("dev", "eval"), help="which ASV scores --data-root means; default: from the utt ids"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object: eer (%%), min_tdcf, per_attack (%%)"
+    )
     parser.add_argument("--det", type=Path, metavar="FILE.png", help="also write a DET curve")
     parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
     args = parser.parse_args(argv)

@@ -2,24 +2,43 @@
 
     python data.py --data-root ROOT --check [--split S] [--json] [--deep]
     python data.py --data-root ROOT --show LA_T_4179989 --out item.png
-    python data.py --download --to DIR [--source datashare|kaggle]
+    python data.py --download --to DIR [--source datashare|kaggle|vocv4] [--url URL]
 
 Conventions used by every script of the collection:
   * label 1 = bona fide, 0 = spoof, so a model's two outputs are [spoof, bona fide];
   * audio is read with soundfile (FLAC and WAV; torchaudio 2.9's `load` needs TorchCodec and FFmpeg, which are
     not on these machines), downmixed to mono and resampled to 16 kHz; all DSP is torch/torchaudio;
   * features are (B, 1, F, T) tensors made on any device by a front-end module from fixed-length waveforms.
+
+The database: ASVspoof 2019 LA (Wang et al., "ASVspoof 2019: a large-scale public database of synthesized,
+converted and replayed speech", CSL 2020; Todisco et al., Interspeech 2019), ODC-By 1.0, from Edinburgh
+DataShare (https://datashare.ed.ac.uk/handle/10283/3336, DOI 10.7488/ds/2555): 16 kHz mono FLAC, train 25,380
+files (A01-A06), dev 24,844 (A01-A06), eval 71,237 (A07-A19), 20 / 10+10 / 48+19 speakers (VCTK).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tarfile
+import tempfile
+import threading
+import time
 import traceback
-from dataclasses import dataclass
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +55,7 @@ PROTOCOL_FILES = {
 }
 PROTOCOL_DIR = "ASVspoof2019_LA_cm_protocols"
 ASV_SCORES_DIR = "ASVspoof2019_LA_asv_scores"
+ATTACKS = tuple(f"A{i:02d}" for i in range(1, 20))  # A01-A06 in train/dev, A07-A19 in eval (A16 = A04, A19 = A06)
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -56,7 +76,12 @@ class ProtocolEntry:
 
 
 def parse_protocol_line(line: str, where: str) -> ProtocolEntry:
-    """Parse one CM protocol line; `where` ("file line N") prefixes any error."""
+    """Parse one CM protocol line; `where` ("file line N") prefixes any error.
+
+    Raises:
+        ValueError: not 5 fields, a key other than bonafide/spoof, or a system other than '-' (bona fide) or
+            A01..A19 (spoof); the message holds `where`, the line and what was expected.
+    """
     fields = line.split()
     if len(fields) != 5:
         raise ValueError(
@@ -65,10 +90,10 @@ def parse_protocol_line(line: str, where: str) -> ProtocolEntry:
     speaker, utt_id, _env, system, key = fields
     if key not in ("bonafide", "spoof"):
         raise ValueError(f"{where}: key must be 'bonafide' or 'spoof', got {key!r}: {line.strip()!r}")
-    is_attack = len(system) == 3 and system[0] == "A" and system[1:].isdigit()
-    if (key == "bonafide" and system != "-") or (key == "spoof" and not is_attack):
+    if (key == "bonafide" and system != "-") or (key == "spoof" and system not in ATTACKS):
         raise ValueError(
-            f"{where}: system must be '-' for bonafide and A01..A19 for spoof, got {system!r} with key {key!r}"
+            f"{where}: system must be '-' for bonafide and A01..A19 for spoof, got {system!r} with key {key!r}: "
+            f"{line.strip()!r}"
         )
     return ProtocolEntry(speaker, utt_id, system, key)
 
@@ -90,7 +115,9 @@ def read_cm_protocol(path: str | os.PathLike) -> list[ProtocolEntry]:
                 continue
             entry = parse_protocol_line(line, f"{path.name} line {number}")
             if entry.utt_id in seen:
-                raise ValueError(f"{path.name} line {number}: utt id {entry.utt_id} already on line {seen[entry.utt_id]}")
+                raise ValueError(
+                    f"{path.name} line {number}: utt id {entry.utt_id} already on line {seen[entry.utt_id]}"
+                )
             seen[entry.utt_id] = number
             entries.append(entry)
     if not entries:
@@ -186,9 +213,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     return wave.contiguous()
 
 
-def fix_length(
-    wave: torch.Tensor, num_samples: int, pad: str = "repeat", random_crop: bool = False
-) -> torch.Tensor:
+def fix_length(wave: torch.Tensor, num_samples: int, pad: str = "repeat", random_crop: bool = False) -> torch.Tensor:
     """Crop or pad a waveform to exactly `num_samples`, as the papers do.
 
     Long inputs are cropped (a random window when `random_crop`, else from the start); short inputs are padded
@@ -200,6 +225,8 @@ def fix_length(
         (num_samples,) waveform.
     """
     n = wave.shape[-1]
+    if n == 0 or num_samples <= 0:
+        raise ValueError(f"fix_length needs a non-empty waveform and num_samples > 0, got {n} and {num_samples}")
     if n >= num_samples:
         start = int(torch.randint(0, n - num_samples + 1, ())) if random_crop else 0
         return wave[start : start + num_samples]
@@ -213,7 +240,12 @@ def fix_length(
 def augment_waveform(wave: torch.Tensor, noise_std: float = 0.005) -> torch.Tensor:
     """The seed recipe's augmentation: unchanged, volume +25 % or additive Gaussian noise, each with p = 1/3.
 
-    Uses torch's global generator, so DataLoader worker seeding makes it reproducible.
+    Uses torch's global generator, so DataLoader worker seeding makes it reproducible. Training only: the Dataset
+    refuses `augment=True` for dev and eval.
+
+    Args:
+        wave: (N,) or (B, N) waveform; one branch is drawn per call.
+        noise_std: standard deviation of the additive noise (full scale = 1).
     """
     choice = int(torch.randint(0, 3, ()))
     if choice == 1:
@@ -244,9 +276,8 @@ class STFTFrontEnd(nn.Module):
         eps: float = 1e-7,
     ):
         super().__init__()
-        self.sample_rate, self.n_fft, self.win_length, self.hop_length, self.eps = (
-            sample_rate, n_fft, win_length, hop_length, eps,
-        )
+        self.sample_rate, self.n_fft, self.win_length = sample_rate, n_fft, win_length
+        self.hop_length, self.eps = hop_length, eps
         self.register_buffer("window", torch.blackman_window(win_length), persistent=False)
 
     @property
@@ -324,6 +355,190 @@ def make_frontend(name: str) -> STFTFrontEnd:
     return FRONTENDS[name]()
 
 
+# ----------------------------------------------------------------------------- checking a tree
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a tree: which utterance (None for a whole split), which path, and what is wrong."""
+
+    utt_id: str | None
+    path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+def format_problems(problems: Sequence[Problem], limit: int = 50) -> str:
+    """All problems, one per line (the first `limit`, then a count of the rest)."""
+    lines = [f"  {p}" for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more (python data.py --data-root ROOT --check lists all)")
+    return "\n".join(lines)
+
+
+def find_missing(layout: LALayout, split: str, entries: Sequence[ProtocolEntry]) -> list[Problem]:
+    """Protocol lines whose audio is absent or empty, found from one directory listing (fast on 71k files).
+
+    A split whose `flac/` folder is absent gives a single problem naming the folder rather than one per file.
+    """
+    audio_dir, protocol = layout.audio_dir(split), layout.protocol_path(split).name
+    if not audio_dir.is_dir():
+        what = f"missing folder: expected the {split} audio ({len(entries):,} .flac files listed in {protocol})"
+        return [Problem(None, str(audio_dir), what)]
+    sizes = {d.name: d.stat().st_size for d in os.scandir(audio_dir) if d.name.endswith(".flac")}
+    problems = []
+    for e in entries:
+        size = sizes.get(f"{e.utt_id}.flac")
+        if size is None:
+            problems.append(Problem(e.utt_id, str(audio_dir / f"{e.utt_id}.flac"), f"missing: listed in {protocol}"))
+        elif size == 0:
+            problems.append(Problem(e.utt_id, str(audio_dir / f"{e.utt_id}.flac"), "empty file (0 bytes)"))
+    return problems
+
+
+def check_audio_file(
+    path: str | os.PathLike, deep: bool = False, sample_rate: int = SAMPLE_RATE, silence_peak: float = 1e-4
+) -> tuple[float, list[str]]:
+    """Check one audio file: header (rate, channels, length) and truncation; with `deep`, decode it all.
+
+    The fast check reads the header, then seeks to the last 4,096 samples the header promises and decodes them:
+    a truncated FLAC keeps a valid header, but libsndfile fails to seek or lose sync past the cut (this catches a
+    file cut by even 10 bytes, at ~0.4 ms per file). `deep` decodes every sample and also flags silent audio.
+
+    Returns:
+        (duration in seconds from the header, list of problems; empty when the file is fine).
+    """
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # LibsndfileError / RuntimeError carry libsndfile's text
+        return 0.0, [f"unreadable: soundfile cannot open it ({e})"]
+    with f:
+        frames, sr, channels = f.frames, f.samplerate, f.channels
+        problems = []
+        if sr != sample_rate:
+            problems.append(f"wrong sample rate: {sr} Hz, expected {sample_rate} Hz")
+        if channels != 1:
+            problems.append(f"{channels} channels, expected mono")
+        if frames == 0:
+            return 0.0, problems + ["empty: the header declares 0 samples"]
+        try:
+            if not deep:
+                f.seek(max(0, frames - 4096))
+            audio = f.read(dtype="float32", always_2d=True)  # (N, C)
+        except Exception as e:
+            what = f"truncated or corrupt: the header promises {frames:,} samples, decoding fails ({e})"
+            return frames / sr, problems + [what]
+    expected = frames if deep else min(frames, 4096)
+    if audio.shape[0] < expected:
+        short = expected - audio.shape[0]
+        problems.append(f"truncated: decoding stops {short:,} samples short of the {frames:,} the header promises")
+    elif deep and float(np.abs(audio).max()) < silence_peak:
+        problems.append(f"silent: peak amplitude {float(np.abs(audio).max()):.1e} < {silence_peak:.0e}")
+    return frames / sr, problems
+
+
+def check_audio_files(
+    paths: Sequence[Path], deep: bool = False, threads: int | None = None, label: str = "check", progress: bool = True
+) -> list[tuple[float, list[str]]]:
+    """`check_audio_file` over many files in threads (they overlap the disk reads), with a progress line."""
+    bar = Progress(len(paths), label) if progress and len(paths) > 1000 else None
+    out = []
+    with ThreadPoolExecutor(threads or min(16, 4 * (os.cpu_count() or 1))) as pool:
+        for result in pool.map(lambda p: check_audio_file(p, deep), paths):
+            out.append(result)
+            if bar:
+                bar.update(1)
+    if bar:
+        bar.close()
+    return out
+
+
+def check_split_files(
+    layout: LALayout, split: str, deep: bool = False, threads: int | None = None, progress: bool = True
+) -> dict:
+    """Counts and problems of one split: protocol, audio folder, then every listed file.
+
+    Returns:
+        {"protocol", "files", "bonafide", "spoof", "systems": {A01: n, ...}, "duration_s", "checked", "unlisted",
+         "problems": [{"utt_id", "path", "problem"}, ...]}; `files` counts protocol lines, `checked` the files
+        read, `unlisted` the .flac files on disk that no protocol line names (not a problem).
+    """
+    ppath = layout.protocol_path(split)
+    summary = {"protocol": str(ppath), "files": 0, "bonafide": 0, "spoof": 0, "systems": {}, "duration_s": 0.0,
+               "checked": 0, "unlisted": 0, "problems": []}  # fmt: skip
+    try:
+        entries = read_cm_protocol(ppath)
+    except (FileNotFoundError, ValueError) as e:
+        summary["problems"] = [asdict(Problem(None, str(ppath), str(e)))]
+        return summary
+    keys, systems = Counter(e.key for e in entries), Counter(e.system for e in entries if e.key == "spoof")
+    summary.update(
+        files=len(entries), bonafide=keys["bonafide"], spoof=keys["spoof"], systems=dict(sorted(systems.items()))
+    )
+    problems = find_missing(layout, split, entries)
+    bad = {p.utt_id for p in problems}
+    todo = [] if any(p.utt_id is None for p in problems) else [e for e in entries if e.utt_id not in bad]
+    paths = [layout.audio_path(split, e.utt_id) for e in todo]
+    results = check_audio_files(paths, deep, threads, f"check {split}", progress)
+    for e, path, (duration, found) in zip(todo, paths, results):
+        summary["duration_s"] += duration
+        problems += [Problem(e.utt_id, str(path), what) for what in found]
+    if todo:
+        listed = {f"{e.utt_id}.flac" for e in entries}
+        on_disk = [d.name for d in os.scandir(layout.audio_dir(split)) if d.name.endswith(".flac")]
+        summary["unlisted"] = sum(name not in listed for name in on_disk)
+    summary.update(checked=len(todo), duration_s=round(summary["duration_s"], 3))
+    summary["problems"] = [asdict(p) for p in problems]
+    return summary
+
+
+def check_dataset(
+    data_root: str | os.PathLike | LALayout,
+    splits: Sequence[str] = SPLITS,
+    deep: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """`python data.py --check`: per split counts per key and system, total duration and every problem found.
+
+    Returns:
+        {"root", "deep", "splits": {split: check_split_files(...)}, "problems": total number of problems}.
+
+    Raises:
+        FileNotFoundError: `data_root` holds no LA tree (the message lists where it looked).
+    """
+    layout = data_root if isinstance(data_root, LALayout) else find_la_root(data_root)
+    report = {"root": str(layout.root.resolve()), "deep": deep, "splits": {}, "problems": 0}
+    for split in splits:
+        check_split(split)
+        report["splits"][split] = check_split_files(layout, split, deep, threads, progress)
+        report["problems"] += len(report["splits"][split]["problems"])
+    return report
+
+
+def format_check_report(report: dict, limit: int = 50) -> str:
+    """The human-readable form of `check_dataset`'s report: one block per split, then the problems."""
+    how = "every file decoded: --deep" if report["deep"] else "headers and file ends read; --deep decodes all"
+    lines = [f"ASVspoof 2019 LA at {report['root']} ({how})"]
+    lines.append(f"{'split':<6} {'files':>7} {'bonafide':>9} {'spoof':>7} {'duration':>8} {'problems':>8}  systems")
+    for split, s in report["splits"].items():
+        systems = ", ".join(f"{k} {v:,}" for k, v in s["systems"].items()) or "-"
+        lines.append(f"{split:<6} {s['files']:>7,} {s['bonafide']:>9,} {s['spoof']:>7,} "
+                     f"{format_seconds(s['duration_s']):>8} {len(s['problems']):>8,}  {systems}")  # fmt: skip
+    for split, s in report["splits"].items():
+        if s["problems"]:
+            lines.append(f"{split}: {len(s['problems']):,} problem(s)")
+            lines.append(format_problems([Problem(**p) for p in s["problems"]], limit))
+        if s.get("unlisted"):
+            lines.append(f"{split}: note: {s['unlisted']:,} .flac file(s) on disk are in no protocol line (ignored)")
+    lines.append(f"{report['problems']:,} problem(s)" if report["problems"] else "no problems found")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- Dataset
 
 
@@ -333,6 +548,10 @@ class ASVspoof2019LA(Dataset):
     Item i -> (x, label, utt_id, system, speaker), where x is the front-end's (1, F, T) features or, with
     `frontend=None`, the fixed-length (num_samples,) waveform so that features are computed on the GPU per batch.
 
+    A tree with problems fails at construction with one error listing all of them (missing and empty files always;
+    unreadable, truncated or wrong-format files too with `verify`, undecodable ones with `cache`), or, with
+    `skip_bad`, loses those items and says how many on stderr (`self.skipped` paths, `self.problems`).
+
     Args:
         data_root: anything `find_la_root` accepts, or an `LALayout`.
         split: "train", "dev" or "eval".
@@ -340,11 +559,12 @@ class ASVspoof2019LA(Dataset):
         frontend: module applied per item, or None to return waveforms.
         pad: "repeat" (STC, NII) or "zeros" (seed recipe) for short files.
         random_crop: a random window of long files (training) instead of the start (evaluation).
-        augment: the seed recipe's augmentation (training only).
+        augment: the seed recipe's augmentation; training only (ValueError for dev and eval).
         cache: decode every file once at construction and keep it as int16 in memory (LA train: ~2.7 GB).
-        skip_bad: protocol lines whose audio is missing are skipped and counted in `self.skipped` instead of
-            raising; an unreadable file met later yields None (drop it with `collate`).
+        skip_bad: drop items with problems (counted) instead of raising; an unreadable file met later, without
+            `verify`, yields None (drop it with `collate`).
         entries: use these protocol entries instead of the split's protocol (e.g. a subset).
+        verify: header-check every file at construction (`check_audio_file`, ~0.4 ms per file).
     """
 
     def __init__(
@@ -359,26 +579,63 @@ class ASVspoof2019LA(Dataset):
         cache: bool = False,
         skip_bad: bool = False,
         entries: Sequence[ProtocolEntry] | None = None,
+        verify: bool = False,
     ):
+        check_split(split)
+        if augment and split != "train":
+            raise ValueError(
+                f"augment=True for the {split} split: augmentation is for training only, never in evaluation"
+            )
+        if pad not in ("repeat", "zeros"):
+            raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
         self.layout = data_root if isinstance(data_root, LALayout) else find_la_root(data_root)
         self.split, self.num_samples, self.frontend = split, num_samples, frontend
         self.pad, self.random_crop, self.augment, self.skip_bad = pad, random_crop, augment, skip_bad
         entries = list(entries) if entries is not None else self.layout.protocol(split)
-        audio_dir = self.layout.audio_dir(split)
-        present = {p.name for p in os.scandir(audio_dir)} if audio_dir.is_dir() else set()
-        missing = [e for e in entries if f"{e.utt_id}.flac" not in present]
-        if missing and not skip_bad:
-            shown = ", ".join(e.utt_id for e in missing[:5])
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(entries)} {split} files listed in {self.layout.protocol_path(split).name} "
-                f"are missing from {audio_dir} (first: {shown}); fix the tree or pass --skip-bad"
-            )
-        missing_ids = {e.utt_id for e in missing}
-        self.entries = [e for e in entries if e.utt_id not in missing_ids]
-        self.skipped = [str(self.layout.audio_path(split, e.utt_id)) for e in missing]
-        self.cached: list[np.ndarray | None] | None = None
+        problems, pcm_of = self._find_problems(entries, verify, cache)
+        self.entries, self.problems, self.skipped = entries, [], []
+        self._drop(problems, len(entries))
+        self.cached: list[np.ndarray] | None = [pcm_of[e.utt_id] for e in self.entries] if cache else None
+
+    def _find_problems(
+        self, entries: list[ProtocolEntry], verify: bool, cache: bool
+    ) -> tuple[list[Problem], dict[str, np.ndarray]]:
+        """Every problem of the split at once: missing/empty files, then header checks and/or decoding."""
+        problems, pcm_of = find_missing(self.layout, self.split, entries), {}
+        if any(p.utt_id is None for p in problems):  # no audio folder at all
+            return problems, pcm_of
+        bad = {p.utt_id for p in problems}
+        todo = [e for e in entries if e.utt_id not in bad]
+        paths = [self.layout.audio_path(self.split, e.utt_id) for e in todo]
+        if verify:
+            for e, path, (_, found) in zip(todo, paths, check_audio_files(paths, label=f"verify {self.split}")):
+                problems += [Problem(e.utt_id, str(path), what) for what in found]
         if cache:
-            self.cached = decode_all([self.path(i) for i in range(len(self))], skip_bad=skip_bad)
+            pcms, failed = decode_all(paths, skip_bad=True)
+            pcm_of = {e.utt_id: pcm for e, pcm in zip(todo, pcms) if pcm is not None}
+            problems += [Problem(Path(p.path).stem, p.path, p.problem) for p in failed]
+        return problems, pcm_of
+
+    def _drop(self, problems: list[Problem], total: int) -> None:
+        """Raise listing every problem, or (skip_bad) drop the items concerned and report the count on stderr."""
+        if not problems:
+            return
+        protocol = self.layout.protocol_path(self.split).name
+        if not self.skip_bad:
+            missing_only = all(p.problem.startswith(("missing", "empty file")) for p in problems)
+            raise (FileNotFoundError if missing_only else RuntimeError)(
+                f"{len(problems):,} problem(s) in the {total:,} {self.split} files listed in {protocol}:\n"
+                f"{format_problems(problems)}\nfix the tree (python data.py --check lists every problem) "
+                "or pass --skip-bad to leave these files out"
+            )
+        if any(p.utt_id is None for p in problems):
+            raise FileNotFoundError(f"--skip-bad cannot skip a missing audio folder:\n{format_problems(problems)}")
+        bad = {p.utt_id for p in problems}
+        self.entries = [e for e in self.entries if e.utt_id not in bad]
+        self.problems += problems
+        self.skipped += list(dict.fromkeys(p.path for p in problems))
+        print(f"{self.split}: skipped {len(bad):,} of {total:,} files with problems (--skip-bad), "
+              f"first: {problems[0]}", file=sys.stderr)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -389,8 +646,7 @@ class ASVspoof2019LA(Dataset):
     def waveform(self, i: int) -> torch.Tensor | None:
         """The whole decoded file (N,), or None when unreadable and `skip_bad`."""
         if self.cached is not None:
-            pcm = self.cached[i]
-            return None if pcm is None else torch.from_numpy(pcm.astype(np.float32) / 32768.0)
+            return torch.from_numpy(self.cached[i].astype(np.float32) / 32768.0)
         try:
             return load_audio(self.path(i))
         except (RuntimeError, ValueError, FileNotFoundError):
@@ -410,27 +666,38 @@ class ASVspoof2019LA(Dataset):
         return x, e.label, e.utt_id, e.system, e.speaker
 
 
-def decode_all(paths: Sequence[Path], skip_bad: bool = False, workers: int | None = None) -> list[np.ndarray | None]:
-    """Decode files in parallel threads into int16 arrays (half the memory of float32), with a progress line."""
-    from concurrent.futures import ThreadPoolExecutor
+def decode_all(
+    paths: Sequence[Path], skip_bad: bool = False, workers: int | None = None
+) -> tuple[list[np.ndarray | None], list[Problem]]:
+    """Decode files in parallel threads into int16 arrays (half the memory of float32), with a progress line.
 
-    def one(path: Path) -> np.ndarray | None:
+    Returns:
+        (one int16 array per path, None where decoding failed; the failures as Problems).
+
+    Raises:
+        RuntimeError: listing every file that failed, unless `skip_bad`.
+    """
+
+    def one(path: Path) -> np.ndarray | str:
         try:
             wave = load_audio(path)
-        except (RuntimeError, ValueError, FileNotFoundError):
-            if skip_bad:
-                return None
-            raise
+        except (RuntimeError, ValueError, FileNotFoundError) as e:
+            return str(e)
         return (wave.clamp(-1, 32767 / 32768) * 32768).round().to(torch.int16).numpy()
 
     progress = Progress(len(paths), "decode")
-    out = []
+    pcms, problems = [], []
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        for pcm in pool.map(one, paths):
-            out.append(pcm)
+        for path, pcm in zip(paths, pool.map(one, paths)):
+            if isinstance(pcm, str):
+                problems.append(Problem(None, str(path), pcm.removeprefix(f"{path}: ")))
+                pcm = None
+            pcms.append(pcm)
             progress.update(1)
     progress.close()
-    return out
+    if problems and not skip_bad:
+        raise RuntimeError(f"{len(problems):,} of {len(paths):,} files failed to decode:\n{format_problems(problems)}")
+    return pcms, problems
 
 
 def collate(batch: list) -> dict | None:
@@ -449,41 +716,430 @@ def collate(batch: list) -> dict | None:
     }
 
 
+# ----------------------------------------------------------------------------- --show: one item as a picture
+
+
+def find_utterance(layout: LALayout, utt_id: str) -> tuple[str, ProtocolEntry]:
+    """The split and protocol entry of `utt_id`, searching every CM protocol present (its own split first).
+
+    Raises:
+        ValueError: the utt id is in no protocol (the message names the protocols searched).
+    """
+    guess = {"LA_T": "train", "LA_D": "dev", "LA_E": "eval"}.get(utt_id[:4])
+    searched = []
+    for split in sorted(SPLITS, key=lambda s: s != guess):
+        path = layout.protocol_path(split)
+        if path.is_file():
+            searched.append(path.name)
+            for e in read_cm_protocol(path):
+                if e.utt_id == utt_id:
+                    return split, e
+    raise ValueError(
+        f"utt id {utt_id!r} is in no CM protocol under {layout.root / PROTOCOL_DIR} "
+        f"(searched: {', '.join(searched) or 'none found'}); expected an id such as LA_T_4179989"
+    )
+
+
+def plot_item(
+    data_root: str | os.PathLike | LALayout,
+    utt_id: str,
+    out: str | os.PathLike,
+    frontend: str | STFTFrontEnd = "stft",
+    num_frames: int = 600,
+    pad: str = "repeat",
+) -> Path:
+    """Draw one dataset item as the model sees it: the fixed-length waveform above its features.
+
+    The item is made as in evaluation (crop from the start, pad by `pad`); a dashed line marks where the file ends
+    when it was padded. Axes in seconds and Hz (mel: each band labelled with its centre frequency); colour in dB.
+
+    Returns:
+        The PNG written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layout = data_root if isinstance(data_root, LALayout) else find_la_root(data_root)
+    split, entry = find_utterance(layout, utt_id)
+    fe = make_frontend(frontend) if isinstance(frontend, str) else frontend
+    ds = ASVspoof2019LA(layout, split, fe.num_samples(num_frames), frontend=None, pad=pad, entries=[entry])
+    file_s = ds.waveform(0).shape[0] / SAMPLE_RATE
+    wave = ds[0][0]  # (N,) fixed length
+    with torch.no_grad():
+        db = fe(wave.unsqueeze(0))[0, 0].numpy() * (10 / np.log(10))  # (F, T), natural log -> dB
+    times, freqs = fe.frame_times(db.shape[1]), fe.bin_frequencies()
+    dt = fe.hop_length / fe.sample_rate
+
+    fig, (ax_w, ax_s) = plt.subplots(
+        2, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [1, 3]}, constrained_layout=True
+    )
+    ax_w.plot(np.arange(wave.shape[0]) / SAMPLE_RATE, wave.numpy(), lw=0.4, color="0.25")
+    ax_w.set_ylabel("amplitude")
+    fig.suptitle(f"{utt_id} — {entry.key} ({entry.system}) — {split}", fontsize=13, fontweight="bold")
+    info = f"speaker {entry.speaker}; file {file_s:.2f} s; item {wave.shape[0] / SAMPLE_RATE:.2f} s ({pad} padding, "
+    ax_w.set_title(info + f"crop from the start); {layout.audio_path(split, utt_id).name}", fontsize=9)
+    y_extent = [-0.5, len(freqs) - 0.5] if fe.name == "mel" else [0.0, freqs[-1]]
+    im = ax_s.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
+                     extent=[times[0] - dt / 2, times[-1] + dt / 2, *y_extent], interpolation="nearest")  # fmt: skip
+    if fe.name == "mel":
+        ticks = np.arange(0, len(freqs), 2)
+        ax_s.set_yticks(ticks, [f"{freqs[i]:.0f}" for i in ticks])
+        ax_s.set_ylabel(f"mel band centre (Hz), {len(freqs)} bands")
+    else:
+        ax_s.set_ylabel(f"frequency (Hz), {len(freqs)} bins")
+    ax_s.set_xlabel("time (s)")
+    ax_s.set_title(describe_frontend(fe), fontsize=9)
+    fig.colorbar(im, ax=ax_s, label="log power (dB)", pad=0.01)
+    if file_s < wave.shape[0] / SAMPLE_RATE:
+        for ax in (ax_w, ax_s):
+            ax.axvline(file_s, ls="--", lw=1.2, color="tab:cyan")
+        ax_w.text(file_s, 0.05, f" file ends; {'repeated' if pad == 'repeat' else 'zeros'} after",
+                  transform=ax_w.get_xaxis_transform(), fontsize=8, color="tab:blue")  # fmt: skip
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def describe_frontend(fe: STFTFrontEnd) -> str:
+    """One line naming a front-end's parameters, e.g. for plot titles."""
+    window = "Blackman" if fe.name == "stft" else "Hann"
+    bands = f"{fe.n_bins} mel bands" if fe.name == "mel" else f"{fe.n_bins} bins"
+    return (f"{fe.name}: log power, {window} window {fe.win_length}, n_fft {fe.n_fft}, hop {fe.hop_length} "
+            f"({1000 * fe.hop_length / fe.sample_rate:.1f} ms), {bands}")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- --download
+
+DATASHARE_PAGE = "https://datashare.ed.ac.uk/handle/10283/3336"  # DOI 10.7488/ds/2555
+DATASHARE_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3336/LA.zip?sequence=3&isAllowed=y"  # ~7.6 GB
+KAGGLE_DATASET = "awsaf49/asvpoof-2019-dataset"  # LA and PA, with the LA/LA/ nesting; needs a Kaggle API token
+# Voc.v4 of Wang & Yamagishi, "Spoofed training data for speech spoofing countermeasure can be efficiently created
+# using neural vocoders", ICASSP 2023 (arXiv:2210.10570): vocoded spoofs of LA train/dev bona fide.
+VOCV4_PAGE = "https://zenodo.org/records/7314976"
+VOCV4_URL = "https://zenodo.org/record/7314976/files/project09-voc.v4.tar"
+ARCHIVES = {"datashare": "LA.zip", "vocv4": "project09-voc.v4.tar"}
+
+
+def hand_download_message(source: str, to: str | os.PathLike) -> str:
+    """What to do by hand when a download cannot run: where to get the files and where to put them."""
+    if source == "kaggle":
+        return (f"download https://www.kaggle.com/datasets/{KAGGLE_DATASET} by hand, unzip it into {to} (it holds "
+                f"LA/LA/ASVspoof2019_LA_cm_protocols), then run: python data.py --data-root {to} --check")  # fmt: skip
+    if source == "vocv4":
+        return (f"download project09-voc.v4.tar by hand from {VOCV4_PAGE}, put it at {Path(to) / ARCHIVES['vocv4']} "
+                f"and run this command again (it extracts and checks), or extract it yourself (tar -xf) into {to}; "
+                "then give explain.py --vocv4-root DIR, the voc.v4/ folder holding wav/ and protocol.txt")  # fmt: skip
+    return (f"download LA.zip (~7.6 GB) by hand from {DATASHARE_PAGE}, put it at {Path(to) / ARCHIVES['datashare']} "
+            f"and run this command again (it extracts and checks), or unzip it yourself into {to} so that "
+            f"{Path(to) / 'LA' / PROTOCOL_DIR} exists; then: python data.py --data-root {to} --check")  # fmt: skip
+
+
+def check_reachable(url: str, timeout: float, hand: str) -> None:
+    """Fail within `timeout` seconds when the URL's host does not resolve (urllib's timeout misses DNS)."""
+    host, result = urllib.parse.urlsplit(url).hostname or "", {}
+
+    def resolve() -> None:
+        try:
+            result["addr"] = socket.getaddrinfo(host, None)
+        except OSError as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=resolve, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "addr" not in result:
+        why = result.get("error", f"no DNS answer in {timeout:.0f} s")
+        raise ConnectionError(f"cannot reach {host} ({why}); offline? {hand}")
+
+
+def parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """`bytes 100-999/1000` -> (100, 1000); `bytes */1000` -> (None, 1000); anything else -> (None, None)."""
+    if not value or not value.startswith("bytes "):
+        return None, None
+    span, _, total = value[6:].partition("/")
+    start = span.split("-")[0]
+    return (int(start) if start.isdigit() else None), (int(total) if total.isdigit() else None)
+
+
+def ensure_free_space(folder: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(f"{what} needs {needed / 1e9:.2f} GB in {folder}, only {free / 1e9:.2f} GB free: free some space "
+                      "or choose another --to")  # fmt: skip
+
+
+def download(url: str, dest: str | os.PathLike, timeout: float = 10.0, hand: str = "", progress: bool = True) -> Path:
+    """Download `url` to `dest` with the standard library, resuming a partial `dest.part` by an HTTP Range request.
+
+    The file appears at `dest` only when complete (renamed from `.part`); an existing `dest` is taken as done.
+    A server that ignores Range (status 200) restarts the file from zero. Progress: a line with rate and ETA.
+
+    Args:
+        timeout: seconds for DNS, connect and each read, so that an offline machine fails fast.
+        hand: how to download by hand, appended to network errors.
+
+    Raises:
+        ConnectionError: host unreachable, HTTP error, or the transfer stopped (the `.part` is kept: rerun).
+        OSError: not enough disk space for what is left to download.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    check_reachable(url, timeout, hand)
+    offset = part.stat().st_size if part.is_file() else 0
+    headers = {"User-Agent": "antispoof-data.py/1.0", **({"Range": f"bytes={offset}-"} if offset else {})}
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset and parse_content_range(e.headers.get("Content-Range"))[1] == offset:
+            os.replace(part, dest)  # the .part was already whole
+            return dest
+        raise ConnectionError(f"cannot download {url}: HTTP {e.code} {e.reason}; {hand}") from e
+    except (urllib.error.URLError, OSError) as e:  # refused, unreachable, timed out
+        raise ConnectionError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? {hand}") from e
+    with response:
+        if response.headers.get("Content-Type", "").startswith("text/html"):  # a login or terms page
+            raise ConnectionError(f"{url} answered with a web page, not the archive; {hand}")
+        start, total = parse_content_range(response.headers.get("Content-Range"))
+        if response.status != 206 or start != offset:  # the server ignored Range: start again
+            offset, total = 0, int(response.headers.get("Content-Length") or 0) or None
+        if total:
+            ensure_free_space(dest.parent, total - offset, f"downloading {dest.name}")
+        copy_response(response, part, offset, total, progress)
+    size = part.stat().st_size
+    if total and size != total:
+        raise ConnectionError(f"download of {url} stopped at {size:,} of {total:,} bytes; run the same command "
+                              f"again to resume from {part}")  # fmt: skip
+    os.replace(part, dest)
+    return dest
+
+
+def copy_response(response, part: Path, offset: int, total: int | None, progress: bool = True) -> None:
+    """Append (offset > 0) or write the response body to `part`, 1 MB at a time, with a progress line."""
+    resumed = f", resumed at {offset / 1e6:,.1f} MB" if offset else ""
+    bar = Progress((total or 0) - offset, part.name.removesuffix(".part"), unit="MB", scale=1e6) if progress else None
+    try:
+        with open(part, "ab" if offset else "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                if bar:
+                    bar.update(len(chunk), resumed)
+    except OSError as e:  # includes socket timeouts and resets
+        raise ConnectionError(f"download interrupted at {part.stat().st_size:,} bytes ({e}); run the same command "
+                              f"again to resume from {part}") from e  # fmt: skip
+    finally:
+        if bar:
+            bar.close()
+
+
+def extract_archive(archive: str | os.PathLike, to: str | os.PathLike, progress: bool = True) -> list[Path]:
+    """Extract a zip or tar into a temporary folder beside the target, then rename its top-level entries into `to`.
+
+    Nothing appears in `to` until the whole archive is extracted. Member paths are sanitised (zipfile's rules,
+    tarfile's "data" filter), so an archive cannot write outside the folder.
+
+    Returns:
+        The top-level paths now in `to`.
+
+    Raises:
+        ValueError: not a zip or tar, or a damaged one. FileExistsError: a top-level entry exists in `to`.
+    """
+    archive, to = Path(archive), Path(to)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.extracting-", dir=to))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                members = [(m, m.file_size) for m in z.infolist()]
+                extract_members(members, lambda m: z.extract(m, tmp), archive, tmp, progress)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as t:
+                members = [(m, m.size) for m in t.getmembers()]
+                extract_members(members, lambda m: t.extract(m, tmp, filter="data"), archive, tmp, progress)
+        else:
+            raise ValueError(f"{archive}: not a zip or tar archive ({archive.stat().st_size:,} bytes); delete it "
+                             "and download it again")  # fmt: skip
+        tops = sorted(tmp.iterdir())
+        clash = [to / p.name for p in tops if (to / p.name).exists()]
+        if clash:
+            raise FileExistsError(f"{clash[0]} already exists: move it away (or choose another --to) and run again")
+        for p in tops:
+            os.replace(p, to / p.name)
+        return [to / p.name for p in tops]
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+        raise ValueError(f"{archive}: damaged archive ({e}); delete it and download it again") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def extract_members(members: list, extract: Callable, archive: Path, tmp: Path, progress: bool) -> None:
+    total = sum(size for _, size in members)
+    ensure_free_space(tmp, total, f"extracting {archive.name}")
+    bar = Progress(total, f"extract {archive.name}", unit="MB", scale=1e6) if progress else None
+    for member, size in members:
+        extract(member)
+        if bar:
+            bar.update(size)
+    if bar:
+        bar.close()
+
+
+def fetch_with_kaggle(to: Path, dataset: str = KAGGLE_DATASET) -> Path:
+    """Run the user's own `kaggle` tool to fetch the dataset's zip into `to/.kaggle-download/`.
+
+    Raises:
+        FileNotFoundError: `kaggle` is not installed (the message says how to install it and set up a token).
+        RuntimeError: the tool failed.
+    """
+    exe = shutil.which("kaggle")
+    if exe is None:
+        raise FileNotFoundError(
+            "--source kaggle needs the `kaggle` command-line tool, which is not on PATH: install it with "
+            "`pip install kaggle`, create an API token at https://www.kaggle.com/settings (API > Create New Token) "
+            "and save it as ~/.kaggle/kaggle.json (chmod 600); or use --source datashare (no account needed)"
+        )
+    folder = to / ".kaggle-download"
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [exe, "datasets", "download", "-d", dataset, "-p", str(folder)]
+    print("running: " + " ".join(cmd), file=sys.stderr)
+    code = subprocess.run(cmd).returncode
+    zips = sorted(folder.glob("*.zip"))
+    if code != 0 or not zips:
+        what = f"exit status {code}" + ("" if zips else ", no .zip written")
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({what}): check ~/.kaggle/kaggle.json and the network; "
+                           f"or {hand_download_message('kaggle', to)}")  # fmt: skip
+    return zips[0]
+
+
+def download_la(
+    to: str | os.PathLike,
+    source: str = "datashare",
+    url: str | None = None,
+    keep_archive: bool = False,
+    timeout: float = 10.0,
+) -> Path:
+    """Fetch ASVspoof 2019 LA into `to` and return `to` (pass it as --data-root). Idempotent: `to/.completed-LA`.
+
+    Args:
+        source: "datashare" (the official LA.zip, standard library, resumable) or "kaggle" (the user's `kaggle`).
+        url: another URL for LA.zip (a mirror).
+        keep_archive: keep the archive after a complete extraction (it is deleted by default).
+    """
+    if source not in ("datashare", "kaggle"):
+        raise ValueError(f"--source must be datashare or kaggle for LA, got {source!r}")
+    to = Path(to).expanduser()
+    to.mkdir(parents=True, exist_ok=True)
+    marker = to / ".completed-LA"
+    if marker.is_file():
+        print(f"{to}: already downloaded ({marker.name} present)", file=sys.stderr)
+        return to
+    if source == "kaggle":
+        archive = fetch_with_kaggle(to)
+    else:
+        archive = download(url or DATASHARE_URL, to / ARCHIVES["datashare"], timeout, hand_download_message(source, to))
+    extract_archive(archive, to)
+    layout = find_la_root(to)  # raises when the archive held no LA tree
+    marker.write_text(json.dumps({"source": source, "url": url, "la_root": str(layout.root), "at": time.ctime()}))
+    if not keep_archive:
+        archive.unlink()
+        if source == "kaggle":
+            shutil.rmtree(archive.parent, ignore_errors=True)
+    return to
+
+
+def find_vocv4_root(path: str | os.PathLike) -> Path:
+    """The `voc.v4/` folder (holding `wav/` and `protocol.txt`) at, under or two levels under `path`.
+
+    Raises:
+        FileNotFoundError: listing the places looked in.
+    """
+    base = Path(path).expanduser()
+    candidates = [base, base / "voc.v4", base / "project09-voc.v4" / "voc.v4", *sorted(base.glob("*/voc.v4"))]
+    for c in candidates:
+        if (c / "protocol.txt").is_file() and (c / "wav").is_dir():
+            return c
+    looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    raise FileNotFoundError(f"no voc.v4 folder with wav/ and protocol.txt at {base} (looked in {looked}); "
+                            f"{hand_download_message('vocv4', base)}")  # fmt: skip
+
+
+def download_vocv4(
+    to: str | os.PathLike, url: str | None = None, keep_archive: bool = False, timeout: float = 10.0
+) -> Path:
+    """Fetch project09-voc.v4 (Zenodo record 7314976) into `to`; returns the `voc.v4/` folder. Idempotent."""
+    to = Path(to).expanduser()
+    to.mkdir(parents=True, exist_ok=True)
+    marker = to / ".completed-vocv4"
+    if marker.is_file():
+        print(f"{to}: already downloaded ({marker.name} present)", file=sys.stderr)
+        return find_vocv4_root(to)
+    archive = download(url or VOCV4_URL, to / ARCHIVES["vocv4"], timeout, hand_download_message("vocv4", to))
+    extract_archive(archive, to)
+    root = find_vocv4_root(to)
+    marker.write_text(json.dumps({"source": "vocv4", "url": url or VOCV4_URL, "root": str(root), "at": time.ctime()}))
+    if not keep_archive:
+        archive.unlink()
+    return root
+
+
+def summarize_vocv4(root: Path) -> str:
+    """One line: how many protocol lines and wav files a voc.v4 folder holds."""
+    lines = [ln for ln in (root / "protocol.txt").read_text().splitlines() if ln.strip()]
+    wavs = sum(1 for _ in (root / "wav").glob("*.wav"))
+    return f"voc.v4 at {root}: {len(lines):,} protocol lines, {wavs:,} wav files; explain.py --vocv4-root {root}"
+
+
 # ----------------------------------------------------------------------------- progress and shared CLI
 
 
 class Progress:
-    """A one-line progress report with rate and ETA, rewritten in place on a terminal (stderr)."""
+    """A one-line progress report with rate and ETA, rewritten in place on a terminal (stderr).
 
-    def __init__(self, total: int, label: str, unit: str = "files", stream=None, every: float = 1.0):
-        import time
+    Args:
+        total: units expected (0 when unknown: no percentage or ETA).
+        unit, scale: counts are shown divided by `scale` in `unit` (bytes with unit="MB", scale=1e6).
+        every: seconds between lines (on a terminal the line is rewritten, elsewhere a new line is printed).
+    """
 
-        self.total, self.label, self.unit, self.done = total, label, unit, 0
+    def __init__(
+        self, total: int, label: str, unit: str = "files", stream=None, every: float = 1.0, scale: float = 1.0
+    ):
+        self.total, self.label, self.unit, self.scale, self.done = total, label, unit, scale, 0
         self.stream = stream or sys.stderr
         self.every, self.start = every, time.monotonic()
-        self.last = -1e9
+        self.last, self.finished = -1e9, False
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def line(self, extra: str = "") -> str:
-        import time
-
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        pct = 100.0 * self.done / max(self.total, 1)
+        eta = (self.total - self.done) / rate if rate > 0 and self.total else float("inf")
         eta_s = "?" if eta == float("inf") else format_seconds(eta)
+        if self.scale == 1:
+            count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
+        else:
+            count = (
+                f"{self.done / self.scale:,.1f}/{self.total / self.scale:,.1f}"
+                if self.total
+                else f"{self.done / self.scale:,.1f}"
+            )
+        pct = f" ({100.0 * self.done / self.total:.0f}%)" if self.total else ""
         return (
-            f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.1f} {self.unit}/s "
+            f"{self.label}: {count} {self.unit}{pct} {rate / self.scale:,.1f} {self.unit}/s "
             f"elapsed {format_seconds(elapsed)} ETA {eta_s}{extra}"
         )
 
     def update(self, n: int = 1, extra: str = "") -> None:
-        import time
-
         self.done += n
         now = time.monotonic()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
+        done_now = bool(self.total) and self.done >= self.total and not self.finished
+        if now - self.last >= self.every or done_now:
+            self.last, self.finished = now, self.finished or done_now
             end = "\r" if self.tty else "\n"
             print(self.line(extra), end=end, file=self.stream, flush=True)
 
@@ -500,14 +1156,21 @@ def format_seconds(s: float) -> str:
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags every script shares: same name, same meaning, same default everywhere."""
     g = parser.add_argument_group("shared")
-    g.add_argument("--data-root", default=os.environ.get("ASVSPOOF_ROOT"),
-                   help="ASVspoof 2019 LA folder, its parent, or the Kaggle copy (default: $ASVSPOOF_ROOT)")
+    g.add_argument(
+        "--data-root",
+        default=os.environ.get("ASVSPOOF_ROOT"),
+        help="ASVspoof 2019 LA folder, its parent, or the Kaggle copy (default: $ASVSPOOF_ROOT)",
+    )
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--batch-size", type=int, default=64, help="items per batch (per process under torchrun)")
     g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers")
     g.add_argument("--seed", type=int, default=1, help="random seed")
-    g.add_argument("--frontend", choices=sorted(FRONTENDS), default="stft",
-                   help="stft: STC log-power STFT (863 bins); mel: seed recipe 20-band log-mel")
+    g.add_argument(
+        "--frontend",
+        choices=sorted(FRONTENDS),
+        default="stft",
+        help="stft: STC log-power STFT (863 bins); mel: seed recipe 20-band log-mel",
+    )
     g.add_argument("--num-frames", type=int, default=600, help="fixed number of feature frames per item")
     g.add_argument("--pad", choices=("repeat", "zeros"), default="repeat", help="how short files are padded")
     g.add_argument("--skip-bad", action="store_true", help="skip missing/unreadable audio (counted) instead of failing")
@@ -543,3 +1206,69 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+# ----------------------------------------------------------------------------- main
+
+EXAMPLES = """examples:
+  python data.py --data-root ../shared/data/asvspoof2019_la_mini/LA --check
+  python data.py --data-root /data/LA --check --split train --deep --json
+  python data.py --data-root /data/LA --show LA_T_4179989 --out demo/LA_T_4179989.png [--frontend mel]
+  python data.py --download --to /data/asvspoof2019 [--source datashare|kaggle]
+  python data.py --download --to /data/vocv4 --source vocv4"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Check, show or download ASVspoof 2019 LA (and the voc.v4 vocoded set).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_args(parser)
+    g = parser.add_argument_group("data.py")
+    action = g.add_mutually_exclusive_group(required=True)
+    action.add_argument("--check", action="store_true", help="count and check every split; exit 1 on any problem")
+    action.add_argument("--show", metavar="UTT_ID", help="draw one item (waveform and features) into --out")
+    action.add_argument("--download", action="store_true", help="download, extract and check into --to")
+    g.add_argument("--split", choices=SPLITS, help="--check: only this split (default: all three)")
+    g.add_argument("--json", action="store_true", help="--check: print one JSON object instead of the table")
+    g.add_argument("--deep", action="store_true", help="--check: decode every file instead of headers and file ends")
+    g.add_argument("--threads", type=int, help="--check: files checked in parallel (default: min(16, 4 x cores))")
+    g.add_argument("--out", metavar="FILE.png", help="--show: the picture to write")
+    g.add_argument("--to", metavar="DIR", help="--download: folder to download and extract into")
+    g.add_argument("--source", choices=("datashare", "kaggle", "vocv4"), default="datashare",
+                   help="--download: official LA.zip, the Kaggle copy (your `kaggle` tool) or voc.v4")  # fmt: skip
+    g.add_argument("--url", help="--download: another URL for the archive (a mirror)")
+    g.add_argument("--keep-archive", action="store_true", help="--download: keep the archive after extraction")
+    g.add_argument("--timeout", type=float, default=10.0, help="--download: network timeout in seconds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    belongs = {"--split": "check", "--json": "check", "--deep": "check", "--out": "show", "--to": "download",
+               "--url": "download", "--keep-archive": "download"}  # fmt: skip
+    for flag, action in belongs.items():
+        if getattr(args, flag[2:].replace("-", "_")) not in (None, False) and not getattr(args, action):
+            raise ValueError(f"{flag} goes with --{action}")
+    if args.check:
+        report = check_dataset(args.data_root, [args.split] if args.split else SPLITS, args.deep, args.threads)
+        print(json.dumps(report, indent=2) if args.json else format_check_report(report))
+        return 1 if report["problems"] else 0
+    if args.show:
+        if not args.out:
+            raise ValueError("--show needs --out FILE.png")
+        print(f"wrote {plot_item(args.data_root, args.show, args.out, args.frontend, args.num_frames, args.pad)}")
+        return 0
+    if not args.to:
+        raise ValueError("--download needs --to DIR, the folder to download and extract into")
+    if args.source == "vocv4":
+        print(summarize_vocv4(download_vocv4(args.to, args.url, args.keep_archive, args.timeout)))
+        return 0
+    report = check_dataset(download_la(args.to, args.source, args.url, args.keep_archive, args.timeout))
+    print(format_check_report(report))
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

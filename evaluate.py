@@ -1,0 +1,663 @@
+"""evaluate.py -- score a checkpoint on an ASVspoof 2019 LA split, or on any audio files.
+
+    python evaluate.py --ckpt runs/stc/best.pt --data-root ROOT [--split eval] [--out scores.txt] [--json]
+    python evaluate.py --ckpt runs/stc/best.pt --files a.flac b.wav ... [--threshold 0.5] [--json]
+
+Split mode scores every line of the split's CM protocol into an ASVspoof score file `UTT SYSTEM KEY SCORE`
+(score = logit_bona - logit_spoof, the bona fide log-odds: higher = more bona fide), checks the file line by line
+against the protocol (as aasist's `produce_evaluation_file`), then prints the EER, the min t-DCF (with the
+organisers' ASV scores found under --data-root) and the per-attack table, and writes the DET plot.
+
+Nothing computed is lost: scores are saved every --save-every batches to `<out>.partial` (atomically, next to a
+`<out>.partial.json` that records what produced them); a run killed half-way and started again with the same
+--out scores only what is missing. The final file is written atomically and the partial files are removed.
+
+Fast path: DataLoader workers decode and crop/pad waveforms; the front-end runs per batch on the device under
+torch.inference_mode, the model in channels_last (and under bf16 autocast on CUDA). Protocol order is kept.
+
+The model, the front-end, the input length and the padding come from the checkpoint: evaluation crops from the
+start and pads short files as training did (the papers' fixed length). --full-length instead scores the whole
+utterance as the mean logits of consecutive windows of that length (the LCNN's FC fixes its input size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import metrics
+from data import (
+    SPLITS,
+    ASVspoof2019LA,
+    LALayout,
+    Progress,
+    ProtocolEntry,
+    add_common_args,
+    collate,
+    find_la_root,
+    fix_length,
+    load_audio,
+    make_frontend,
+    resolve_device,
+    run_cli,
+)
+from model import load_checkpoint
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+# ----------------------------------------------------------------------------- the scorer: checkpoint -> logits
+
+
+@dataclass
+class Scorer:
+    """A checkpoint ready to score waveforms: model, front-end and the input length it was trained on.
+
+    Attributes:
+        model: the LCNN in eval mode on `device`, channels_last.
+        frontend: the checkpoint's front-end module on `device`.
+        device: where features and logits are computed.
+        num_samples: fixed waveform length of one input (the checkpoint's --num-frames).
+        pad: how short files are padded ("repeat" or "zeros"), as in training.
+        bf16: run the model under bf16 autocast.
+        ckpt: the checkpoint dict.
+        path: the checkpoint file.
+    """
+
+    model: nn.Module
+    frontend: nn.Module
+    device: torch.device
+    num_samples: int
+    pad: str
+    bf16: bool = False
+    ckpt: dict = field(default_factory=dict, repr=False)
+    path: Path | None = None
+
+    @torch.inference_mode()
+    def logits(self, waves: torch.Tensor) -> torch.Tensor:
+        """Score a batch of fixed-length waveforms.
+
+        Args:
+            waves: (B, num_samples) float waveforms, on any device.
+        Returns:
+            (B, 2) float32 logits [spoof, bona fide], on the CPU.
+        """
+        waves = waves.to(self.device, non_blocking=True)
+        x = self.frontend(waves)  # (B, 1, F, T), float32: features outside autocast
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(x)  # (B, 2)
+        return out.float().cpu()
+
+    def logits_full(self, wave: torch.Tensor) -> torch.Tensor:
+        """Score one whole utterance: the mean logits of consecutive `num_samples` windows covering it.
+
+        A file shorter than one window is padded as in training; the last window is aligned to the file's end.
+
+        Args:
+            wave: (N,) waveform.
+        Returns:
+            (2,) float32 logits [spoof, bona fide].
+        """
+        n, w = wave.shape[-1], self.num_samples
+        if n <= w:
+            return self.logits(fix_length(wave, w, self.pad).unsqueeze(0))[0]
+        starts = list(range(0, n - w + 1, w))
+        if starts[-1] + w < n:
+            starts.append(n - w)
+        windows = torch.stack([wave[s : s + w] for s in starts])  # (K, w)
+        return self.logits(windows).mean(0)
+
+
+def checkpoint_frontend(ckpt: dict, path: Path) -> str:
+    """The front-end name a checkpoint was trained with, or ValueError saying what the checkpoint lacks."""
+    args = ckpt.get("args")
+    if not isinstance(args, dict) or "frontend" not in args:
+        raise ValueError(
+            f"{path}: the checkpoint has no args['frontend'] (keys: {', '.join(sorted(map(str, ckpt)))}); "
+            "expected a train.py checkpoint with 'model', 'model_args' and 'args' (the resolved flags)"
+        )
+    return args["frontend"]
+
+
+def load_scorer(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    pad: str | None = None,
+    frontend: str | None = None,
+    num_frames: int | None = None,
+) -> Scorer:
+    """Load a train.py checkpoint as a `Scorer`; the front-end, input length and padding come from it.
+
+    Args:
+        path: checkpoint file (a plain dict: "model", "model_args", "args", ...).
+        device: torch device or its name.
+        precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16".
+        pad: override the checkpoint's padding of short files ("repeat" or "zeros").
+        frontend, num_frames: must agree with the checkpoint when given (the model's input size is fixed).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a train.py checkpoint, or flags that contradict it.
+    """
+    path = Path(path)
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    try:
+        model, ckpt = load_checkpoint(path, "cpu")
+    except ValueError as e:
+        if "cannot read the checkpoint" not in str(e):
+            raise
+        # torch's own text is a dozen lines about pickles, or just "101"; one line says what matters here
+        raise ValueError(
+            f"--ckpt {path}: torch.load(weights_only=True) cannot read it; expected a train.py checkpoint "
+            "(a plain dict of tensors and flags), not a truncated or foreign file"
+        ) from e
+    name = checkpoint_frontend(ckpt, path)
+    if frontend is not None and frontend != name:
+        raise ValueError(f"--frontend {frontend}: {path} was trained with --frontend {name}")
+    fe = make_frontend(name)
+    frames = int(ckpt["model_args"].get("num_frames", model.num_frames))
+    if num_frames is not None and num_frames != frames:
+        raise ValueError(f"--num-frames {num_frames}: {path} was trained on {frames} frames (its FC layer fixes it)")
+    if fe.n_bins != model.in_bins:
+        raise ValueError(f"{path}: --frontend {name} gives {fe.n_bins} bins but the model takes {model.in_bins}")
+    pad = pad or ckpt["args"].get("pad", "repeat")
+    if pad not in ("repeat", "zeros"):
+        raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
+    # channels_last: cuDNN's fast bf16 convolutions on GPUs, and 1.8x the fp32 CPU throughput of the STC LCNN
+    # (oneDNN, 2-core CPU, batch 8 of 863 x 600)
+    model = model.to(device, memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input shape for the whole run
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return Scorer(model.eval(), fe.to(device), device, fe.num_samples(frames), pad, bf16, ckpt, path)
+
+
+# ----------------------------------------------------------------------------- score files: partial, resume, check
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, so a resumed run can tell that the checkpoint is the same one."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def partial_paths(out: Path) -> tuple[Path, Path]:
+    """(`<out>.partial`, `<out>.partial.json`): scores so far and what produced them."""
+    return out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
+
+
+def read_partial(out: Path, run_info: dict, by_id: dict[str, ProtocolEntry]) -> dict[str, float]:
+    """Scores saved by an earlier, interrupted run with the same --out (empty when there are none).
+
+    Raises:
+        ValueError: the partial scores came from another checkpoint/split/setting, or hold a line that is not in
+            the protocol (with its system and key): delete them or choose another --out.
+    """
+    partial, meta_path = partial_paths(out)
+    if not partial.is_file():
+        return {}
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    differ = [k for k in run_info if meta.get(k) != run_info[k]]
+    if differ:
+        raise ValueError(
+            f"{partial} was written by another run ({', '.join(f'{k}: {meta.get(k)!r} now {run_info[k]!r}' for k in differ)}); "
+            "delete it (and its .json) to start over, or choose another --out"
+        )
+    saved = metrics.read_score_file(partial)
+    for i, (utt, system, key) in enumerate(zip(saved.utt_id, saved.system, saved.key), 1):
+        e = by_id.get(str(utt))
+        if e is None or (e.system, e.key) != (system, key):
+            raise ValueError(
+                f"{partial.name} line {i}: {utt} {system} {key} is not a line of the protocol; "
+                "delete the partial file to start over"
+            )
+    return dict(zip(saved.utt_id.tolist(), saved.score.tolist()))
+
+
+def write_scores(path: Path, entries: Sequence[ProtocolEntry], scores: dict[str, float]) -> Path:
+    """Write the scored entries in protocol order, atomically (`metrics.write_score_file`)."""
+    done = [e for e in entries if e.utt_id in scores]
+    return metrics.write_score_file(
+        path, [e.utt_id for e in done], [e.system for e in done], [e.key for e in done],
+        np.array([scores[e.utt_id] for e in done], dtype=np.float64),
+    )  # fmt: skip
+
+
+def check_score_file(path: Path, expected: Sequence[ProtocolEntry]) -> metrics.ScoreFile:
+    """Read a score file back and check it line by line against the trial list (utt id, system, key, order).
+
+    Raises:
+        ValueError: naming the first line that differs, or the line counts.
+    """
+    scores = metrics.read_score_file(path)
+    for i, (e, utt, system, key) in enumerate(zip(expected, scores.utt_id, scores.system, scores.key), 1):
+        if (e.utt_id, e.system, e.key) != (utt, system, key):
+            raise ValueError(
+                f"{path.name} line {i}: expected '{e.utt_id} {e.system} {e.key}' (protocol order), "
+                f"got '{utt} {system} {key}'"
+            )
+    if len(scores) != len(expected):
+        raise ValueError(f"{path.name} has {len(scores):,} lines, the trial list {len(expected):,}")
+    return scores
+
+
+# ----------------------------------------------------------------------------- scoring a split
+
+
+def _first(batch: list):
+    """collate_fn of batch size 1 that keeps the item as it is (whole waveforms differ in length)."""
+    return batch[0]
+
+
+def raise_unreadable(ds: ASVspoof2019LA, i: int) -> None:
+    """Raise the error of item i's audio again in this process, naming the file and the way out."""
+    try:
+        load_audio(ds.path(i))
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        raise type(e)(f"{e} (pass --skip-bad to score the other files)") from e
+    raise RuntimeError(f"{ds.path(i)}: could not be read in a DataLoader worker (pass --skip-bad to go on)")
+
+
+class _WholeFiles(Dataset):
+    """Items of an ASVspoof2019LA as whole waveforms (for --full-length): (wave (N,), utt_id) or None."""
+
+    def __init__(self, ds: ASVspoof2019LA):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        wave = self.ds.waveform(i)
+        return None if wave is None else (wave, self.ds.entries[i].utt_id)
+
+
+def score_dataset(
+    scorer: Scorer,
+    ds: ASVspoof2019LA,
+    scores: dict[str, float],
+    batch_size: int,
+    num_workers: int,
+    save_every: int,
+    save: Callable[[], None],
+    skip_bad: bool = False,
+    full_length: bool = False,
+    progress: str | None = None,
+) -> None:
+    """Score the items of a waveform dataset (frontend=None) in order into `scores` {utt_id: score}.
+
+    DataLoader workers decode and crop/pad; `scorer` makes features and logits per batch on its device. `save()`
+    runs every `save_every` batches. Unreadable files come back as None (dropped by `collate`) rather than as an
+    exception re-raised from a worker with its traceback in the message; without `skip_bad` the first one stops
+    the run with the file's own error. `progress` labels the progress line (None: no progress line).
+    """
+    ds.skip_bad = True
+    loader = DataLoader(
+        _WholeFiles(ds) if full_length else ds,
+        batch_size=1 if full_length else batch_size,
+        shuffle=False,  # protocol order
+        num_workers=num_workers,
+        collate_fn=_first if full_length else collate,
+        pin_memory=scorer.device.type == "cuda",
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    bar = Progress(len(ds), progress, unit="files") if progress else None
+    pos = 0  # items of ds consumed so far (batches come in order)
+    try:
+        for n_batch, batch in enumerate(loader, 1):
+            if full_length:
+                n = 1
+                if batch is not None:
+                    wave, utt = batch
+                    logits = scorer.logits_full(wave)  # (2,)
+                    scores[utt] = float(logits[1] - logits[0])
+            else:
+                n = len(batch.get("utt_id", ())) + batch["n_bad"]
+                if batch["x"] is not None:
+                    logits = scorer.logits(batch["x"])  # (B, 2)
+                    for utt, score in zip(batch["utt_id"], (logits[:, 1] - logits[:, 0]).tolist()):
+                        scores[utt] = score
+            bad = [i for i in range(pos, pos + n) if ds.entries[i].utt_id not in scores]
+            pos += n
+            if bad and not skip_bad:
+                raise_unreadable(ds, bad[0])
+            if bar:
+                bar.update(n)
+            if n_batch % save_every == 0:
+                save()
+    finally:
+        if bar:
+            bar.close()
+
+
+@dataclass
+class SplitResult:
+    """What `score_split` did: the final score file and its counts."""
+
+    path: Path
+    scores: metrics.ScoreFile
+    n_scored: int  # scored in this run
+    n_resumed: int  # taken from an earlier run's partial file
+    skipped: list[str]  # audio missing or unreadable (only with skip_bad)
+    seconds: float
+
+    @property
+    def files_per_s(self) -> float:
+        return self.n_scored / max(self.seconds, 1e-9)
+
+
+def score_split(
+    scorer: Scorer,
+    data_root: str | os.PathLike | LALayout,
+    split: str,
+    out: str | os.PathLike,
+    batch_size: int = 64,
+    num_workers: int = 4,
+    save_every: int = 100,
+    skip_bad: bool = False,
+    full_length: bool = False,
+    progress: bool = True,
+) -> SplitResult:
+    """Score every protocol line of a split into `out`, resuming from `<out>.partial` when present.
+
+    Args:
+        scorer: from `load_scorer`.
+        data_root: the LA tree (anything `find_la_root` accepts) or an `LALayout`.
+        split: "train", "dev" or "eval".
+        out: score file to write (`UTT SYSTEM KEY SCORE`, protocol order).
+        batch_size: files per batch (ignored with `full_length`: one file at a time).
+        num_workers: DataLoader worker processes that decode audio.
+        save_every: save the scores so far to `<out>.partial` every this many batches.
+        skip_bad: leave out missing/unreadable files (listed in the result) instead of failing.
+        full_length: score whole utterances (see `Scorer.logits_full`).
+        progress: print a progress line with files/s on stderr.
+
+    Returns:
+        SplitResult; its score file has been checked line by line against the protocol.
+
+    Raises:
+        FileNotFoundError / RuntimeError: missing or unreadable audio (without skip_bad), naming the file.
+        ValueError: a partial file from another run, or a score file that does not match the protocol.
+    """
+    layout = data_root if isinstance(data_root, LALayout) else find_la_root(data_root)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    entries = layout.protocol(split)
+    by_id = {e.utt_id: e for e in entries}
+    run_info = {
+        "checkpoint_sha256": file_digest(scorer.path) if scorer.path else None,
+        "protocol_sha256": file_digest(layout.protocol_path(split)),
+        "num_samples": scorer.num_samples, "pad": scorer.pad, "full_length": full_length,
+    }  # fmt: skip
+    scores = read_partial(out, run_info, by_id)
+    n_resumed = len(scores)
+    todo = [e for e in entries if e.utt_id not in scores]
+    if n_resumed and progress:
+        print(f"resuming {out}: {n_resumed:,} of {len(entries):,} already scored", file=sys.stderr)
+    partial, meta_path = partial_paths(out)
+
+    def save_partial() -> None:
+        if len(scores) > n_resumed:  # else the partial file on disk (if any) already holds everything
+            write_json_atomic(meta_path, run_info)
+            write_scores(partial, entries, scores)
+
+    start = time.monotonic()
+    skipped: list[str] = []
+    if todo:
+        ds = ASVspoof2019LA(layout, split, scorer.num_samples, frontend=None, pad=scorer.pad,
+                            skip_bad=skip_bad, entries=todo)  # fmt: skip
+        skipped += [Path(p).stem for p in ds.skipped]  # missing audio (skip_bad)
+        try:
+            score_dataset(scorer, ds, scores, batch_size, num_workers, save_every, save_partial, skip_bad,
+                          full_length, f"score {split}" if progress else None)  # fmt: skip
+        except BaseException:
+            save_partial()  # Ctrl-C or a bad file: what was scored is kept for the next run
+            raise
+        skipped += [e.utt_id for e in ds.entries if e.utt_id not in scores]  # unreadable (skip_bad)
+    seconds = time.monotonic() - start
+    expected = [e for e in entries if e.utt_id in scores]
+    if not expected:
+        raise RuntimeError(f"no {split} file could be scored ({len(skipped):,} missing or unreadable)")
+    write_scores(out, entries, scores)
+    checked = check_score_file(out, expected)
+    partial.unlink(missing_ok=True)
+    meta_path.unlink(missing_ok=True)
+    return SplitResult(out, checked, len(scores) - n_resumed, n_resumed, skipped, seconds)
+
+
+# ----------------------------------------------------------------------------- metrics of a split
+
+
+def report_split(
+    scores: metrics.ScoreFile,
+    data_root: str | os.PathLike | LALayout | None,
+    split: str,
+    det_path: Path | None,
+    asv_scores: str | os.PathLike | None = None,
+) -> dict:
+    """EER, min t-DCF and per-attack EER of a score file, and its DET plot.
+
+    Args:
+        scores: the checked score file.
+        data_root: where to look for the organisers' ASV scores of `split` (`metrics.find_asv_scores`).
+        split: "dev" or "eval" have ASV scores; for "train" the t-DCF is skipped.
+        det_path: PNG to write, or None.
+        asv_scores: an explicit ASV score file (wins over `data_root`).
+
+    Returns:
+        `metrics.evaluate_scores`' dict plus "asv_scores" (path or None), "asv_note" (why there is no t-DCF,
+        or None) and "det" (path or None).
+    """
+    asv, note = None, None
+    try:
+        if asv_scores is None:
+            root = data_root.root if isinstance(data_root, LALayout) else data_root
+            if root is None:
+                raise FileNotFoundError("no --data-root to look for the ASV scores in")
+            asv_scores = metrics.find_asv_scores(root, split)
+        asv = metrics.read_asv_scores(asv_scores)
+    except (FileNotFoundError, ValueError) as e:
+        note = f"min t-DCF skipped: {e}"
+        asv_scores = None
+    result = metrics.evaluate_scores(scores, asv)
+    if det_path is not None:
+        name = scores.path.stem if scores.path else split
+        metrics.plot_det({name: (scores.bonafide_scores, scores.spoof_scores)}, det_path)
+    result.update(asv_scores=str(asv_scores) if asv_scores else None, asv_note=note,
+                  det=str(det_path) if det_path else None)  # fmt: skip
+    return result
+
+
+# ----------------------------------------------------------------------------- scoring files
+
+
+def score_files(
+    scorer: Scorer,
+    paths: Sequence[str | os.PathLike],
+    threshold: float = 0.5,
+    batch_size: int = 64,
+    skip_bad: bool = False,
+    full_length: bool = False,
+) -> list[dict]:
+    """Bona fide probability and verdict of each audio file soundfile reads (resampled to 16 kHz, downmixed).
+
+    Args:
+        scorer: from `load_scorer`.
+        paths: audio files, any rate and channel count.
+        threshold: verdict "bonafide" when the bona fide probability is at least this.
+        batch_size: files scored together.
+        skip_bad: an unreadable file gets an "error" entry instead of stopping everything.
+        full_length: score whole files (see `Scorer.logits_full`) instead of the training crop.
+
+    Returns:
+        One dict per file, in order: {"file", "duration_s", "p_bonafide", "score", "verdict"}, or
+        {"file", "error"} for an unreadable file when skip_bad.
+
+    Raises:
+        FileNotFoundError / RuntimeError / ValueError naming the file (without skip_bad).
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold must be a probability in [0, 1], got {threshold}")
+    results: list[dict] = []
+    pending: list[tuple[dict, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        if full_length:
+            logits = torch.stack([scorer.logits_full(w) for _, w in pending])
+        else:
+            logits = scorer.logits(torch.stack([fix_length(w, scorer.num_samples, scorer.pad) for _, w in pending]))
+        p_bona = torch.softmax(logits.double(), dim=1)[:, 1]  # (B,) softmax of the two logits, bona fide column
+        for (row, _), s, p in zip(pending, (logits[:, 1] - logits[:, 0]).tolist(), p_bona.tolist()):
+            row.update(p_bonafide=p, score=s, verdict="bonafide" if p >= threshold else "spoof")
+        pending.clear()
+
+    for path in paths:
+        row = {"file": str(path)}
+        results.append(row)
+        try:
+            wave = load_audio(path)  # (N,) mono, 16 kHz
+        except (FileNotFoundError, RuntimeError, ValueError) as e:
+            if not skip_bad:
+                raise type(e)(f"{e} (pass --skip-bad to score the other files)") from e
+            row["error"] = str(e)
+            continue
+        row["duration_s"] = wave.shape[0] / scorer.frontend.sample_rate
+        pending.append((row, wave))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results
+
+
+def format_files_table(rows: list[dict], threshold: float) -> str:
+    """A plain-text table of `score_files`' rows."""
+    width = max([len("file")] + [len(r["file"]) for r in rows])
+    lines = [f"{'file':<{width}}  duration  p(bonafide)      score  verdict (threshold {threshold:g})"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['file']:<{width}}  error: {r['error']}")
+        else:
+            lines.append(
+                f"{r['file']:<{width}}  {r['duration_s']:7.2f}s  {r['p_bonafide']:11.4f}  {r['score']:9.4f}  {r['verdict']}"
+            )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, type=Path, help="train.py checkpoint (e.g. runs/stc/best.pt)")
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        type=Path,
+        metavar="AUDIO",
+        help="score these audio files (any rate/channels soundfile reads) instead of a split",
+    )
+    parser.add_argument("--split", choices=SPLITS, default="eval", help="protocol split to score (default: eval)")
+    parser.add_argument("--out", type=Path, help="score file (default: scores_<split>.txt next to the checkpoint)")
+    parser.add_argument("--det", type=Path, metavar="FILE.png", help="DET plot (default: <out stem>_det.png)")
+    parser.add_argument("--asv-scores", type=Path, help="organisers' ASV score file (default: found under --data-root)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report/table")
+    parser.add_argument("--threshold", type=float, default=0.5, help="--files: bonafide when p(bonafide) >= this")
+    parser.add_argument(
+        "--full-length",
+        action="store_true",
+        help="score whole utterances (mean logits of windows) instead of the training crop",
+    )
+    parser.add_argument("--save-every", type=int, default=100, help="save partial scores every N batches")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA only")
+    add_common_args(parser)
+    # None = "as the checkpoint says": the model's input size is fixed by its training flags.
+    parser.set_defaults(frontend=None, num_frames=None, pad=None)
+    # Scoring batch: 64 on CUDA; 8 elsewhere, because an fp32 STC item (863 x 600) peaks at ~0.3 GB of activations
+    # on a CPU (batch 64 would ask for ~20 GB) and larger CPU batches are no faster.
+    parser.set_defaults(batch_size=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.save_every < 1:
+        raise ValueError(f"--save-every must be at least 1, got {args.save_every}")
+    device = resolve_device(args.device)
+    args.batch_size = args.batch_size or (64 if device.type == "cuda" else 8)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    scorer = load_scorer(args.ckpt, device, args.precision, args.pad, args.frontend, args.num_frames)
+    if args.files:
+        rows = score_files(scorer, args.files, args.threshold, args.batch_size, args.skip_bad, args.full_length)
+        if args.json:
+            print(json.dumps({"checkpoint": str(args.ckpt), "threshold": args.threshold, "files": rows}))
+        else:
+            print(format_files_table(rows, args.threshold))
+        return 0
+    if args.data_root is None:
+        raise ValueError("give --data-root (the LA tree) to score a split, or --files to score audio files")
+    layout = find_la_root(args.data_root)
+    out = args.out or args.ckpt.parent / f"scores_{args.split}.txt"
+    det = args.det or out.with_name(f"{out.stem}_det.png")
+    res = score_split(scorer, layout, args.split, out, args.batch_size, args.num_workers, args.save_every,
+                      args.skip_bad, args.full_length, progress=True)  # fmt: skip
+    sf = res.scores
+    print(f"scores written to {out} ({len(sf):,} lines)", file=sys.stderr)
+    result = report_split(sf, layout, args.split, det, args.asv_scores)
+    summary = {
+        "split": args.split, "scores": str(out), "n_scores": len(sf),
+        "n_bonafide": int(sf.bonafide_scores.size), "n_spoof": int(sf.spoof_scores.size),
+        "n_scored": res.n_scored, "n_resumed": res.n_resumed, "skipped": res.skipped,
+        "seconds": round(res.seconds, 3), "files_per_s": round(res.files_per_s, 2), **result,
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    if result["asv_note"]:
+        print(result["asv_note"], file=sys.stderr)
+    title = (
+        f"{args.ckpt} on {args.split}: {len(sf):,} scores ({sf.bonafide_scores.size:,} bona fide, "
+        f"{sf.spoof_scores.size:,} spoof) in {out}; {res.n_scored:,} scored at {res.files_per_s:.1f} files/s"
+        + (f", {res.n_resumed:,} resumed" if res.n_resumed else "")
+        + (f"; {len(res.skipped):,} skipped (missing/unreadable)" if res.skipped else "")
+        + (f"\nASV scores: {result['asv_scores']}" if result["asv_scores"] else "")
+    )
+    print(metrics.format_report(result, title))
+    print(f"\nDET curve written to {det}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,637 @@
+"""train.py -- train the STC LCNN on ASVspoof 2019 LA: recipes, per-epoch checkpoints, resume, curves, torchrun/DDP.
+
+    python train.py --data-root ROOT [--recipe stc|seed|tiny] [--out RUN] [--epochs N] [any flag]
+    python train.py --resume RUN [--epochs N]                    # continue RUN/last.pt with its own flags
+    torchrun --nproc_per_node 8 train.py --data-root ROOT ...    # the same command on several GPUs / nodes
+
+Reads top to bottom like nanoGPT's train.py: flags (a recipe's defaults, then explicit flags) -> DDP set-up ->
+data -> model (scratch or resume) -> optimiser/scheduler -> for each epoch: `train_one_epoch`, `evaluate` on dev,
+checkpoint, metrics.jsonl, curves.png. The eval split is never read.
+
+The run folder RUN holds args.json (the resolved flags), last.pt (every epoch), best.pt (lowest dev EER, ties ->
+earlier epoch), metrics.jsonl (one JSON line per epoch), curves.png, dev_scores.txt (the last epoch's dev scores
+in the ASVspoof format) and tb/ (TensorBoard events, only when the tensorboard package is installed).
+A checkpoint is a plain dict of tensors and plain types (`torch.load(path, weights_only=True)` reads it):
+model, model_args, args, epoch, optimizer, scheduler, best_dev_eer, best_epoch, dev_eer, history, rng.
+EERs are in percent everywhere in this file.
+
+Resume is exact: a checkpoint stores every rank's RNG states and the optimiser and scheduler, and each epoch's
+shuffling and worker seeds come from (seed, epoch, rank), so `--resume` reaches the metrics an uninterrupted run
+reaches (bit for bit on CPU; on CUDA up to cuDNN's non-deterministic kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from data import (
+    ASVspoof2019LA,
+    Progress,
+    add_common_args,
+    collate,
+    find_la_root,
+    format_seconds,
+    make_frontend,
+    resolve_device,
+    run_cli,
+)
+from metrics import compute_eer, write_score_file
+from model import LCNN, asoftmax_lambda, count_parameters
+
+# ----------------------------------------------------------------------------- recipes
+
+# The parser's defaults are the STC recipe (Lavrentyeva et al., arXiv:1904.05576, trained with the optimiser of
+# the NII comparative study, Wang & Yamagishi, Interspeech 2021): 863-bin log-power STFT, 600 frames (4.9 s),
+# repeat padding, random crops of long files, dropout 0.75, Adam 3e-4 (0.9, 0.999, 1e-8), StepLR x0.5 every 10
+# epochs, batch 64, best epoch by dev EER. A recipe lists only what differs from these defaults.
+RECIPES: dict[str, dict] = {
+    "stc": {},
+    # The seed recipe this project started from: 20-band log-mel, zero padding to 600 frames (6 s) from the
+    # start of the file, dropout 0.1, waveform augmentation, 75 epochs, seed 1; same optimiser.
+    "seed": dict(frontend="mel", pad="zeros", random_crop=False, dropout=0.1, augment=True, epochs=75, seed=1,
+                 patience=0),
+    # Trains on the real mini tree (279 train / 101 dev files) in well under a minute on 2 CPU cores, for tests
+    # and quick checks. The STC input (863 x 600) trains at ~0.5 files/s on such a CPU; the seed recipe's
+    # 20-band mel input (20 x 600, 0.35 M parameters) at ~40 files/s, so tiny is the seed model without
+    # augmentation, with lr 1e-3 and batch 32 so that 3 epochs visibly lower the loss (0.69 -> ~0.3).
+    "tiny": dict(frontend="mel", dropout=0.1, epochs=3, batch_size=32, lr=1e-3, num_workers=2, patience=0),
+}  # fmt: skip
+
+# flags that fix the architecture or the features: a checkpoint is only resumed with the same values
+ARCH_FLAGS = ("recipe", "frontend", "num_frames", "pad", "dropout", "loss", "margin")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All flags of train.py, with the STC recipe as defaults."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_common_args(parser)
+    g = parser.add_argument_group("train")
+    g.add_argument("--recipe", default=None, help=f"named preset of flag defaults: {', '.join(RECIPES)} (default stc)")
+    g.add_argument("--out", default=None, help="run folder (default: runs/RECIPE, or the --resume folder)")
+    g.add_argument("--resume", default=None, help="continue a run: its folder (uses RUN/last.pt) or a .pt file")
+    g.add_argument("--epochs", type=int, default=100, help="total number of epochs")
+    g.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (betas 0.9/0.999, eps 1e-8)")
+    g.add_argument("--lr-step", type=int, default=10, help="StepLR: multiply the lr by --lr-gamma every N epochs")
+    g.add_argument("--lr-gamma", type=float, default=0.5, help="StepLR factor")
+    g.add_argument("--dropout", type=float, default=0.75, help="dropout before the last batch norm")
+    g.add_argument("--loss", choices=("ce", "asoftmax"), default="ce", help="cross-entropy or A-softmax head")
+    g.add_argument("--margin", type=int, default=4, help="A-softmax angular margin m")
+    g.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="seed-recipe waveform augmentation on the training set",
+    )
+    g.add_argument(
+        "--random-crop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random windows of long training files (else from the start)",
+    )
+    g.add_argument("--cache-audio", action="store_true", help="decode all audio once into memory (int16)")
+    g.add_argument("--limit-train", type=int, default=0, help="use N training files spread over the protocol (0: all)")
+    g.add_argument("--limit-dev", type=int, default=0, help="use N dev files spread over the protocol (0: all)")
+    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA")
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last memory format (default: on CUDA)",
+    )
+    g.add_argument("--patience", type=int, default=50, help="stop after N epochs without a better dev EER (0: off)")
+    g.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
+    return parser  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Resolve flags: parser defaults < recipe < (on --resume) the checkpoint's flags < explicit flags.
+
+    Raises:
+        ValueError: unknown recipe, a recipe key that is not a flag, bad values, or (on --resume) an explicit flag
+            that changes the architecture or the front-end of the checkpoint.
+    """
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    saved, resume_path = None, None
+    if first.resume:
+        resume_path = resume_checkpoint_path(first.resume)
+        saved = read_checkpoint(resume_path)["args"]
+    recipe = first.recipe or (saved["recipe"] if saved else "stc")
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe {recipe!r} is unknown; choose one of {', '.join(RECIPES)}")
+    dests = {a.dest for a in parser._actions}
+    for name, values in [(f"recipe {recipe}", RECIPES[recipe]), ("checkpoint flags", saved or {})]:
+        unknown = sorted(set(values) - dests)
+        if unknown:
+            raise ValueError(f"{name}: unknown flag(s) {', '.join(unknown)}")
+    parser.set_defaults(**RECIPES[recipe])
+    if saved:
+        parser.set_defaults(**{k: v for k, v in saved.items() if k not in ("resume", "out", "recipe")})
+    args = parser.parse_args(argv)
+    args.recipe = recipe
+    args.out = args.out or (str(resume_path.parent) if resume_path else f"runs/{recipe}")
+    for flag in ("epochs", "batch_size", "lr_step", "num_frames"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if saved:
+        for key in ARCH_FLAGS:
+            if saved.get(key) != getattr(args, key):
+                flag = "--" + key.replace("_", "-")
+                raise ValueError(
+                    f"cannot resume {resume_path}: trained with {flag} {saved.get(key)}, flags say {getattr(args, key)}"
+                )
+    return args
+
+
+# ----------------------------------------------------------------------------- distributed helpers (one process too)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] in one process."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_ranks_true(flag: bool) -> bool:
+    """True when `flag` is true on every rank (so that all ranks stop together); one small all-reduce."""
+    if world_size() == 1:
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor(float(bool(flag)), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Average the BatchNorm running statistics over the ranks (DDP keeps each rank's own), so that every rank
+    scores dev with, and rank 0 saves, the same model. Integer buffers are taken from rank 0."""
+    if world_size() == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(world_size())
+        else:
+            dist.broadcast(buffer, 0)
+
+
+def setup_distributed(device_flag: str) -> torch.device:
+    """Join the torchrun process group when RANK is set (nccl on CUDA, gloo on CPU); pick this process's device."""
+    if "RANK" not in os.environ:
+        return resolve_device(device_flag)
+    use_cuda = device_flag in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = resolve_device("cpu" if device_flag == "auto" else device_flag)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return device
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def spread(entries: list, limit: int) -> list:
+    """`limit` entries spread evenly over a protocol (protocols are sorted by class, so not the first N)."""
+    if not limit or limit >= len(entries):
+        return entries
+    return [entries[i * len(entries) // limit] for i in range(limit)]
+
+
+def make_loaders(args: argparse.Namespace, frontend) -> tuple[DataLoader, DataLoader, torch.Generator]:
+    """Train loader (sharded, reshuffled per epoch) and this rank's dev shard (every rank::world_size file).
+
+    Datasets return fixed-length waveforms; features are made on the device per batch.
+    """
+    layout = find_la_root(args.data_root)
+    num_samples = frontend.num_samples(args.num_frames)
+    common = dict(num_samples=num_samples, pad=args.pad, cache=args.cache_audio, skip_bad=args.skip_bad)
+    train_set = ASVspoof2019LA(
+        layout,
+        "train",
+        entries=spread(layout.protocol("train"), args.limit_train),
+        random_crop=args.random_crop,
+        augment=args.augment,
+        **common,
+    )
+    dev_entries = spread(layout.protocol("dev"), args.limit_dev)
+    dev_set = ASVspoof2019LA(layout, "dev", entries=dev_entries[rank() :: world_size()], **common)
+    # the sampler shuffles with (seed, epoch); the generator (re-seeded every epoch) seeds the workers
+    sampler = DistributedSampler(train_set, num_replicas=world_size(), rank=rank(), shuffle=True, seed=args.seed)
+    generator = torch.Generator()
+    pin = torch.cuda.is_available()
+    # BatchNorm cannot train on a batch of one: drop a last batch that would hold a single file
+    drop_last = len(sampler) % args.batch_size == 1
+    train_loader = DataLoader(
+        train_set,
+        args.batch_size,
+        sampler=sampler,
+        num_workers=args.num_workers,
+        collate_fn=collate,
+        pin_memory=pin,
+        drop_last=drop_last,
+        generator=generator,
+    )
+    dev_loader = DataLoader(
+        dev_set, args.batch_size, shuffle=False, num_workers=args.num_workers, collate_fn=collate, pin_memory=pin
+    )
+    return train_loader, dev_loader, generator  # fmt: skip
+
+
+def batches(loader: DataLoader):
+    """Iterate a loader; a file error from a worker comes back as one line that names the file."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (RuntimeError, ValueError, FileNotFoundError) as e:
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            last = lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(e)  # worker errors end with the original
+            if "audio" in last:
+                raise type(e)(f"{last}; pass --skip-bad to skip unreadable files (they are counted)") from e
+            raise
+        yield batch
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/inf training loss: the run stops and keeps its last good checkpoint."""
+
+
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; with the A-softmax head the logits already carry the target margin, so it is the A-softmax loss."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast on CUDA (`--amp auto`), or wherever `--amp bf16` asks for it; a no-op context otherwise."""
+    enabled = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_features(batch: dict, frontend, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """(B, N) waveforms -> (B, 1, F, T) float32 features on the device, outside autocast."""
+    wave = batch["x"].to(device, non_blocking=True)  # (B, N)
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        x = frontend(wave)  # (B, 1, F, T)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_one_epoch(model, frontend, loader, optimizer, device, args, epoch: int, step: int) -> dict:
+    """One pass over this rank's shard of the training set.
+
+    Args:
+        model: the LCNN, possibly wrapped in DistributedDataParallel.
+        step: optimiser steps taken before this epoch (anneals the A-softmax margin).
+    Returns:
+        dict(train_loss (mean over all ranks' files), n_bad, n_files, seconds, steps).
+    Under torchrun every rank must take the same number of steps: a batch whose files are all unreadable
+    (--skip-bad) is skipped, which only a single process tolerates.
+
+    Raises:
+        NonFiniteLossError: a NaN/inf loss (names epoch and step; nothing of this epoch is saved).
+    """
+    model.train()
+    total = len(loader.sampler) * world_size()
+    progress = (
+        Progress(total, f"epoch {epoch}/{args.epochs}", unit="files", every=args.log_every) if is_main() else None
+    )
+    loss_sum, n_files, n_bad, start = 0.0, 0, 0, time.monotonic()
+    for i, batch in enumerate(batches(loader), 1):
+        n_bad += batch["n_bad"]
+        if batch["x"] is None:  # every file of the batch was unreadable (--skip-bad)
+            continue
+        x = to_features(batch, frontend, device, args.channels_last)  # (B, 1, F, T)
+        y = batch["label"].to(device, non_blocking=True)  # (B,)
+        margin = dict(labels=y, lamb=asoftmax_lambda(step)) if args.loss == "asoftmax" else {}
+        with autocast(device, args.amp):
+            logits = model(x, **margin)  # (B, 2)
+        loss = compute_loss(logits, y)
+        value = loss.item()
+        if not all_ranks_true(math.isfinite(value)):
+            kept = f"{Path(args.out) / 'last.pt'} (epoch {epoch - 1}) is kept" if epoch > 1 else "no checkpoint yet"
+            raise NonFiniteLossError(
+                f"epoch {epoch} step {i}: the training loss is {value} (not finite); stopped, {kept}. Try a lower --lr"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += value * len(y)
+        n_files += len(y)
+        if progress:
+            progress.update(len(y) * world_size(), extra=f" loss {loss_sum / n_files:.4f}")
+    if progress:
+        progress.close()
+    parts = gather_objects((loss_sum, n_files, n_bad))
+    loss_sum, n_files, n_bad = (sum(p[k] for p in parts) for k in range(3))
+    seconds = time.monotonic() - start
+    return dict(train_loss=loss_sum / max(n_files, 1), n_bad=n_bad, n_files=n_files, seconds=seconds, steps=step)
+
+
+@torch.no_grad()
+def evaluate(model, frontend, loader, device, amp: str = "off", channels_last: bool = False) -> dict:
+    """Score one loader (this rank's dev shard) with the plain model (not the DDP wrapper: shards are uneven).
+
+    Returns:
+        dict of lists, one entry per scored file: utt_id, system, key, score (logit_bona - logit_spoof, higher =
+        bona fide), loss (cross-entropy of the file); n_bad (unreadable files skipped).
+    """
+    model.eval()
+    out = {"utt_id": [], "system": [], "key": [], "score": [], "loss": [], "n_bad": 0}
+    for batch in batches(loader):
+        out["n_bad"] += batch["n_bad"]
+        if batch["x"] is None:
+            continue
+        x = to_features(batch, frontend, device, channels_last)  # (B, 1, F, T)
+        y = batch["label"].to(device)
+        with autocast(device, amp):
+            logits = model(x).float()  # (B, 2)
+        out["score"] += (logits[:, 1] - logits[:, 0]).tolist()
+        out["loss"] += F.cross_entropy(logits, y, reduction="none").tolist()
+        out["utt_id"] += batch["utt_id"]
+        out["system"] += batch["system"]
+        out["key"] += ["bonafide" if label == 1 else "spoof" for label in batch["label"].tolist()]
+    return out
+
+
+def gather_scores(part: dict) -> dict:
+    """Merge every rank's dev shard into one dict of lists (each dev file once), sorted by utt_id."""
+    parts = gather_objects(part)
+    rows = sorted(zip(*(sum((p[k] for p in parts), []) for k in ("utt_id", "system", "key", "score", "loss"))))
+    merged = {k: [r[j] for r in rows] for j, k in enumerate(("utt_id", "system", "key", "score", "loss"))}
+    merged["n_bad"] = sum(p["n_bad"] for p in parts)
+    return merged
+
+
+def dev_metrics(scores: dict) -> dict:
+    """dev_loss (mean cross-entropy) and dev_eer (percent) of gathered dev scores."""
+    score, key = np.asarray(scores["score"]), np.asarray(scores["key"])
+    eer, _ = compute_eer(score[key == "bonafide"], score[key == "spoof"])
+    return dict(dev_loss=float(np.mean(scores["loss"])), dev_eer=100.0 * eer)
+
+
+# ----------------------------------------------------------------------------- checkpoints, RNG, files
+
+
+def rng_state() -> dict:
+    """This process's RNG states as tensors and plain types (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A train.py checkpoint as a dict (weights_only: no code runs); errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
+    missing = [k for k in ("model", "args", "epoch", "optimizer", "scheduler", "rng") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a train.py checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def resume_checkpoint_path(resume: str) -> Path:
+    path = Path(resume)
+    return path / "last.pt" if path.is_dir() or not path.suffix else path
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+    """curves.png: train/dev loss per epoch (left) and dev EER per epoch with the best epoch marked (right)."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_loss, ax_eer = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["dev_loss"] for h in history], "s-", label="dev")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax_loss.legend()
+    eers = [h["dev_eer"] for h in history]
+    best = int(np.argmin(eers))  # first minimum: ties go to the earlier epoch, as best.pt does
+    ax_eer.plot(epochs, eers, "o-", color="tab:red", label="dev EER")
+    ax_eer.plot(epochs[best], eers[best], "*", color="gold", markeredgecolor="black", markersize=16,
+                label=f"best: {eers[best]:.2f} % (epoch {epochs[best]})")  # fmt: skip
+    ax_eer.set(xlabel="epoch", ylabel="EER (%)", title="Dev EER", ylim=(0, max(max(eers) * 1.1, 1.0)))
+    ax_eer.legend()
+    for ax in (ax_loss, ax_eer):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title or f"{path.parent.name}: LCNN training curves")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    os.replace(tmp, path)
+
+
+def open_tensorboard(run_dir: Path):
+    """A SummaryWriter in RUN/tb when the tensorboard package is installed, else None (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def write_epoch(run_dir: Path, checkpoint: dict, scores: dict, title: str, writer=None) -> None:
+    """Everything an epoch leaves in RUN: last.pt (and best.pt), metrics.jsonl, dev_scores.txt, curves.png, tb/."""
+    metrics = checkpoint["history"][-1]
+    save_atomic(checkpoint, run_dir / "last.pt")
+    if checkpoint["best_epoch"] == checkpoint["epoch"]:
+        save_atomic(checkpoint, run_dir / "best.pt")
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(metrics) + "\n")
+    write_score_file(run_dir / "dev_scores.txt", scores["utt_id"], scores["system"], scores["key"], scores["score"])
+    plot_curves(checkpoint["history"], run_dir / "curves.png", title)
+    if writer:
+        for key in ("train_loss", "dev_loss", "dev_eer", "lr"):
+            writer.add_scalar(key, metrics[key], checkpoint["epoch"])
+        writer.flush()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(args: argparse.Namespace) -> list[dict]:
+    """Train as the flags say; returns the history (one metrics dict per epoch)."""
+    flags = dict(vars(args))  # as given (device "auto", channels_last None): what args.json and checkpoints keep
+    device = setup_distributed(args.device)
+    if args.channels_last is None:
+        args.channels_last = device.type == "cuda"
+    torch.manual_seed(args.seed + rank())  # per-rank offset: dropout and augmentation differ between ranks
+    np.random.seed(args.seed + rank())
+    random.seed(args.seed + rank())
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    run_dir = Path(args.out)
+    ckpt = read_checkpoint(resume_checkpoint_path(args.resume)) if args.resume else None
+    if not args.resume and (run_dir / "last.pt").exists():  # checked on every rank, so that all stop together
+        raise FileExistsError(
+            f"--out {run_dir} already holds a run (last.pt): pass --resume {run_dir} or another --out"
+        )
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "args.json", json.dumps(flags, indent=2) + "\n")
+        print(f"recipe {args.recipe}, flags: " + ", ".join(f"{k}={v}" for k, v in sorted(flags.items())), flush=True)
+
+    # data: waveforms from the loaders, features on the device
+    frontend = make_frontend(args.frontend).to(device)
+    train_loader, dev_loader, generator = make_loaders(args, frontend)
+
+    # model, optimiser, scheduler: from scratch or from the checkpoint
+    model = LCNN(frontend.n_bins, args.num_frames, args.dropout, "asoftmax" if args.loss == "asoftmax" else "linear",
+                 args.margin).to(device)  # fmt: skip
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
+    start_epoch, step, history, best = 0, 0, [], (math.inf, 0)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
+        best = (ckpt["best_dev_eer"], ckpt["best_epoch"])
+        if len(ckpt["rng"]) == world_size():
+            set_rng_state(ckpt["rng"][rank()])
+        elif is_main():
+            print(f"note: {args.resume} was written by {len(ckpt['rng'])} process(es), this run has {world_size()}: "
+                  "RNG streams restart from --seed, so the result will differ from an uninterrupted run")  # fmt: skip
+    raw_model = model
+    if world_size() > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    n_dev = sum(gather_objects(len(dev_loader.dataset)))
+    if is_main():
+        write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        print(f"LCNN: {count_parameters(raw_model):,} parameters, input {frontend.n_bins} x {args.num_frames}; "
+              f"train {len(train_loader.dataset):,} / dev {n_dev:,} files, {world_size()} process(es) on {device}", flush=True)  # fmt: skip
+    writer = open_tensorboard(run_dir) if is_main() else None
+
+    if is_main() and start_epoch >= args.epochs:
+        print(f"{args.resume} already holds {start_epoch} epochs (--epochs {args.epochs}): nothing to train")
+    run_start = time.monotonic()
+    for epoch in range(start_epoch + 1, args.epochs + 1):
+        train_loader.sampler.set_epoch(epoch)
+        generator.manual_seed(args.seed * 1_000_003 + epoch * 1009 + rank())  # this epoch's worker seeds
+        lr = optimizer.param_groups[0]["lr"]
+        result = train_one_epoch(model, frontend, train_loader, optimizer, device, args, epoch, step)
+        step = result["steps"]
+        scheduler.step()
+        sync_buffers(raw_model)
+        scores = gather_scores(evaluate(raw_model, frontend, dev_loader, device, args.amp, args.channels_last))
+        metrics = dict(epoch=epoch, train_loss=result["train_loss"], **dev_metrics(scores), lr=lr,
+                       n_bad=result["n_bad"] + scores["n_bad"], n_train=result["n_files"], n_dev=len(scores["score"]),
+                       seconds=round(result["seconds"], 2), files_per_s=round(result["n_files"] / result["seconds"], 2))  # fmt: skip
+        if metrics["dev_eer"] < best[0]:
+            best = (metrics["dev_eer"], epoch)
+        metrics.update(best_dev_eer=best[0], best_epoch=best[1])
+        history.append(metrics)
+        checkpoint = {
+            "model": raw_model.state_dict(), "model_args": raw_model.model_args(), "args": flags,
+            "epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "dev_eer": metrics["dev_eer"], "best_dev_eer": best[0], "best_epoch": best[1], "history": history,
+            "rng": gather_objects(rng_state()),
+        }  # fmt: skip
+        if is_main():
+            title = f"{run_dir.name}: LCNN, recipe {args.recipe}, {args.frontend} {frontend.n_bins} x {args.num_frames}"
+            write_epoch(run_dir, checkpoint, scores, title, writer)
+            left = (time.monotonic() - run_start) / (epoch - start_epoch) * (args.epochs - epoch)
+            print(f"epoch {epoch}/{args.epochs}: train loss {metrics['train_loss']:.4f}, dev loss "
+                  f"{metrics['dev_loss']:.4f}, dev EER {metrics['dev_eer']:.2f} % (best {best[0]:.2f} % @ {best[1]}), "
+                  f"lr {lr:.2e}, {metrics['files_per_s']:.1f} files/s, {format_seconds(result['seconds'])}, "
+                  f"bad files {metrics['n_bad']}, run ETA {format_seconds(left)}", flush=True)  # fmt: skip
+        if args.patience and epoch - best[1] >= args.patience:
+            if is_main():
+                print(f"early stop: no better dev EER for {args.patience} epochs (best {best[0]:.2f} % @ {best[1]})")
+            break
+    if writer:
+        writer.close()
+    if is_main() and history:
+        print(f"done: best dev EER {best[0]:.2f} % at epoch {best[1]}; {run_dir / 'best.pt'}", flush=True)
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -41,6 +41,7 @@ from data import (
     SAMPLE_RATE,
     ASVspoof2019LA,
     LALayout,
+    atomic_write,
     collate,
     make_frontend,
     resolve_device,
@@ -141,9 +142,8 @@ def generate_la_files(
         print(f"generated {len(jobs):,} FLAC files in {audio_dir} in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     protocol = layout.protocol_path(split)
     protocol.parent.mkdir(parents=True, exist_ok=True)
-    tmp = protocol.with_suffix(".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, protocol)
+    with atomic_write(protocol) as f:
+        f.write("".join(lines))
     return layout
 
 

@@ -19,6 +19,7 @@ files (A01-A06), dev 24,844 (A01-A06), eval 71,237 (A07-A19), 20 / 10+10 / 48+19
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -1095,6 +1096,27 @@ def summarize_vocv4(root: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- progress and shared CLI
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w"):
+    """Open a temporary file beside `path`; when the block ends without error, fsync it and rename it over `path`.
+
+    A crash or Ctrl-C never leaves half a checkpoint, score file or plot behind; the file gets the umask's
+    permissions, like a plain `open`. Use: `with atomic_write(p, "wb") as f: torch.save(obj, f)`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Progress:

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from data import (
     Progress,
     ProtocolEntry,
     add_common_args,
+    atomic_write,
     collate,
     find_la_root,
     fix_length,
@@ -201,14 +201,8 @@ def file_digest(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=1)
 
 
 def partial_paths(out: Path) -> tuple[Path, Path]:

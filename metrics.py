@@ -30,10 +30,11 @@ Imports only numpy and the standard library (matplotlib lazily, for the DET plot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-import tempfile
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,6 +472,25 @@ class ScoreFile:
         return self.score[self.key == "spoof"]
 
 
+@contextlib.contextmanager
+def _atomic_write(path: Path, mode: str):
+    """A temporary file beside `path`, fsynced and renamed over it when the block succeeds (umask permissions).
+
+    The same as data.atomic_write; repeated here because metrics.py imports nothing of the project's.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_score_file(path: str | Path, utt_ids: Any, systems: Any, keys: Any, scores: Any) -> Path:
     """Write scores in the ASVspoof CM format `UTT SYSTEM KEY SCORE`, atomically.
 
@@ -511,17 +531,8 @@ def write_score_file(path: str | Path, utt_ids: Any, systems: Any, keys: Any, sc
             raise ValueError(f"entry {i}: duplicate utt_id {utt} (first at entry {seen[utt]})")
         seen[utt] = i
         lines.append(f"{utt} {system} {key} {score!r}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_write(path, "w") as f:
+        f.writelines(lines)
     return path
 
 
@@ -684,15 +695,8 @@ def plot_det(curves: dict[str, tuple[Any, Any]], path: str | Path, title: str | 
     # below the axes: good systems fill the lower left and systems near chance the upper right
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
     return path
 
 

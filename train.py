@@ -40,6 +40,7 @@ from data import (
     ASVspoof2019LA,
     Progress,
     add_common_args,
+    atomic_write,
     collate,
     find_la_root,
     format_seconds,
@@ -432,19 +433,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    """torch.save through data.atomic_write: a crash never leaves half a checkpoint."""
+    with atomic_write(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -488,9 +484,8 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title or f"{path.parent.name}: LCNN training curves")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def open_tensorboard(run_dir: Path):

@@ -1,14 +1,45 @@
-"""Every test of the collection, in sections that follow the scripts. Run: python -m pytest test_all.py"""
+"""Every test of the collection, in sections that follow the scripts: python -m pytest test_all.py
 
+Offline, on the CPU. Real data is read from ../shared/data beside the checkout and tests that need it skip when it is
+absent; ../shared/data/heldout is never read. Reference libraries (pytorch-grad-cam, Captum, torchaudio's
+transforms, SciPy) are test-only dependencies.
+"""
+
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+import bench
 import data
+import evaluate
+import explain
+import metrics
+import model as lcnn_model
+import train as lcnn_train
+from data import LALayout, find_la_root
+from model import build_model
+
+REPO = Path(__file__).resolve().parent
 
 
 def shared_data() -> Path | None:
+    """../shared/data beside the checkout (the data folder shared with CI), or None when it is absent."""
     for p in Path(__file__).resolve().parents:
         if (p / "shared" / "data").is_dir():
             return p / "shared" / "data"
@@ -16,31 +47,2089 @@ def shared_data() -> Path | None:
 
 
 SHARED = shared_data()
-MINI = SHARED / "asvspoof2019_la_mini" / "LA" if SHARED else None
-needs_mini = pytest.mark.skipif(MINI is None or not MINI.is_dir(), reason="../shared/data absent")
+MINI = SHARED / "asvspoof2019_la_mini" / "LA" if SHARED and (SHARED / "asvspoof2019_la_mini" / "LA").is_dir() else None
 
 
-# --- data.py ---
+# ---------------------------------------- data.py ----------------------------------------
+DATA_PROTOCOLS = SHARED / "protocols" / "asvspoof2019_la" if SHARED else None
+data_needs_mini = pytest.mark.skipif(MINI is None or not MINI.is_dir(), reason="../shared/data absent")
+data_needs_protocols = pytest.mark.skipif(
+    DATA_PROTOCOLS is None or not DATA_PROTOCOLS.is_dir(), reason="../shared/data/protocols absent"
+)
+DATA_MINI_COUNTS = {
+    "train": (279, 228, {"A01": 6, "A02": 4, "A03": 11, "A04": 14, "A05": 7, "A06": 9}),
+    "dev": (101, 50, {"A01": 12, "A02": 7, "A03": 5, "A04": 8, "A05": 10, "A06": 9}),
+    "eval": (1, 0, {"A09": 1}),
+}
 
 
-@needs_mini
-@pytest.mark.parametrize("frontend,shape", [("stft", (1, 863, 600)), ("mel", (1, 20, 600))])
-def test_item_shapes_on_real_files(frontend, shape):
-    fe = data.make_frontend(frontend)
-    ds = data.ASVspoof2019LA(MINI, "dev", fe.num_samples(600), frontend=fe)
-    x, label, utt_id, system, speaker = ds[0]
-    assert tuple(x.shape) == shape and label in (0, 1) and utt_id.startswith("LA_D_")
+# --- helpers: synthetic trees, a copy of the mini tree, a local HTTP server ---
 
 
-def test_protocol_line_with_four_fields_names_the_line(tmp_path):
+def data_tone(seconds: float = 0.5, sr: int = 16000, channels: int = 1, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    x = amp * np.sin(2 * np.pi * 440 * t) * (1 + 0.1 * np.random.default_rng(0).standard_normal(t.size))
+    return np.stack([x] * channels, axis=1).astype(np.float32) if channels > 1 else x.astype(np.float32)
+
+
+def data_make_tree(la: Path, splits: dict[str, list[tuple[str, str, str]]]) -> Path:
+    """An official-layout LA tree at `la` with short synthetic FLAC files: splits = {split: [(utt, system, key)]}."""
+    (la / data.PROTOCOL_DIR).mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        flac = la / f"ASVspoof2019_LA_{split}" / "flac"
+        flac.mkdir(parents=True, exist_ok=True)
+        lines = [f"LA_0079 {utt} - {system} {key}" for utt, system, key in rows]
+        (la / data.PROTOCOL_DIR / data.PROTOCOL_FILES[split]).write_text("\n".join(lines) + "\n")
+        for utt, _, _ in rows:
+            sf.write(flac / f"{utt}.flac", data_tone(), 16000, subtype="PCM_16")
+    return la
+
+
+def data_small_tree(la: Path) -> Path:
+    return data_make_tree(
+        la,
+        {
+            "train": [
+                ("LA_T_0000001", "-", "bonafide"),
+                ("LA_T_0000002", "A01", "spoof"),
+                ("LA_T_0000003", "A02", "spoof"),
+            ],
+            "dev": [("LA_D_0000001", "-", "bonafide"), ("LA_D_0000002", "A03", "spoof")],
+            "eval": [("LA_E_0000001", "A09", "spoof")],
+        },
+    )
+
+
+def data_truncate(path: Path, keep: float = 0.5) -> None:
+    raw = path.read_bytes()
+    path.unlink()  # replaces a symlink by a real, shorter file
+    path.write_bytes(raw[: int(len(raw) * keep)])
+
+
+def data_link_copy(src: Path, dst: Path) -> Path:
+    """A copy of an LA tree whose audio files are symlinks (protocols are real copies)."""
+    for dirpath, _, files in os.walk(src):
+        out = dst / Path(dirpath).relative_to(src)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if name.endswith(".flac"):
+                (out / name).symlink_to(Path(dirpath) / name)
+            else:
+                shutil.copy(Path(dirpath) / name, out / name)
+    return dst
+
+
+def data_zip_of(folder: Path, top: str = "LA") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted(folder.rglob("*")):
+            z.write(p, f"{top}/{p.relative_to(folder)}")
+    return buf.getvalue()
+
+
+class DataServer:
+    """http.server on 127.0.0.1 in a thread serving `files` ({url path: bytes}); optionally honours Range."""
+
+    def __init__(self, files: dict[str, bytes], ranges: bool = True):
+        self.files, self.ranges, self.requests = files, ranges, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                server.requests.append((self.path, self.headers.get("Range")))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if server.ranges and self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def data_server():
+    servers = []
+
+    def start(files, ranges=True):
+        servers.append(DataServer(files, ranges))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def data_closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- protocols ---
+
+
+@data_needs_protocols
+@pytest.mark.parametrize(
+    "split,lines,bonafide,spoof,systems",
+    [
+        ("train", 25_380, 2_580, 22_800, [f"A{i:02d}" for i in range(1, 7)]),
+        ("dev", 24_844, 2_548, 22_296, [f"A{i:02d}" for i in range(1, 7)]),
+        ("eval", 71_237, 7_355, 63_882, [f"A{i:02d}" for i in range(7, 20)]),
+    ],
+)
+def test_data_real_protocol_counts(split, lines, bonafide, spoof, systems):
+    entries = data.read_cm_protocol(DATA_PROTOCOLS / data.PROTOCOL_FILES[split])
+    assert len(entries) == lines
+    assert sum(e.label == data.LABEL_BONAFIDE for e in entries) == bonafide
+    assert sum(e.key == "spoof" for e in entries) == spoof
+    assert sorted({e.system for e in entries if e.key == "spoof"}) == systems
+    assert {e.system for e in entries if e.key == "bonafide"} == {"-"}
+    first = entries[0]
+    assert isinstance(first, data.ProtocolEntry) and first.speaker.startswith("LA_") and first.utt_id.startswith("LA_")
+
+
+@pytest.mark.parametrize(
+    "bad_line,expected",
+    [
+        ("LA_0079 LA_T_2 - bonafide", r"expected 5 fields \(speaker utt_id - system key\), got 4"),
+        ("LA_0079 LA_T_2 - - genuine", r"key must be 'bonafide' or 'spoof', got 'genuine'"),
+        ("LA_0079 LA_T_2 - B01 spoof", r"system must be '-' for bonafide and A01..A19 for spoof, got 'B01'"),
+        ("LA_0079 LA_T_2 - A20 spoof", r"A01..A19 for spoof, got 'A20'"),
+        ("LA_0079 LA_T_2 - A01 bonafide", r"got 'A01' with key 'bonafide'"),
+    ],
+)
+def test_data_malformed_protocol_line_names_file_line_and_expectation(tmp_path, bad_line, expected):
     p = tmp_path / "ASVspoof2019.LA.cm.train.trn.txt"
-    p.write_text("LA_0079 LA_T_1 - - bonafide\nLA_0079 LA_T_2 - bonafide\n")
-    with pytest.raises(ValueError, match=r"line 2: expected 5 fields"):
+    p.write_text(f"LA_0079 LA_T_1 - - bonafide\n{bad_line}\n")
+    with pytest.raises(ValueError, match=r"ASVspoof2019\.LA\.cm\.train\.trn\.txt line 2: .*" + expected) as err:
         data.read_cm_protocol(p)
+    assert bad_line in str(err.value)
 
 
-def test_fix_length_repeats_short_and_crops_long():
+def test_data_protocol_repeated_utt_and_missing_file(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("LA_0079 LA_T_1 - - bonafide\nLA_0079 LA_T_1 - A01 spoof\n")
+    with pytest.raises(ValueError, match="p.txt line 2: utt id LA_T_1 already on line 1"):
+        data.read_cm_protocol(p)
+    with pytest.raises(FileNotFoundError, match="CM protocol not found"):
+        data.read_cm_protocol(tmp_path / "absent.txt")
+
+
+# --- layouts ---
+
+
+@data_needs_mini
+def test_data_layouts_official_parent_and_kaggle_copy(tmp_path):
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "LA").mkdir(parents=True)
+    (kaggle / "LA" / "LA").symlink_to(MINI.resolve())
+    want = MINI.resolve()
+    for root in (MINI, MINI.parent, kaggle, kaggle / "LA"):
+        layout = data.find_la_root(root)
+        assert layout.root.resolve() == want
+        assert layout.audio_path("train", "LA_T_4179989").is_file()
+        assert layout.protocol_path("eval").is_file()
+
+
+def test_data_wrong_root_lists_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        data.find_la_root(tmp_path)
+    msg = str(err.value)
+    for c in (tmp_path, tmp_path / "LA", tmp_path / "LA" / "LA"):
+        assert str(c) in msg
+    assert "ASVspoof2019_LA_cm_protocols" in msg and "--data-root" in msg
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.find_la_root(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no --data-root given"):
+        data.find_la_root(None)
+
+
+# --- audio: fix_length, augmentation ---
+
+
+def test_data_fix_length_repeat_zeros_and_crop():
     w = torch.arange(5.0)
     assert data.fix_length(w, 12).tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
     assert data.fix_length(w, 7, pad="zeros").tolist() == [0, 1, 2, 3, 4, 0, 0]
-    assert data.fix_length(w, 3).tolist() == [0, 1, 2]
+    assert data.fix_length(w, 3).tolist() == [0, 1, 2]  # evaluation: from the start
+    assert data.fix_length(w, 5, random_crop=True).tolist() == w.tolist()
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(50):
+        c = data.fix_length(torch.arange(100.0), 10, random_crop=True)
+        assert c.tolist() == list(range(int(c[0]), int(c[0]) + 10))  # one contiguous window
+        starts.add(int(c[0]))
+    assert len(starts) > 10 and max(starts) <= 90
+    with pytest.raises(ValueError, match="pad must be 'repeat' or 'zeros'"):
+        data.fix_length(w, 9, pad="reflect")
+    with pytest.raises(ValueError, match="non-empty waveform"):
+        data.fix_length(torch.zeros(0), 9)
+
+
+def test_data_augment_draws_each_branch_and_volume_is_exactly_125_percent():
+    torch.manual_seed(0)
+    w = torch.linspace(-0.5, 0.5, 1000)
+    seen = set()
+    for _ in range(60):
+        out = data.augment_waveform(w)
+        if torch.equal(out, w):
+            seen.add("same")
+        elif torch.equal(out, w * 1.25):
+            seen.add("volume")
+        else:
+            noise = out - w
+            assert 0.002 < float(noise.std()) < 0.01  # additive Gaussian, std 0.005
+            seen.add("noise")
+    assert seen == {"same", "volume", "noise"}
+
+
+@data_needs_mini
+def test_data_augment_is_refused_outside_training():
+    with pytest.raises(ValueError, match="training only"):
+        data.ASVspoof2019LA(MINI, "dev", 16000, augment=True)
+    with pytest.raises(ValueError, match="training only"):
+        data.ASVspoof2019LA(MINI, "eval", 16000, augment=True)
+
+
+# --- front-ends ---
+
+
+def test_data_stft_frontend_matches_torchaudio_spectrogram():
+    import torchaudio
+
+    torch.manual_seed(0)
+    fe = data.STFTFrontEnd()
+    wave = 0.1 * torch.randn(2, fe.num_samples(50))
+    ref = torchaudio.transforms.Spectrogram(
+        n_fft=1724, win_length=1724, hop_length=130, window_fn=torch.blackman_window, power=2
+    )(wave)
+    ours = fe(wave)
+    assert ours.shape == (2, 1, 863, 50)
+    torch.testing.assert_close(ours[:, 0], torch.log(ref + fe.eps), rtol=1e-4, atol=1e-4)
+    assert fe.n_bins == 863 and fe.num_samples(600) == 77_870
+    assert fe.bin_frequencies()[-1] == 8000 and abs(fe.frame_times(2)[1] - 0.008125) < 1e-9
+
+
+def test_data_mel_frontend_matches_torchaudio_melspectrogram():
+    import torchaudio
+
+    torch.manual_seed(0)
+    fe = data.LogMelFrontEnd()
+    wave = 0.1 * torch.randn(2, fe.num_samples(60))
+    ref = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=512, win_length=320, hop_length=160, n_mels=20)(
+        wave
+    )
+    ours = fe(wave)
+    assert ours.shape == (2, 1, 20, 60)
+    torch.testing.assert_close(ours[:, 0], torch.log(ref + fe.eps), rtol=1e-4, atol=1e-4)
+    centres = fe.bin_frequencies()
+    assert centres.shape == (20,) and np.all(np.diff(centres) > 0) and 0 < centres[0] < centres[-1] < 8000
+
+
+@data_needs_mini
+@pytest.mark.parametrize("frontend,shape", [("stft", (1, 863, 600)), ("mel", (1, 20, 600))])
+def test_data_item_shapes_on_real_files(frontend, shape):
+    fe = data.make_frontend(frontend)
+    ds = data.ASVspoof2019LA(MINI, "train", fe.num_samples(600), frontend=fe, pad="zeros")
+    i = [e.utt_id for e in ds.entries].index("LA_T_4179989")
+    x, label, utt_id, system, speaker = ds[i]
+    assert tuple(x.shape) == shape and torch.isfinite(x).all()
+    assert (label, utt_id, system, speaker) == (data.LABEL_BONAFIDE, "LA_T_4179989", "-", "LA_0079")
+    raw = data.ASVspoof2019LA(MINI, "eval", fe.num_samples(600))  # frontend=None: waveforms
+    wave, label, _, system, _ = raw[0]
+    assert tuple(wave.shape) == (fe.num_samples(600),) and (label, system) == (data.LABEL_SPOOF, "A09")
+
+
+# --- --check ---
+
+
+@data_needs_mini
+@pytest.mark.parametrize("where", ["official", "parent", "kaggle"])
+def test_data_check_json_on_the_mini_tree(tmp_path, capsys, where):
+    root = {"official": MINI, "parent": MINI.parent, "kaggle": tmp_path / "k"}[where]
+    if where == "kaggle":
+        (root / "LA").mkdir(parents=True)
+        (root / "LA" / "LA").symlink_to(MINI.resolve())
+    assert data.main(["--data-root", str(root), "--check", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"] == 0 and Path(report["root"]) == MINI.resolve()
+    for split, (files, bonafide, systems) in DATA_MINI_COUNTS.items():
+        s = report["splits"][split]
+        assert (s["files"], s["bonafide"], s["spoof"], s["systems"]) == (files, bonafide, files - bonafide, systems)
+        assert s["checked"] == files and s["problems"] == [] and s["duration_s"] > 0
+
+
+@data_needs_mini
+def test_data_check_table_and_split_flag(capsys):
+    assert data.main(["--data-root", str(MINI), "--check", "--split", "dev", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "dev" in out and "A01 12" in out and "no problems found" in out and "train" not in out.split("\n", 2)[2]
+
+
+@data_needs_mini
+def test_data_check_deep_names_deleted_and_truncated_files(tmp_path, capsys):
+    la = data_link_copy(MINI, tmp_path / "LA")
+    deleted = la / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac"
+    truncated = la / "ASVspoof2019_LA_dev" / "flac" / "LA_D_1105131.flac"
+    deleted.unlink()
+    data_truncate(truncated)
+    for deep in (["--deep"], []):  # the default header check catches the truncation too
+        assert data.main(["--data-root", str(la), "--check", "--json", *deep]) == 1
+        report = json.loads(capsys.readouterr().out)
+        problems = {p["utt_id"]: p for s in report["splits"].values() for p in s["problems"]}
+        assert report["problems"] == 2 and set(problems) == {"LA_T_4179989", "LA_D_1105131"}
+        assert problems["LA_T_4179989"]["problem"].startswith("missing") and problems["LA_T_4179989"]["path"] == str(
+            deleted
+        )
+        assert "truncated" in problems["LA_D_1105131"]["problem"] and problems["LA_D_1105131"]["path"] == str(truncated)
+    assert data.main(["--data-root", str(la), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert str(deleted) in out and str(truncated) in out and "2 problem(s)" in out
+
+
+def test_data_check_audio_file_flags_rate_stereo_silence_empty_and_garbage(tmp_path):
+    sf.write(tmp_path / "ok.flac", data_tone(), 16000)
+    sf.write(tmp_path / "rate.flac", data_tone(sr=22050), 22050)
+    sf.write(tmp_path / "stereo.flac", data_tone(channels=2), 16000)
+    sf.write(tmp_path / "silent.flac", np.zeros(8000, dtype=np.float32), 16000)
+    sf.write(tmp_path / "noframes.wav", np.zeros(0, dtype=np.float32), 16000)
+    (tmp_path / "garbage.flac").write_bytes(b"not audio at all" * 10)
+    assert data.check_audio_file(tmp_path / "ok.flac", deep=True) == (0.5, [])
+    assert "wrong sample rate: 22050 Hz, expected 16000 Hz" in data.check_audio_file(tmp_path / "rate.flac")[1]
+    assert "2 channels, expected mono" in data.check_audio_file(tmp_path / "stereo.flac")[1]
+    assert data.check_audio_file(tmp_path / "silent.flac")[1] == []  # silence needs --deep
+    assert data.check_audio_file(tmp_path / "silent.flac", deep=True)[1][0].startswith("silent: peak amplitude")
+    assert "empty" in data.check_audio_file(tmp_path / "noframes.wav")[1][0]
+    assert data.check_audio_file(tmp_path / "garbage.flac")[1][0].startswith("unreadable")
+
+
+def test_data_check_reports_missing_folder_protocol_and_empty_file(tmp_path, capsys):
+    la = data_small_tree(tmp_path / "LA")
+    shutil.rmtree(la / "ASVspoof2019_LA_eval")
+    (la / data.PROTOCOL_DIR / data.PROTOCOL_FILES["dev"]).unlink()
+    (la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000002.flac").write_bytes(b"")
+    sf.write(la / "ASVspoof2019_LA_train" / "flac" / "LA_T_9999999.flac", data_tone(), 16000)  # in no protocol
+    report = data.check_dataset(la)
+    train, dev, ev = (report["splits"][s] for s in data.SPLITS)
+    assert [p["problem"] for p in train["problems"]] == ["empty file (0 bytes)"] and train["unlisted"] == 1
+    assert "CM protocol not found" in dev["problems"][0]["problem"]
+    assert ev["problems"][0]["problem"].startswith("missing folder") and ev["files"] == 1
+    assert report["problems"] == 3
+    assert data.main(["--data-root", str(la), "--check"]) == 1
+    assert "missing folder" in capsys.readouterr().out
+
+
+# --- Dataset over a tree with problems, collate ---
+
+
+def test_data_dataset_lists_every_problem_or_skips_and_counts(tmp_path, capsys):
+    la = data_small_tree(tmp_path / "LA")
+    (la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000002.flac").unlink()
+    data_truncate(la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000003.flac")
+    with pytest.raises(FileNotFoundError, match=r"(?s)1 problem\(s\).*LA_T_0000002\.flac: missing"):
+        data.ASVspoof2019LA(la, "train", 8000)
+    with pytest.raises(RuntimeError) as err:
+        data.ASVspoof2019LA(la, "train", 8000, verify=True)
+    assert "2 problem(s)" in str(err.value) and "LA_T_0000002.flac: missing" in str(err.value)
+    assert "LA_T_0000003.flac: truncated" in str(err.value) and "--skip-bad" in str(err.value)
+    with pytest.raises(RuntimeError, match=r"(?s)2 problem\(s\).*LA_T_0000002\.flac: missing.*LA_T_0000003\.flac"):
+        data.ASVspoof2019LA(la, "train", 8000, cache=True)
+    capsys.readouterr()
+    for kwargs in ({"verify": True}, {"cache": True}):
+        ds = data.ASVspoof2019LA(la, "train", 8000, skip_bad=True, **kwargs)
+        assert [e.utt_id for e in ds.entries] == ["LA_T_0000001"] and len(ds.skipped) == 2
+        assert "skipped 2 of 3 files" in capsys.readouterr().err
+        assert ds[0][0].shape == (8000,)
+    ds = data.ASVspoof2019LA(la, "train", 8000, skip_bad=True)  # no verify: the truncated file is met later
+    assert len(ds) == 2 and ds[1] is None
+    batch = data.collate([ds[0], ds[1], ds[0]])
+    assert batch["x"].shape == (2, 8000) and batch["n_bad"] == 1 and batch["label"].tolist() == [1, 1]
+    assert batch["utt_id"] == ["LA_T_0000001"] * 2 and batch["system"] == ["-", "-"]
+    assert data.collate([None, None]) == {"n_bad": 2, "x": None}
+
+
+def test_data_dataset_fails_on_missing_folder_even_when_skipping(tmp_path):
+    la = data_small_tree(tmp_path / "LA")
+    shutil.rmtree(la / "ASVspoof2019_LA_dev")
+    for skip in (False, True):
+        with pytest.raises(FileNotFoundError, match="missing folder"):
+            data.ASVspoof2019LA(la, "dev", 8000, skip_bad=skip)
+
+
+# --- --show ---
+
+
+@data_needs_mini
+@pytest.mark.parametrize(
+    "flags", [["--frontend", "stft"], ["--frontend", "mel", "--pad", "zeros", "--num-frames", "300"]]
+)
+def test_data_show_writes_a_png(tmp_path, capsys, flags):
+    out = tmp_path / "pics" / f"{flags[1]}.png"
+    argv = ["--data-root", str(MINI.parent), "--show", "LA_T_4179989", "--out", str(out), *flags]
+    assert data.main(argv) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert str(out) in capsys.readouterr().out
+
+
+@data_needs_mini
+def test_data_show_unknown_utt_and_missing_out(tmp_path):
+    with pytest.raises(ValueError, match="utt id 'LA_T_0000000' is in no CM protocol"):
+        data.main(["--data-root", str(MINI), "--show", "LA_T_0000000", "--out", str(tmp_path / "x.png")])
+    with pytest.raises(ValueError, match="--show needs --out"):
+        data.main(["--data-root", str(MINI), "--show", "LA_T_4179989"])
+
+
+def test_data_flags_of_another_action_are_refused():
+    with pytest.raises(ValueError, match="--json goes with --check"):
+        data.main(["--download", "--to", "x", "--json"])
+    with pytest.raises(ValueError, match="--to goes with --download"):
+        data.main(["--check", "--to", "x"])
+
+
+# --- --download (local server only: never the internet) ---
+
+
+def test_data_download_extract_and_check_from_a_local_server(tmp_path, data_server, capsys):
+    body = data_zip_of(data_small_tree(tmp_path / "src" / "LA"))
+    server = data_server({"/LA.zip": body})
+    to = tmp_path / "dl"
+    assert data.main(["--download", "--to", str(to), "--url", server.url + "/LA.zip"]) == 0
+    assert "no problems found" in capsys.readouterr().out
+    assert (to / "LA" / data.PROTOCOL_DIR).is_dir() and (to / ".completed-LA").is_file()
+    assert not (to / "LA.zip").exists() and not list(to.glob(".LA.zip.extracting-*"))
+    server.close()  # idempotent: a second run needs no network
+    assert data.main(["--download", "--to", str(to), "--url", server.url + "/LA.zip"]) == 0
+    assert "already downloaded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_data_download_resumes_a_partial_file(tmp_path, data_server, ranges):
+    body = os.urandom(3_000_000)
+    server = data_server({"/big.bin": body}, ranges=ranges)
+    dest = tmp_path / "big.bin"
+    (tmp_path / "big.bin.part").write_bytes(body[:1_234_567])
+    assert data.download(server.url + "/big.bin", dest, progress=False) == dest
+    assert dest.read_bytes() == body and not (tmp_path / "big.bin.part").exists()
+    assert server.requests == [("/big.bin", "bytes=1234567-")]  # asked for the rest only
+
+
+def test_data_download_part_already_whole_and_http_error(tmp_path, data_server):
+    body = b"x" * 1000
+    server = data_server({"/f": body})
+    (tmp_path / "f.part").write_bytes(body)
+    assert data.download(server.url + "/f", tmp_path / "f", progress=False).read_bytes() == body  # 416 -> done
+    with pytest.raises(ConnectionError, match="HTTP 404.*by hand"):
+        data.download(server.url + "/absent", tmp_path / "g", hand="download it by hand", progress=False)
+
+
+def test_data_download_offline_fails_fast_with_hand_instructions(tmp_path):
+    url = f"http://127.0.0.1:{data_closed_port()}/LA.zip"
+    start = time.monotonic()
+    with pytest.raises(ConnectionError) as err:
+        data.main(["--download", "--to", str(tmp_path / "dl"), "--url", url, "--timeout", "3"])
+    assert time.monotonic() - start < 5
+    msg = str(err.value)
+    assert "datashare.ed.ac.uk/handle/10283/3336" in msg and "by hand" in msg and str(tmp_path / "dl") in msg
+    with pytest.raises(ConnectionError, match="zenodo.org/records/7314976"):
+        data.main(["--download", "--to", str(tmp_path / "v"), "--source", "vocv4", "--url", url])
+
+
+def test_data_extract_refuses_damaged_archive_and_existing_target(tmp_path):
+    bad = tmp_path / "LA.zip"
+    bad.write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(ValueError, match="not a zip or tar|damaged"):
+        data.extract_archive(bad, tmp_path)
+    good = tmp_path / "good.zip"
+    good.write_bytes(data_zip_of(data_small_tree(tmp_path / "src" / "LA")))
+    (tmp_path / "LA").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        data.extract_archive(good, tmp_path)
+    assert not list(tmp_path.glob(".good.zip.extracting-*"))
+
+
+def test_data_download_vocv4_tar(tmp_path, data_server, capsys):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, payload in [
+            ("voc.v4/protocol.txt", b"LA_0079 LA_T_1 - - spoof\n"),
+            ("voc.v4/wav/LA_T_1.wav", b"RIFF"),
+        ]:
+            info = tarfile.TarInfo(f"project09-voc.v4/{name}")
+            info.size = len(payload)
+            t.addfile(info, io.BytesIO(payload))
+    server = data_server({"/project09-voc.v4.tar": buf.getvalue()})
+    to = tmp_path / "voc"
+    url = server.url + "/project09-voc.v4.tar"
+    assert data.main(["--download", "--to", str(to), "--source", "vocv4", "--url", url, "--keep-archive"]) == 0
+    assert (to / "project09-voc.v4.tar").read_bytes() == buf.getvalue() and (to / ".completed-vocv4").is_file()
+    root = to / "project09-voc.v4" / "voc.v4"
+    assert "1 protocol lines, 1 wav files" in capsys.readouterr().out and data.find_vocv4_root(to) == root
+    with pytest.raises(FileNotFoundError, match="no voc.v4 folder"):
+        data.find_vocv4_root(tmp_path / "src")
+
+
+def test_data_kaggle_without_the_tool_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(FileNotFoundError, match=r"pip install kaggle.*kaggle\.json"):
+        data.main(["--download", "--to", str(tmp_path), "--source", "kaggle"])
+
+
+def test_data_kaggle_with_a_fake_tool_gives_the_la_la_nesting(tmp_path, monkeypatch, capsys):
+    zip_path = tmp_path / "asvpoof-2019-dataset.zip"
+    zip_path.write_bytes(data_zip_of(data_small_tree(tmp_path / "src" / "LA"), top="LA/LA"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "kaggle"
+    tool.write_text(
+        f"#!{sys.executable}\nimport shutil, sys\nargs = sys.argv[1:]\n"
+        f"assert args[:3] == ['datasets', 'download', '-d'] and args[3] == {data.KAGGLE_DATASET!r}\n"
+        f"shutil.copy({str(zip_path)!r}, args[args.index('-p') + 1])\n"
+    )
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    to = tmp_path / "dl"
+    assert data.main(["--download", "--to", str(to), "--source", "kaggle"]) == 0
+    assert (to / "LA" / "LA" / data.PROTOCOL_DIR).is_dir() and not (to / ".kaggle-download").exists()
+    assert data.find_la_root(to).root == to / "LA" / "LA"
+    assert "no problems found" in capsys.readouterr().out
+
+
+# --- progress line ---
+
+
+def test_data_progress_line_in_megabytes_and_unknown_total():
+    stream = io.StringIO()
+    bar = data.Progress(3_000_000, "LA.zip", unit="MB", scale=1e6, stream=stream)
+    bar.update(1_500_000)
+    assert "LA.zip: 1.5/3.0 MB (50%)" in stream.getvalue() and "MB/s" in stream.getvalue()
+    unknown = data.Progress(0, "x", unit="MB", scale=1e6, stream=io.StringIO(), every=1e9)
+    unknown.update(10)
+    unknown.update(10)
+    assert unknown.stream.getvalue().count("\n") == 1 and "ETA ?" in unknown.stream.getvalue()
+
+
+# ---------------------------------------- metrics.py ----------------------------------------
+METRICS_PY = Path(metrics.__file__).resolve()
+B01_EER, B01_MIN_TDCF = 9.572028, 0.235936  # ASVspoof 2019 LA eval, organisers' tDCF_python (legacy t-DCF)
+B02_EER, B02_MIN_TDCF = 8.089825, 0.211053
+
+
+@pytest.fixture
+def protocols() -> Path:
+    """The folder of official LA protocols, organisers' ASV scores and baseline CM scores."""
+    shared = SHARED
+    folder = shared / "protocols" / "asvspoof2019_la" if shared else None
+    if folder is None or not folder.is_dir():
+        pytest.skip("../shared/data/protocols/asvspoof2019_la absent")
+    return folder
+
+
+# --- the organisers' formulation (tDCF_python eval_metrics.py), transcribed as the reference ---
+
+
+def _official_det_curve(target_scores, nontarget_scores):
+    n_scores = target_scores.size + nontarget_scores.size
+    all_scores = np.concatenate((target_scores, nontarget_scores))
+    labels = np.concatenate((np.ones(target_scores.size), np.zeros(nontarget_scores.size)))
+    indices = np.argsort(all_scores, kind="mergesort")
+    labels = labels[indices]
+    tar_trial_sums = np.cumsum(labels)
+    nontarget_trial_sums = nontarget_scores.size - (np.arange(1, n_scores + 1) - tar_trial_sums)
+    frr = np.concatenate((np.atleast_1d(0), tar_trial_sums / target_scores.size))
+    far = np.concatenate((np.atleast_1d(1), nontarget_trial_sums / nontarget_scores.size))
+    thresholds = np.concatenate((np.atleast_1d(all_scores[indices[0]] - 0.001), all_scores[indices]))
+    return frr, far, thresholds
+
+
+def _official_eer(target_scores, nontarget_scores):
+    frr, far, thresholds = _official_det_curve(target_scores, nontarget_scores)
+    abs_diffs = np.abs(frr - far)
+    min_index = np.argmin(abs_diffs)
+    eer = np.mean((frr[min_index], far[min_index]))
+    return eer, thresholds[min_index]
+
+
+def _official_asv_error_rates(tar_asv, non_asv, spoof_asv, asv_threshold):
+    pfa_asv = sum(non_asv >= asv_threshold) / non_asv.size
+    pmiss_asv = sum(tar_asv < asv_threshold) / tar_asv.size
+    pmiss_spoof_asv = np.sum(spoof_asv < asv_threshold) / spoof_asv.size
+    return pfa_asv, pmiss_asv, pmiss_spoof_asv
+
+
+def _official_tdcf_legacy(bona_cm, spoof_cm, tar_asv, non_asv, spoof_asv):
+    pspoof = 0.05
+    cost = {"Pspoof": pspoof, "Ptar": (1 - pspoof) * 0.99, "Pnon": (1 - pspoof) * 0.01}
+    cost.update({"Cmiss_asv": 1, "Cfa_asv": 10, "Cmiss_cm": 1, "Cfa_cm": 10})
+    _, asv_threshold = _official_eer(tar_asv, non_asv)
+    pfa_asv, pmiss_asv, pmiss_spoof_asv = _official_asv_error_rates(tar_asv, non_asv, spoof_asv, asv_threshold)
+    pmiss_cm, pfa_cm, cm_thresholds = _official_det_curve(bona_cm, spoof_cm)
+    c1 = cost["Ptar"] * (cost["Cmiss_cm"] - cost["Cmiss_asv"] * pmiss_asv) - cost["Pnon"] * cost["Cfa_asv"] * pfa_asv
+    c2 = cost["Cfa_cm"] * cost["Pspoof"] * (1 - pmiss_spoof_asv)
+    tdcf = c1 * pmiss_cm + c2 * pfa_cm
+    return tdcf / np.minimum(c1, c2), cm_thresholds
+
+
+def _random_scores(rng, tied: bool, negate: bool, n_max: int = 300):
+    """Bona fide / spoof scores of random sizes; `tied` rounds them to integers (many ties)."""
+    bona = rng.normal(rng.uniform(0, 3), rng.uniform(0.5, 2), rng.integers(1, n_max))
+    spoof = rng.normal(0, rng.uniform(0.5, 2), rng.integers(1, n_max))
+    if tied:
+        bona, spoof = np.round(bona), np.round(spoof)
+    return (-bona, -spoof) if negate else (bona, spoof)
+
+
+def _random_asv(rng, tied: bool) -> metrics.AsvScores:
+    target, nontarget, spoof = rng.normal(5, 2, 400), rng.normal(0, 2, 300), rng.normal(3, 2, 500)
+    if tied:
+        target, nontarget, spoof = np.round(target), np.round(nontarget), np.round(spoof)
+    return metrics.AsvScores(target, nontarget, spoof)
+
+
+# --- EER and DET curve ---
+
+
+@pytest.mark.parametrize("negate", [False, True], ids=["bonafide-high", "negated"])
+@pytest.mark.parametrize("tied", [False, True], ids=["continuous", "integer-ties"])
+def test_det_curve_and_eer_equal_the_official_code_on_random_scores(tied, negate):
+    rng = np.random.default_rng(1234 + 2 * tied + negate)
+    for _ in range(200):
+        bona, spoof = _random_scores(rng, tied, negate)
+        for ours, official in zip(metrics.compute_det_curve(bona, spoof), _official_det_curve(bona, spoof)):
+            np.testing.assert_array_equal(ours, official)
+        assert metrics.compute_eer(bona, spoof) == tuple(float(v) for v in _official_eer(bona, spoof))
+
+
+def test_det_curve_points_are_thresholds_accepting_scores_above_them():
+    """Without ties each DET point is a real threshold: bona fide <= t rejected, spoof > t accepted."""
+    rng = np.random.default_rng(7)
+    bona, spoof = rng.normal(1, 1, 57), rng.normal(0, 1, 91)
+    frr, far, thresholds = metrics.compute_det_curve(bona, spoof)
+    for i, t in enumerate(thresholds):  # plain loop, one threshold at a time
+        assert frr[i] == sum(b <= t for b in bona) / bona.size
+        assert far[i] == sum(s > t for s in spoof) / spoof.size
+
+
+def test_eer_of_separable_scores_is_zero_and_of_inverted_scores_is_one():
+    assert metrics.compute_eer([3.0, 4.0], [1.0, 2.0])[0] == 0.0
+    assert metrics.compute_eer([1.0, 2.0], [3.0, 4.0])[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    "bona,spoof,match",
+    [
+        ([], [1.0, 2.0], "no bona fide scores"),
+        ([1.0, 2.0], [], "no spoof scores"),
+        ([[1.0, 2.0]], [0.0], r"1-D array of scores, got shape \(1, 2\)"),
+        ([1.0, np.nan], [0.0, 0.5], r"1 of 2 scores are NaN \(first: index 1\)"),
+        ([1.0, 2.0], [np.inf, 0.5], r"1 of 2 scores are inf"),
+        (["a", "b"], [0.0], "must be numbers"),
+    ],
+)
+def test_compute_eer_refuses_inputs_that_give_a_wrong_number(bona, spoof, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.compute_eer(bona, spoof)
+
+
+def test_get_eer_scores_trials_with_the_bonafide_log_odds():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    logits = rng.normal(0, 1, (500, 2)) + np.stack([1 - labels, labels], axis=1)
+    log_odds = logits[:, 1] - logits[:, 0]
+    expected = metrics.compute_eer(log_odds[labels == 1], log_odds[labels == 0])[0]
+    assert metrics.get_eer(logits, labels) == expected
+    p_bona = np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)  # same ranking, same EER
+    assert metrics.compute_eer(p_bona[labels == 1], p_bona[labels == 0])[0] == pytest.approx(expected)
+
+
+def test_get_eer_with_spoof_column_as_score_inverts_the_curve():
+    """The pitfall the docstring warns about: scoring with the spoof logit gives about 1 - EER."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 2000)
+    logits = rng.normal(0, 1, (2000, 2)) + 1.5 * np.stack([1 - labels, labels], axis=1)
+    eer = metrics.get_eer(logits, labels)
+    assert eer < 0.2 and metrics.get_eer(logits[:, ::-1], labels) == pytest.approx(1 - eer, abs=2e-3)
+
+
+def test_get_eer_accepts_torch_tensors_with_grad_and_bfloat16():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 300)
+    logits = rng.normal(0, 1, (300, 2)) + np.stack([1 - labels, labels], axis=1)
+    expected = metrics.get_eer(logits.astype(np.float32), labels)
+    t = torch.tensor(logits, dtype=torch.float32, requires_grad=True)
+    assert metrics.get_eer(t, torch.tensor(labels)) == expected
+    t16 = torch.tensor(logits, dtype=torch.bfloat16)
+    assert metrics.get_eer(t16, torch.tensor(labels)) == metrics.get_eer(t16.double().numpy(), labels)
+
+
+@pytest.mark.parametrize(
+    "logits,labels,match",
+    [
+        ([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]], [1, 1, 1], r"no spoof \(label 0\) trials"),
+        ([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]], [0, 0, 0], r"no bona fide \(label 1\) trials"),
+        ([[0.0, np.nan], [0.0, 2.0], [0.0, 3.0]], [1, 0, 0], r"1 of 3 logit rows are NaN \(first: row 0\)"),
+        ([[0.0, np.inf], [0.0, 2.0], [0.0, 3.0]], [1, 0, 0], r"1 of 3 logit rows are inf"),
+        ([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], [1, 0, 0], "only 1 distinct score"),
+        ([[0.0, 1.0], [0.0, 2.0], [0.0, 2.0], [0.0, 1.0]], [1, 0, 1, 0], "only 2 distinct score"),
+        ([1.0, 2.0, 3.0], [1, 0, 0], r"logits must have shape \(N, 2\)"),
+        ([[0.0, 1.0, 2.0]] * 3, [1, 0, 0], r"logits must have shape \(N, 2\)"),
+        ([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]], [1, 0], r"labels must have shape \(3,\)"),
+        ([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]], [1, 0, 2], "labels must be 1 .bona fide. or 0"),
+    ],
+)
+def test_get_eer_refuses_inputs_that_would_give_a_wrong_number(logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.get_eer(np.array(logits), np.array(labels))
+
+
+# --- min t-DCF ---
+
+
+@pytest.mark.parametrize("negate", [False, True], ids=["bonafide-high", "negated"])
+@pytest.mark.parametrize("tied", [False, True], ids=["continuous", "integer-ties"])
+def test_tdcf_curve_equals_the_official_legacy_code_on_random_scores(tied, negate):
+    rng = np.random.default_rng(99 + 2 * tied + negate)
+    for _ in range(100):
+        bona, spoof = _random_scores(rng, tied, negate)
+        if np.unique(np.concatenate((bona, spoof))).size < 3:
+            continue
+        asv = _random_asv(rng, tied)
+        curve, thresholds = metrics.compute_tdcf_curve(bona, spoof, asv)
+        official_curve, official_thresholds = _official_tdcf_legacy(bona, spoof, asv.target, asv.nontarget, asv.spoof)
+        np.testing.assert_array_equal(curve, official_curve)
+        np.testing.assert_array_equal(thresholds, official_thresholds)
+        assert metrics.compute_min_tdcf(bona, spoof, asv) == official_curve.min()
+
+
+def test_cost_model_is_the_asvspoof2019_one():
+    m = metrics.ASVSPOOF2019_COST_MODEL
+    assert (m.p_spoof, m.p_tar, m.p_non) == pytest.approx((0.05, 0.9405, 0.0095), abs=1e-15)
+    assert (m.c_miss_asv, m.c_fa_asv, m.c_miss_cm, m.c_fa_cm) == (1, 10, 1, 10)
+
+
+def test_cost_model_with_priors_not_summing_to_one_is_refused():
+    with pytest.raises(ValueError, match="sum to 1"):
+        metrics.CostModel(0.05, 0.9, 0.01, 1, 10, 1, 10)
+
+
+def test_min_tdcf_refuses_an_asv_that_rejects_every_spoof():
+    asv = metrics.AsvScores(np.array([5.0, 6.0, 7.0]), np.array([0.0, 1.0, 2.0]), np.array([-9.0, -8.0]))
+    with pytest.raises(ValueError, match=r"C2 = 0 must be positive"):
+        metrics.compute_min_tdcf([1.0, 2.0, 3.0], [0.0, 0.5], asv)
+
+
+def test_min_tdcf_refuses_hard_decisions():
+    asv = metrics.AsvScores(np.array([5.0, 6.0, 7.0]), np.array([0.0, 1.0, 2.0]), np.array([4.0, 5.5]))
+    with pytest.raises(ValueError, match="only 2 distinct"):
+        metrics.compute_min_tdcf([1.0, 1.0, 1.0], [0.0, 0.0], asv)
+
+
+@pytest.mark.parametrize("system,eer,min_tdcf", [("B01", B01_EER, B01_MIN_TDCF), ("B02", B02_EER, B02_MIN_TDCF)])
+def test_baseline_eer_and_min_tdcf_match_the_organisers_numbers(protocols, system, eer, min_tdcf):
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / f"{system}_LA_primary_eval.txt")
+    asv = metrics.read_asv_scores(protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt")
+    result = metrics.evaluate_scores(scores, asv)
+    assert result["eer"] == pytest.approx(eer, abs=1e-6)
+    assert result["min_tdcf"] == pytest.approx(min_tdcf, abs=1e-6)
+
+
+def test_organisers_eval_asv_scores_read_by_key(protocols):
+    asv = metrics.read_asv_scores(protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt")
+    assert asv.target.size + asv.nontarget.size + asv.spoof.size == 102_579
+    rates = metrics.compute_asv_error_rates(asv)
+    assert rates["eer"] == pytest.approx(0.0245778, abs=1e-7)  # the organisers' ASV: 2.48 % EER
+
+
+def test_asv_score_line_with_a_bad_key_names_file_and_line(tmp_path):
+    p = tmp_path / "asv.txt"
+    p.write_text("bonafide target 1.0\nA07 spoofed 2.0\n")
+    with pytest.raises(ValueError, match=r"asv.txt line 2: key 'spoofed' is not one of target, nontarget, spoof"):
+        metrics.read_asv_scores(p)
+
+
+# --- ASV score lookup under --data-root ---
+
+
+def _write_asv(folder: Path, split: str = "eval") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / f"ASVspoof2019.LA.asv.{split}.gi.trl.scores.txt"
+    p.write_text("bonafide target 5.0\nbonafide target 6.0\nbonafide nontarget 1.0\nbonafide nontarget 0.0\n")
+    with open(p, "a") as f:
+        f.write("A07 spoof 5.5\nA08 spoof 0.5\n")
+    return p
+
+
+@pytest.mark.parametrize(
+    "root,scores_dir",
+    [
+        ("LA", "LA/ASVspoof2019_LA_asv_scores"),  # the official LA/ folder
+        (".", "LA/ASVspoof2019_LA_asv_scores"),  # its parent
+        (".", "LA/LA/ASVspoof2019_LA_asv_scores"),  # Kaggle copy
+        ("flat", "flat"),  # a folder holding the score files
+    ],
+    ids=["official-LA", "parent", "kaggle-LA-LA", "flat"],
+)
+def test_find_asv_scores_accepts_the_known_layouts(tmp_path, root, scores_dir):
+    expected = _write_asv(tmp_path / scores_dir)
+    assert metrics.find_asv_scores(tmp_path / root, "eval") == expected
+
+
+def test_find_asv_scores_miss_lists_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"looked in .*LA/LA/ASVspoof2019_LA_asv_scores"):
+        metrics.find_asv_scores(tmp_path, "dev")
+
+
+def test_find_asv_scores_refuses_the_train_split(tmp_path):
+    with pytest.raises(ValueError, match="only for the dev and eval"):
+        metrics.find_asv_scores(tmp_path, "train")
+
+
+def test_find_asv_scores_in_the_real_official_layout(protocols):
+    mini = protocols.parents[1] / "asvspoof2019_la_mini"
+    if not mini.is_dir():
+        pytest.skip("asvspoof2019_la_mini absent")
+    for root in (mini, mini / "LA", protocols):
+        assert metrics.find_asv_scores(root, "dev").name == "ASVspoof2019.LA.asv.dev.gi.trl.scores.txt"
+
+
+# --- per-attack EER ---
+
+
+def test_per_attack_eer_on_b01_has_the_13_eval_attacks(protocols):
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt")
+    table = metrics.per_attack_eer(scores.score, scores.system, scores.key)
+    assert list(table) == [f"A{i:02d}" for i in range(7, 20)]
+    bona = scores.bonafide_scores
+    assert table["A17"] == metrics.compute_eer(bona, scores.score[scores.system == "A17"])[0]
+    assert max(table, key=table.get) == "A13"  # B01 (CQCC-GMM)'s hardest attack
+    assert table["A13"] == pytest.approx(0.26154426, abs=1e-8)  # regression value
+
+
+def test_per_attack_eer_compares_each_attack_with_all_bonafide():
+    scores = np.array([5.0, 6.0, 7.0, 1.0, 2.0, 6.5, 9.0])
+    systems = np.array(["-", "-", "-", "A01", "A01", "A02", "A02"])
+    keys = np.array(["bonafide"] * 3 + ["spoof"] * 4)
+    table = metrics.per_attack_eer(scores, systems, keys)
+    assert table == {"A01": 0.0, "A02": metrics.compute_eer([5.0, 6.0, 7.0], [6.5, 9.0])[0]}
+
+
+def test_format_report_lists_eer_tdcf_and_every_attack():
+    text = metrics.format_report({"eer": 9.5, "min_tdcf": None, "per_attack": {"A07": 0.0, "A08": 1.25}}, "t")
+    assert "EER" in text and "n/a" in text and "A07" in text and "1.250" in text
+
+
+# --- score files ---
+
+
+def test_score_file_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(3)
+    scores = rng.normal(0, 1, 50)
+    utts = [f"LA_E_{i:07d}" for i in range(50)]
+    systems = ["-" if i % 3 == 0 else "A07" for i in range(50)]
+    keys = ["bonafide" if s == "-" else "spoof" for s in systems]
+    path = metrics.write_score_file(tmp_path / "sub" / "scores.txt", utts, systems, keys, scores)
+    back = metrics.read_score_file(path)
+    assert back.utt_id.tolist() == utts and back.system.tolist() == systems and back.key.tolist() == keys
+    np.testing.assert_array_equal(back.score, scores)
+    assert path.read_text().splitlines()[0] == f"LA_E_0000000 - bonafide {float(scores[0])!r}"
+    assert [p.name for p in path.parent.iterdir()] == ["scores.txt"]  # no temporary file left behind
+
+
+def test_failed_score_file_write_keeps_the_old_file(tmp_path):
+    path = metrics.write_score_file(tmp_path / "s.txt", ["u1", "u2"], ["-", "A07"], ["bonafide", "spoof"], [1.0, 0.0])
+    before = path.read_text()
+    with pytest.raises(ValueError, match="duplicate utt_id u1"):
+        metrics.write_score_file(path, ["u1", "u1"], ["-", "A07"], ["bonafide", "spoof"], [1.0, 0.0])
+    assert path.read_text() == before and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "utts,keys,match",
+    [
+        (["u1", "u 2"], ["bonafide", "spoof"], "contains whitespace"),
+        (["u1", "u2"], ["bonafide", "fake"], "key 'fake' is not bonafide or spoof"),
+        (["u1"], ["bonafide", "spoof"], "must be 1-D of one length"),
+    ],
+)
+def test_write_score_file_refuses_malformed_entries(tmp_path, utts, keys, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.write_score_file(tmp_path / "s.txt", utts, ["-", "A07"], keys, [1.0, 0.0])
+
+
+def test_six_column_baseline_form_is_read(tmp_path):
+    p = tmp_path / "b.txt"
+    p.write_text("LA_0039 LA_E_2834763 - A11 spoof -0.536935\nLA_0039 LA_E_1 - - bonafide 2.5\n")
+    s = metrics.read_score_file(p)
+    assert s.utt_id.tolist() == ["LA_E_2834763", "LA_E_1"] and s.system.tolist() == ["A11", "-"]
+    assert s.key.tolist() == ["spoof", "bonafide"] and s.score.tolist() == [-0.536935, 2.5]
+
+
+def test_real_baseline_score_file_is_read_in_protocol_order(protocols):
+    s = metrics.read_score_file(protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt")
+    assert len(s) == 71_237 and (s.bonafide_scores.size, s.spoof_scores.size) == (7_355, 63_882)
+    assert (s.utt_id[0], s.system[0], s.key[0], s.score[0]) == ("LA_E_2834763", "A11", "spoof", -0.536935)
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("u1 - bonafide 1.0\nu2 A07 spoof\n", r"s.txt line 2: expected 4 fields .* or 6 .*, got 3: 'u2 A07 spoof'"),
+        ("u1 - bonafide 1.0\nu2 A07 spoof x1\n", r"s.txt line 2: score 'x1' is not a number"),
+        ("u1 - bonafide 1.0\nu2 A07 spof 1.0\n", r"s.txt line 2: key 'spof' is not bonafide or spoof"),
+        ("u1 - bonafide 1.0\n\nu1 A07 spoof 1.0\n", r"s.txt line 3: duplicate utt_id u1 \(first on line 1\)"),
+        ("\n", "s.txt has no score lines"),
+    ],
+)
+def test_malformed_score_file_line_names_file_and_line(tmp_path, text, match):
+    p = tmp_path / "s.txt"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        metrics.read_score_file(p)
+
+
+def test_missing_score_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="score file .*nope.txt not found"):
+        metrics.read_score_file(tmp_path / "nope.txt")
+
+
+def test_nan_scores_are_counted_and_the_first_utt_named(protocols):
+    s = metrics.read_score_file(protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt")
+    s.score[[0, 10, 20]] = np.nan
+    with pytest.raises(ValueError) as e:
+        metrics.evaluate_scores(s)
+    assert str(e.value) == "3 of 71,237 scores are NaN (first: LA_E_2834763); EER and t-DCF need finite scores"
+
+
+def test_evaluate_scores_without_bonafide_trials_names_the_file(tmp_path):
+    p = tmp_path / "s.txt"
+    p.write_text("u1 A07 spoof 1.0\nu2 A07 spoof 2.0\nu3 A07 spoof 3.0\n")
+    with pytest.raises(ValueError, match="s.txt has no bonafide trials"):
+        metrics.evaluate_scores(metrics.read_score_file(p))
+
+
+# --- DET plot ---
+
+
+def test_det_plot_is_a_png_with_one_or_several_systems(tmp_path):
+    rng = np.random.default_rng(4)
+    curves = {"A": (rng.normal(2, 1, 300), rng.normal(0, 1, 900)), "B": (rng.normal(9, 1, 50), rng.normal(0, 1, 50))}
+    for name, subset in (("one.png", {"A": curves["A"]}), ("two.png", curves)):
+        path = metrics.plot_det(subset, tmp_path / name, title="test")
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "two.png"]
+
+
+def test_det_plot_without_curves_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="at least one"):
+        metrics.plot_det({}, tmp_path / "x.png")
+
+
+# --- command line ---
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(METRICS_PY), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_cli_json_on_b01_with_data_root_gives_eer_tdcf_and_attacks(protocols, tmp_path):
+    b01 = protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt"
+    run = _run_cli("--scores", str(b01), "--data-root", str(protocols), "--split", "eval", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert set(result) == {"eer", "min_tdcf", "per_attack"}
+    assert result["eer"] == pytest.approx(B01_EER, abs=1e-6)
+    assert result["min_tdcf"] == pytest.approx(B01_MIN_TDCF, abs=1e-6)
+    assert list(result["per_attack"]) == [f"A{i:02d}" for i in range(7, 20)]
+
+
+def test_cli_text_report_infers_the_split_and_writes_the_det(protocols, tmp_path):
+    b02 = protocols / "baseline_cm_scores" / "B02_LA_primary_eval.txt"
+    asv = protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt"
+    for args in (("--data-root", str(protocols)), ("--asv-scores", str(asv))):
+        run = _run_cli("--scores", str(b02), *args, "--det", "det.png", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert "8.089825 %" in run.stdout and "0.211053" in run.stdout and "A19" in run.stdout
+        assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_without_asv_scores_reports_eer_only(tmp_path):
+    p = metrics.write_score_file(tmp_path / "s.txt", ["a", "b", "c", "d"], ["-", "-", "A07", "A08"],
+                                 ["bonafide", "bonafide", "spoof", "spoof"], [2.0, 1.0, 1.5, -1.0])  # fmt: skip
+    run = _run_cli("--scores", str(p), "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    # A07 alone: DET points (FRR, FAR) = (0, 1), (.5, 1), (.5, 0), (1, 0); the first |FRR - FAR| minimum is (.5, 1)
+    assert json.loads(run.stdout) == {"eer": 50.0, "min_tdcf": None, "per_attack": {"A07": 75.0, "A08": 0.0}}
+
+
+def test_cli_data_root_in_kaggle_layout_is_found(tmp_path):
+    _write_asv(tmp_path / "LA" / "LA" / "ASVspoof2019_LA_asv_scores")
+    p = metrics.write_score_file(tmp_path / "s.txt", ["LA_E_1", "LA_E_2", "LA_E_3", "LA_E_4"], ["-", "-", "A07", "A07"],
+                                 ["bonafide", "bonafide", "spoof", "spoof"], [2.0, 1.0, 1.5, -1.0])  # fmt: skip
+    run = _run_cli("--scores", str(p), "--data-root", str(tmp_path), "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["min_tdcf"] is not None
+
+
+def test_cli_bad_score_file_exits_1_with_one_line_naming_file_and_line(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_text("LA_E_1 - bonafide 1.0\nLA_E_2 A07 spoof\n")
+    run = _run_cli("--scores", str(p), cwd=tmp_path)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("metrics.py: error: bad.txt line 2: expected 4 fields")
+    debug = _run_cli("--scores", str(p), "--debug", cwd=tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_cli_data_root_without_asv_scores_exits_1_listing_the_places(tmp_path):
+    p = metrics.write_score_file(tmp_path / "s.txt", ["LA_D_1", "LA_D_2", "LA_D_3"], ["-", "A01", "A02"],
+                                 ["bonafide", "spoof", "spoof"], [2.0, 1.0, 0.0])  # fmt: skip
+    run = _run_cli("--scores", str(p), "--data-root", str(tmp_path), cwd=tmp_path)
+    assert run.returncode == 1 and "ASVspoof2019.LA.asv.dev.gi.trl.scores.txt" in run.stderr
+    assert "looked in" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_cli_data_root_with_mixed_splits_asks_for_split(tmp_path):
+    p = metrics.write_score_file(tmp_path / "s.txt", ["LA_D_1", "LA_E_2", "LA_E_3"], ["-", "A01", "A02"],
+                                 ["bonafide", "spoof", "spoof"], [2.0, 1.0, 0.0])  # fmt: skip
+    run = _run_cli("--scores", str(p), "--data-root", str(tmp_path), cwd=tmp_path)
+    assert run.returncode == 1 and "pass --split dev or --split eval" in run.stderr
+
+
+# --- speed (printed, not asserted) ---
+
+
+def test_speed_on_71237_eval_scores_is_printed(protocols, capsys):
+    t0 = time.perf_counter()
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt")
+    asv = metrics.read_asv_scores(protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt")
+    t1 = time.perf_counter()
+    metrics.compute_eer(scores.bonafide_scores, scores.spoof_scores)
+    t2 = time.perf_counter()
+    metrics.compute_min_tdcf(scores.bonafide_scores, scores.spoof_scores, asv)
+    t3 = time.perf_counter()
+    metrics.evaluate_scores(scores, asv)
+    t4 = time.perf_counter()
+    with capsys.disabled():
+        print(
+            f"\nmetrics on {len(scores):,} scores: read CM + ASV files {t1 - t0:.3f} s, EER {t2 - t1:.4f} s, "
+            f"min t-DCF {t3 - t2:.4f} s, evaluate_scores {t4 - t3:.4f} s"
+        )
+
+
+# ---------------------------------------- model.py and train.py ----------------------------------------
+needs_mini = pytest.mark.skipif(MINI is None, reason="../shared/data/asvspoof2019_la_mini is absent")
+
+
+def _train_small_flags(out, *extra) -> list[str]:
+    """Seconds-long runs on the mini tree: 48 train / 24 dev files, 20 x 64 mel inputs."""
+    return [
+        "--recipe", "tiny", "--data-root", str(MINI), "--out", str(out), "--limit-train", "48",
+        "--limit-dev", "24", "--num-frames", "64", "--device", "cpu", "--num-workers", "0", "--augment", *extra,
+    ]  # fmt: skip
+
+
+def _train_metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    return env
+
+
+# ----------------------------------------------------------------------------- model.py
+
+
+def _lcnn_expected_parameters(in_bins: int, num_frames: int) -> int:
+    """Parameter count written out from the STC table (arXiv:1904.05576, Table 1), not from the model."""
+
+    def conv(cin, filters, k):
+        return cin * filters * k * k + filters
+
+    def bn(c):
+        return 2 * c
+
+    convs = (conv(1, 64, 5) + conv(32, 64, 1) + bn(32) + conv(32, 96, 3) + bn(48) + conv(48, 96, 1) + bn(48)
+             + conv(48, 128, 3) + conv(64, 128, 1) + bn(64) + conv(64, 64, 3) + bn(32) + conv(32, 64, 1) + bn(32)
+             + conv(32, 64, 3))  # fmt: skip
+    h, w = in_bins, num_frames
+    for _ in range(4):  # pool3, pool9, pool16, pool28
+        h, w = h // 2, w // 2
+    fc29 = 32 * h * w * 160 + 160
+    return convs + fc29 + bn(80) + 80 * 2 + 2
+
+
+def test_lcnn_parameter_count_matches_the_stc_table():
+    net = lcnn_model.LCNN(863, 600)
+    expected = _lcnn_expected_parameters(863, 600)
+    assert 32 * 53 * 37 == 62_752  # FC29 inputs for 863 x 600
+    assert lcnn_model.count_parameters(net) == expected == 10_198_818  # "about 10.2 M"
+    assert net.classifier.fc29.weight.numel() / expected > 0.98  # the first FC layer holds most of it
+    assert lcnn_model.count_parameters(lcnn_model.LCNN(20, 600, 0.1)) == _lcnn_expected_parameters(20, 600)
+
+
+@pytest.mark.parametrize("in_bins,num_frames", [(863, 600), (20, 600), (20, 64)])
+def test_lcnn_outputs_two_logits_for_stft_and_mel_inputs(in_bins, num_frames):
+    net = lcnn_model.LCNN(in_bins, num_frames).eval()
+    with torch.no_grad():
+        h = net.features(torch.zeros(1, 1, in_bins, num_frames))
+        out = net(torch.randn(2, 1, in_bins, num_frames))
+    assert tuple(h.shape[1:]) == net.feature_shape()
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=rf"expects \(B, 1, {in_bins}, {num_frames}\)"):
+        net(torch.zeros(2, 1, in_bins, num_frames + 16))
+
+
+def test_lcnn_layers_are_named_as_the_table_rows():
+    net = lcnn_model.LCNN(20, 64)
+    names = list(dict(net.features.named_children()))
+    assert names[:3] == ["conv1", "mfm2", "pool3"] and names[-2:] == ["mfm27", "pool28"]
+    assert isinstance(net.features.mfm27, lcnn_model.MFM)
+    assert list(dict(net.classifier.named_children())) == ["fc29", "mfm30", "dropout", "bn31", "fc32"]
+    assert net.classifier.dropout.p == 0.75  # the STC recipe's default
+
+
+def test_mfm_keeps_the_max_of_the_two_channel_halves():
+    x = torch.tensor([[1.0, -2.0, 3.0, 0.5]])  # halves [1, -2] and [3, 0.5]
+    assert torch.equal(lcnn_model.MFM()(x), torch.tensor([[3.0, 0.5]]))
+    x4 = torch.randn(2, 6, 3, 5)
+    assert torch.equal(lcnn_model.MFM()(x4), torch.maximum(x4[:, :3], x4[:, 3:]))
+    with pytest.raises(ValueError, match="even number of channels"):
+        lcnn_model.MFM()(torch.zeros(1, 3))
+
+
+def test_asoftmax_margin_applies_only_to_the_target_class():
+    torch.manual_seed(0)
+    emb, labels = torch.randn(16, 80), torch.randint(0, 2, (16,))
+    heads = {m: lcnn_model.AngleLinear(80, 2, margin=m) for m in (1, 2, 4)}
+    for m in (2, 4):
+        heads[m].weight.data.copy_(heads[1].weight.data)
+    plain = heads[4](emb)  # scoring: ||x|| cos(theta), no margin
+    w = torch.nn.functional.normalize(heads[4].weight, dim=1)
+    assert torch.allclose(plain, emb @ w.T, atol=1e-5)
+    assert torch.allclose(heads[1](emb, labels), plain, atol=1e-5)  # m = 1: psi = cos, no margin
+    target = torch.nn.functional.one_hot(labels, 2).bool()
+    for m in (2, 4):
+        margin = heads[m](emb, labels)
+        assert torch.equal(margin[~target], plain[~target])  # non-target logits untouched
+        assert (margin[target] < plain[target] - 1e-4).all()  # psi(theta) < cos(theta): a harder target
+        annealed = heads[m](emb, labels, lamb=1e6)  # huge lambda: back to the plain logits
+        assert torch.allclose(annealed, plain, atol=1e-3)
+    assert lcnn_model.asoftmax_lambda(0) == 1500 and lcnn_model.asoftmax_lambda(10**6) == 5
+    with pytest.raises(ValueError, match="margin"):
+        lcnn_model.AngleLinear(80, 2, margin=7)
+
+
+def test_build_model_rejects_unknown_arguments_and_bad_heads():
+    assert lcnn_model.build_model({"in_bins": 20, "num_frames": 64, "dropout": 0.1, "head": "linear"}).in_bins == 20
+    with pytest.raises(ValueError, match="unknown LCNN argument.*n_bins"):
+        lcnn_model.build_model({"n_bins": 20})
+    with pytest.raises(ValueError, match="head must be"):
+        lcnn_model.LCNN(head="arcface")
+
+
+def test_load_checkpoint_names_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        lcnn_model.load_checkpoint(tmp_path / "none.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a train.py checkpoint"):
+        lcnn_model.load_checkpoint(tmp_path / "foreign.pt")
+
+
+# ----------------------------------------------------------------------------- train.py: flags
+
+
+@pytest.mark.parametrize("recipe", sorted(lcnn_train.RECIPES))
+def test_every_recipe_parses_and_an_explicit_flag_beats_it(recipe):
+    args = lcnn_train.parse_args(["--recipe", recipe])
+    for key, value in lcnn_train.RECIPES[recipe].items():
+        assert getattr(args, key) == value
+    args = lcnn_train.parse_args(["--recipe", recipe, "--epochs", "7", "--frontend", "stft", "--no-augment"])
+    assert (args.epochs, args.frontend, args.augment, args.recipe) == (7, "stft", False, recipe)
+
+
+def test_recipes_hold_what_the_issue_asks():
+    stc, seed, tiny = (lcnn_train.parse_args(["--recipe", r]) for r in ("stc", "seed", "tiny"))
+    assert (stc.frontend, stc.num_frames, stc.lr, stc.lr_step, stc.lr_gamma, stc.batch_size, stc.dropout) == (
+        "stft", 600, 3e-4, 10, 0.5, 64, 0.75)  # fmt: skip
+    assert (seed.frontend, seed.pad, seed.num_frames, seed.dropout, seed.augment, seed.epochs, seed.seed) == (
+        "mel", "zeros", 600, 0.1, True, 75, 1)  # fmt: skip
+    assert tiny.out == "runs/tiny" and lcnn_train.parse_args([]).recipe == "stc"
+
+
+def test_unknown_recipe_and_bad_values_stop_at_start():
+    with pytest.raises(ValueError, match="--recipe 'fast' is unknown; choose one of stc, seed, tiny"):
+        lcnn_train.parse_args(["--recipe", "fast"])
+    with pytest.raises(ValueError, match="--epochs must be at least 1"):
+        lcnn_train.parse_args(["--epochs", "0"])
+    with pytest.raises(SystemExit):  # argparse: wrong type
+        lcnn_train.parse_args(["--lr", "fast"])
+
+
+def test_spread_limit_takes_both_classes_of_a_sorted_protocol():
+    entries = ["bonafide"] * 228 + ["spoof"] * 51  # the mini train protocol's order
+    picked = lcnn_train.spread(entries, 20)
+    assert len(picked) == 20 and set(picked) == {"bonafide", "spoof"}
+    assert lcnn_train.spread(entries, 0) == entries
+
+
+# ----------------------------------------------------------------------------- train.py: runs
+
+
+@pytest.fixture(scope="module")
+def train_small_run(tmp_path_factory):
+    """Three epochs of a small run, uninterrupted (the reference for the resume tests)."""
+    if MINI is None:
+        pytest.skip("../shared/data/asvspoof2019_la_mini is absent")
+    run = tmp_path_factory.mktemp("train") / "run"
+    assert lcnn_train.main(_train_small_flags(run, "--epochs", "3")) == 0
+    return run
+
+
+@needs_mini
+@pytest.mark.slow
+def test_tiny_recipe_lowers_the_loss_and_writes_the_run_folder(tmp_path):
+    run = tmp_path / "RUN"
+    cmd = [sys.executable, str(REPO / "train.py"), "--recipe", "tiny", "--data-root", str(MINI), "--out",
+           str(run)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=_train_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = _train_metrics(run)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1, history
+    assert all(h["n_train"] == 279 and h["n_dev"] == 101 and h["n_bad"] == 0 for h in history)
+    for name in ("last.pt", "best.pt", "curves.png", "metrics.jsonl", "args.json", "dev_scores.txt"):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run / "args.json").read_text())["recipe"] == "tiny"
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == min(history, key=lambda h: h["dev_eer"])["epoch"]
+    assert "recipe tiny" in done.stdout and "ETA" in done.stderr and "loss" in done.stderr  # flags and progress
+    assert not list(run.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+@needs_mini
+def test_checkpoint_is_a_plain_dict_that_loads_with_weights_only(train_small_run):
+    ckpt = torch.load(train_small_run / "last.pt", weights_only=True)
+    for key in ("model", "model_args", "args", "epoch", "optimizer", "scheduler", "best_dev_eer", "dev_eer", "rng"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 3 and ckpt["args"]["frontend"] == "mel" and ckpt["args"]["recipe"] == "tiny"
+    assert ckpt["model_args"] == {"in_bins": 20, "num_frames": 64, "dropout": 0.1, "head": "linear", "margin": 4}
+    net, loaded = lcnn_model.load_checkpoint(train_small_run / "best.pt")
+    assert not net.training and loaded["epoch"] == loaded["best_epoch"]
+    history = _train_metrics(train_small_run)
+    assert loaded["best_dev_eer"] == min(h["dev_eer"] for h in history)
+
+
+@needs_mini
+def test_resume_reaches_the_metrics_of_an_uninterrupted_run(train_small_run, tmp_path):
+    run = tmp_path / "run"
+    lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
+    assert len(_train_metrics(run)) == 1
+    lcnn_train.main(["--resume", str(run), "--epochs", "3"])  # the checkpoint's flags, 2 more epochs
+    keys = ("epoch", "train_loss", "dev_loss", "dev_eer", "lr", "best_epoch")
+    assert [{k: h[k] for k in keys} for h in _train_metrics(run)] == [
+        {k: h[k] for k in keys} for h in _train_metrics(train_small_run)
+    ]
+    a = torch.load(run / "last.pt", weights_only=True)["model"]
+    b = torch.load(train_small_run / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_mini
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_gives_identical_metrics(tmp_path):
+    # reference and victim both run as subprocesses: the same thread count, so float sums agree bit for bit
+    def command(run, *extra):
+        return [sys.executable, str(REPO / "train.py"), *_train_small_flags(run, "--epochs", "3"), *extra]
+
+    ref = subprocess.run(command(tmp_path / "ref"), cwd=REPO, env=_train_env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(run), cwd=REPO, env=_train_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid epoch 2 (or while writing its checkpoint)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] in (1, 2)
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", str(run)], cwd=REPO,
+                          env=_train_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    keys = ("epoch", "train_loss", "dev_loss", "dev_eer", "best_epoch")
+    assert [{k: h[k] for k in keys} for h in _train_metrics(run)] == [
+        {k: h[k] for k in keys} for h in _train_metrics(tmp_path / "ref")
+    ]
+
+
+@needs_mini
+def test_resume_with_another_frontend_or_into_a_used_folder_is_a_clear_error(train_small_run):
+    with pytest.raises(ValueError, match=r"cannot resume .*last\.pt: trained with --frontend mel, flags say stft"):
+        lcnn_train.parse_args(["--resume", str(train_small_run), "--frontend", "stft"])
+    with pytest.raises(ValueError, match=r"trained with --num-frames 64, flags say 600"):
+        lcnn_train.parse_args(["--resume", str(train_small_run), "--num-frames", "600"])
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        lcnn_train.main(_train_small_flags(train_small_run))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        lcnn_train.parse_args(["--resume", str(train_small_run / "nothing")])
+
+
+@needs_mini
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = []
+    real = lcnn_train.compute_loss
+
+    def nan_from_epoch_2(logits, labels):
+        calls.append(1)
+        loss = real(logits, labels)
+        return loss * float("nan") if len(calls) > 2 else loss  # 48 files / batch 32: 2 steps per epoch
+
+    monkeypatch.setattr(lcnn_train, "compute_loss", nan_from_epoch_2)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="epoch 2 step 1: the training loss is nan"):
+        lcnn_train.main(_train_small_flags(run, "--epochs", "3"))
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert len(_train_metrics(run)) == 1
+
+
+def _train_tree_with_a_corrupt_file(tmp_path: Path) -> tuple[Path, str]:
+    """A copy of a few mini-tree entries (symlinked audio) plus one train file that is not audio."""
+    src, dst = MINI, tmp_path / "LA"
+    protocols = dst / "ASVspoof2019_LA_cm_protocols"
+    protocols.mkdir(parents=True)
+    for split, n in (("train", 12), ("dev", 10)):
+        name = lcnn_train.find_la_root(src).protocol_path(split).name
+        lines = (src / "ASVspoof2019_LA_cm_protocols" / name).read_text().splitlines()
+        lines = lcnn_train.spread(lines, n)
+        (dst / f"ASVspoof2019_LA_{split}" / "flac").mkdir(parents=True)
+        for line in lines:
+            utt = line.split()[1]
+            (dst / f"ASVspoof2019_LA_{split}" / "flac" / f"{utt}.flac").symlink_to(
+                src / f"ASVspoof2019_LA_{split}" / "flac" / f"{utt}.flac"
+            )
+        if split == "train":
+            lines.append("LA_0079 LA_T_9999999 - - bonafide")
+            (dst / "ASVspoof2019_LA_train" / "flac" / "LA_T_9999999.flac").write_bytes(b"not audio" * 100)
+        (protocols / name).write_text("\n".join(lines) + "\n")
+    return dst, "LA_T_9999999.flac"
+
+
+@needs_mini
+def test_corrupt_file_is_skipped_and_counted_with_skip_bad_and_an_error_without(tmp_path):
+    root, bad = _train_tree_with_a_corrupt_file(tmp_path)
+    flags = ["--recipe", "tiny", "--data-root", str(root), "--num-frames", "64", "--device", "cpu", "--epochs", "1"]
+    lcnn_train.main([*flags, "--out", str(tmp_path / "ok"), "--skip-bad", "--num-workers", "0"])
+    (h,) = _train_metrics(tmp_path / "ok")
+    assert (h["n_bad"], h["n_train"], h["n_dev"]) == (1, 12, 10)
+    with pytest.raises(RuntimeError, match=rf"{bad}: cannot decode audio.*pass --skip-bad"):
+        lcnn_train.main([*flags, "--out", str(tmp_path / "fail"), "--num-workers", "1"])  # error from a worker
+
+
+@needs_mini
+def test_asoftmax_bf16_channels_last_cached_run_trains_and_scores(tmp_path):
+    run = tmp_path / "run"
+    flags = ["--epochs", "1", "--loss", "asoftmax", "--amp", "bf16", "--channels-last", "--cache-audio"]
+    lcnn_train.main(_train_small_flags(run, *flags))
+    (h,) = _train_metrics(run)
+    assert np.isfinite(h["train_loss"]) and 0 <= h["dev_eer"] <= 100
+    net, ckpt = lcnn_model.load_checkpoint(run / "last.pt")
+    assert ckpt["model_args"]["head"] == "asoftmax" and isinstance(net.classifier.fc32, lcnn_model.AngleLinear)
+
+
+@needs_mini
+def test_patience_stops_when_dev_eer_stops_improving_and_eval_is_never_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(lcnn_train, "dev_metrics", lambda scores: dict(dev_loss=0.5, dev_eer=10.0))
+    layout_class, splits = type(lcnn_train.find_la_root(MINI)), []
+    for method in ("protocol_path", "audio_dir"):  # record every split train.py asks the layout for
+        real = getattr(layout_class, method)
+        monkeypatch.setattr(
+            layout_class, method, lambda self, split, real=real: splits.append(split) or real(self, split)
+        )
+    lcnn_train.main(_train_small_flags(tmp_path / "run", "--epochs", "5", "--patience", "2", "--limit-train", "16"))
+    history = _train_metrics(tmp_path / "run")
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["best_epoch"] == 1  # ties: earlier epoch
+    assert set(splits) == {"train", "dev"}  # the eval split is never touched
+
+
+@needs_mini
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_gather_every_dev_file_once(tmp_path):
+    run = tmp_path / "ddp"
+    flags = _train_small_flags(run, "--epochs", "1", "--limit-train", "32", "--limit-dev", "21")  # 21: uneven shards
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "train.py"), *flags]  # fmt: skip
+    env = {k: v for k, v in _train_env().items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout and done.stdout.count("epoch 1/1: train loss") == 1  # only rank 0 prints
+    (h,) = _train_metrics(run)
+    # every dev file of the run exactly once, from both ranks
+    expected = sorted(e.utt_id for e in lcnn_train.spread(lcnn_train.find_la_root(MINI).protocol("dev"), 21))
+    lines = [line.split() for line in (run / "dev_scores.txt").read_text().splitlines()]
+    assert sorted(line[0] for line in lines) == expected and h["n_dev"] == 21
+    scores = {line[0]: float(line[3]) for line in lines}
+    # scoring the same checkpoint in one process gives the same scores and the same EER
+    args = lcnn_train.parse_args(["--resume", str(run)])
+    frontend = lcnn_train.make_frontend("mel")
+    _, dev_loader, _ = lcnn_train.make_loaders(args, frontend)
+    net, _ = lcnn_model.load_checkpoint(run / "last.pt")
+    single = lcnn_train.gather_scores(lcnn_train.evaluate(net, frontend, dev_loader, torch.device("cpu")))
+    assert single["utt_id"] == expected
+    assert np.allclose([scores[u] for u in single["utt_id"]], single["score"], atol=1e-5)
+    assert lcnn_train.dev_metrics(single)["dev_eer"] == pytest.approx(h["dev_eer"], abs=1e-9)
+
+
+# ---------------------------------------- evaluate.py and bench.py ----------------------------------------
+EVALUATE_PY = Path(evaluate.__file__).resolve()
+
+
+def _evaluate_save_ckpt(path: Path, frontend: str = "mel", num_frames: int = 32, **drop) -> Path:
+    """A random-init LCNN checkpoint with train.py's keys; `drop` names keys to leave out (for error tests)."""
+    torch.manual_seed(0)
+    in_bins = 20 if frontend == "mel" else 863
+    model = build_model({"in_bins": in_bins, "num_frames": num_frames, "dropout": 0.1, "head": "linear"})
+    ckpt = {"model": model.state_dict(), "model_args": model.model_args(),
+            "args": {"frontend": frontend, "num_frames": num_frames, "pad": "repeat", "recipe": "tiny"},
+            "epoch": 1}  # fmt: skip
+    for key in drop:
+        ckpt.pop(key)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluate_ckpt(tmp_path_factory) -> Path:
+    return _evaluate_save_ckpt(tmp_path_factory.mktemp("evaluate_ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def evaluate_mini() -> Path:
+    shared = SHARED
+    root = shared / "asvspoof2019_la_mini" / "LA" if shared else None
+    if root is None or not root.is_dir():
+        pytest.skip("../shared/data/asvspoof2019_la_mini absent")
+    return root
+
+
+@pytest.fixture
+def evaluate_tree(tmp_path) -> LALayout:
+    """A generated 12-file eval split in the official layout (no ASV scores)."""
+    return bench.generate_la_files(tmp_path / "gen", 12, "eval", workers=1)
+
+
+class _EvaluateCounting(torch.nn.Module):
+    """Wraps a model: counts the items it scores and, past `fail_after` calls, crashes like a killed run."""
+
+    def __init__(self, inner: torch.nn.Module, fail_after: int | None = None):
+        super().__init__()
+        self.inner, self.fail_after, self.calls, self.items = inner, fail_after, 0, 0
+
+    def forward(self, x):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("simulated crash")
+        self.calls += 1
+        self.items += x.shape[0]
+        return self.inner(x)
+
+
+# --- evaluate.py: a split ---
+
+
+def test_mini_dev_split_gives_101_lines_in_protocol_order_metrics_and_det(
+    evaluate_ckpt, evaluate_mini, tmp_path, capsys
+):
+    out = tmp_path / "scores.txt"
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(evaluate_mini), "--split", "dev",
+                   "--out", str(out), "--num-workers", "1", "--batch-size", "16", "--json"])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    lines = [line.split() for line in out.read_text().splitlines()]
+    protocol = find_la_root(evaluate_mini).protocol("dev")
+    assert len(lines) == 101 == len(protocol)
+    assert [(u, s, k) for u, s, k, _ in lines] == [(e.utt_id, e.system, e.key) for e in protocol]
+    assert {"eer", "min_tdcf", "per_attack", "scores", "det", "asv_scores", "n_scores", "files_per_s"} <= set(summary)
+    assert summary["n_scores"] == 101 and (summary["n_bonafide"], summary["n_spoof"]) == (50, 51)
+    assert set(summary["per_attack"]) == {"A01", "A02", "A03", "A04", "A05", "A06"}
+    assert summary["min_tdcf"] is not None and 0 <= summary["eer"] <= 100
+    assert Path(summary["det"]) == tmp_path / "scores_det.png"
+    assert (tmp_path / "scores_det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.partial*"))
+    # the score is the bona fide log-odds, as the model computes it
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    ds_wave = evaluate.fix_length(evaluate.load_audio(find_la_root(evaluate_mini).audio_path("dev", lines[0][0])),
+                                  scorer.num_samples, "repeat")  # fmt: skip
+    logits = scorer.logits(ds_wave.unsqueeze(0))[0]
+    assert float(lines[0][3]) == pytest.approx(float(logits[1] - logits[0]), abs=1e-5)
+
+
+def test_report_is_printed_and_default_out_goes_next_to_the_checkpoint(evaluate_ckpt, evaluate_mini, tmp_path, capsys):
+    ckpt = tmp_path / "run" / "best.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(evaluate_ckpt.read_bytes())
+    evaluate.main(["--ckpt", str(ckpt), "--data-root", str(evaluate_mini), "--split", "dev", "--num-workers", "0"])
+    captured = capsys.readouterr()
+    assert (tmp_path / "run" / "scores_dev.txt").is_file() and (tmp_path / "run" / "scores_dev_det.png").is_file()
+    for text in ("101 scores (50 bona fide, 51 spoof)", "EER", "min t-DCF", "A06", "DET curve written to"):
+        assert text in captured.out
+    assert "score dev: 101/101" in captured.err and "files/s" in captured.err
+
+
+def test_resume_scores_only_what_a_killed_run_left(evaluate_ckpt, evaluate_mini, tmp_path):
+    out = tmp_path / "scores.txt"
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    scorer.model = _EvaluateCounting(scorer.model, fail_after=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        evaluate.score_split(scorer, evaluate_mini, "dev", out, batch_size=10, num_workers=0, save_every=2,
+                             progress=False)  # fmt: skip
+    partial, meta = evaluate.partial_paths(out)
+    assert not out.exists() and meta.is_file()
+    assert len(partial.read_text().splitlines()) == 30  # 3 batches scored, kept when the run died
+    scorer.model = _EvaluateCounting(scorer.model.inner)
+    res = evaluate.score_split(scorer, evaluate_mini, "dev", out, batch_size=10, num_workers=0, progress=False)
+    assert scorer.model.items == 71 and (res.n_scored, res.n_resumed) == (71, 30)
+    assert not partial.exists() and not meta.exists()
+    whole = evaluate.score_split(evaluate.load_scorer(evaluate_ckpt), evaluate_mini, "dev", tmp_path / "whole.txt",
+                                 batch_size=101, num_workers=0, progress=False)  # fmt: skip
+    assert res.scores.utt_id.tolist() == whole.scores.utt_id.tolist()
+    np.testing.assert_allclose(res.scores.score, whole.scores.score, atol=1e-5)
+
+
+def test_partial_scores_of_another_checkpoint_are_refused(evaluate_ckpt, evaluate_mini, tmp_path):
+    out = tmp_path / "scores.txt"
+    partial, meta = evaluate.partial_paths(out)
+    partial.write_text("LA_D_1293230 - bonafide 0.5\n")
+    meta.write_text(json.dumps({"checkpoint_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match=r"another run .*checkpoint_sha256.*delete it"):
+        evaluate.score_split(evaluate.load_scorer(evaluate_ckpt), evaluate_mini, "dev", out, progress=False)
+
+
+def test_score_file_out_of_protocol_order_names_the_line(evaluate_mini, tmp_path):
+    protocol = find_la_root(evaluate_mini).protocol("dev")[:3]
+    path = tmp_path / "s.txt"
+    order = [protocol[0], protocol[2], protocol[1]]
+    path.write_text("".join(f"{e.utt_id} {e.system} {e.key} 0.{i}\n" for i, e in enumerate(order)))
+    with pytest.raises(ValueError, match=rf"s.txt line 2: expected '{protocol[1].utt_id} "):
+        evaluate.check_score_file(path, protocol)
+    with pytest.raises(ValueError, match="has 3 lines, the trial list 2"):
+        evaluate.check_score_file(path, order[:2])
+
+
+def test_unreadable_file_in_a_split_names_it_and_skip_bad_leaves_it_out(evaluate_ckpt, evaluate_tree, tmp_path):
+    bad = evaluate_tree.audio_path("eval", "LA_E_1000003")
+    bad.write_bytes(b"not audio")
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    with pytest.raises(RuntimeError, match=r"LA_E_1000003.flac: cannot decode audio .*--skip-bad"):
+        evaluate.score_split(scorer, evaluate_tree, "eval", tmp_path / "s.txt", batch_size=2, num_workers=1,
+                             progress=False)  # fmt: skip
+    assert len(evaluate.partial_paths(tmp_path / "s.txt")[0].read_text().splitlines()) == 3  # all scored before it
+    res = evaluate.score_split(scorer, evaluate_tree, "eval", tmp_path / "s.txt", batch_size=2, num_workers=1,
+                               skip_bad=True, progress=False)  # fmt: skip
+    assert res.skipped == ["LA_E_1000003"] and len(res.scores) == 11
+    assert "LA_E_1000003" not in res.scores.utt_id.tolist()
+
+
+def test_split_without_asv_scores_reports_no_tdcf_but_succeeds(evaluate_ckpt, evaluate_tree, tmp_path, capsys):
+    out = tmp_path / "s.txt"
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(evaluate_tree.root.parent), "--out", str(out),
+                   "--num-workers", "0", "--full-length", "--save-every", "1", "--device", "cpu"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert "min t-DCF skipped" in captured.err and "n/a" in captured.out and len(out.read_text().splitlines()) == 12
+
+
+def test_explicit_asv_scores_and_det_flags(evaluate_ckpt, evaluate_mini, tmp_path, capsys):
+    asv = evaluate_mini / "ASVspoof2019_LA_asv_scores" / "ASVspoof2019.LA.asv.dev.gi.trl.scores.txt"
+    det = tmp_path / "plots" / "det.png"
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(evaluate_mini), "--split", "dev", "--out",
+                   str(tmp_path / "s.txt"), "--asv-scores", str(asv), "--det", str(det), "--num-workers", "0",
+                   "--precision", "bf16", "--pad", "zeros", "--json"])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["asv_scores"] == str(asv) and summary["min_tdcf"] is not None and det.is_file()
+
+
+# --- evaluate.py: files ---
+
+
+def test_files_wav_resampled_and_downmixed_and_flac(evaluate_ckpt, evaluate_mini, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    mono = (0.1 * rng.standard_normal(int(1.5 * 22050))).astype(np.float32)
+    sf.write(tmp_path / "stereo.wav", np.stack([mono, mono], 1), 22050)
+    sf.write(tmp_path / "mono.wav", mono, 22050)
+    flac = evaluate_mini / "ASVspoof2019_LA_dev" / "flac" / "LA_D_1293230.flac"
+    files = [str(tmp_path / "stereo.wav"), str(tmp_path / "mono.wav"), str(flac)]
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", *files, "--json"])
+    rows = json.loads(capsys.readouterr().out)["files"]
+    assert [r["file"] for r in rows] == files
+    assert rows[0]["duration_s"] == pytest.approx(1.5, abs=1e-3)
+    assert rows[0]["score"] == pytest.approx(rows[1]["score"], abs=1e-5)  # downmix of L = R is the mono file
+    for r in rows:
+        assert 0 <= r["p_bonafide"] <= 1 and r["verdict"] == ("bonafide" if r["p_bonafide"] >= 0.5 else "spoof")
+        assert r["p_bonafide"] == pytest.approx(1 / (1 + np.exp(-r["score"])))  # softmax of the two logits
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(flac), "--threshold", "0"])
+    table = capsys.readouterr().out
+    assert "LA_D_1293230.flac" in table and table.rstrip().endswith("bonafide")
+
+
+def test_full_length_is_the_mean_of_window_logits(evaluate_ckpt):
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    w = scorer.num_samples
+    wave = torch.randn(2 * w + w // 2)
+    windows = torch.stack([wave[:w], wave[w : 2 * w], wave[-w:]])
+    torch.testing.assert_close(scorer.logits_full(wave), scorer.logits(windows).mean(0))
+    torch.testing.assert_close(scorer.logits_full(wave[: w // 3]), scorer.logits(
+        evaluate.fix_length(wave[: w // 3], w, "repeat").unsqueeze(0))[0])  # fmt: skip
+
+
+def test_unreadable_file_names_it_and_exits_1_unless_skip_bad(evaluate_ckpt, tmp_path, capsys):
+    bad = tmp_path / "broken.flac"
+    bad.write_bytes(b"not audio")
+    good = tmp_path / "ok.wav"
+    sf.write(good, np.zeros(8000, np.float32) + 0.01, 16000)
+    with pytest.raises(RuntimeError, match=r"broken.flac: cannot decode audio"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(good), str(bad)])
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(good), str(bad), "--skip-bad", "--json"])
+    rows = json.loads(capsys.readouterr().out)["files"]
+    assert "verdict" in rows[0] and "broken.flac" in rows[1]["error"]
+    proc = subprocess.run([sys.executable, str(EVALUATE_PY), "--ckpt", str(evaluate_ckpt), "--files", str(bad)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "broken.flac" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- evaluate.py: checkpoints and flags ---
+
+
+@pytest.mark.parametrize(
+    "drop,message",
+    [(("model",), "not a train.py checkpoint"), (("args",), r"no args\['frontend'\]")],
+)
+def test_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path, drop, message):
+    ckpt = _evaluate_save_ckpt(tmp_path / "c.pt", **dict.fromkeys(drop))
+    with pytest.raises(ValueError, match=message):
+        evaluate.load_scorer(ckpt)
+
+
+def test_foreign_file_as_checkpoint_is_one_clear_line(tmp_path):
+    path = tmp_path / "c.pt"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match=r"^--ckpt .*c.pt: torch.load\(weights_only=True\) cannot read it"):
+        evaluate.load_scorer(path)
+
+
+def test_flags_that_contradict_the_checkpoint_are_refused(evaluate_ckpt, monkeypatch):
+    with pytest.raises(ValueError, match="trained with --frontend mel"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--frontend", "stft"])
+    with pytest.raises(ValueError, match="trained on 32 frames"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--num-frames", "600"])
+    monkeypatch.delenv("ASVSPOOF_ROOT", raising=False)
+    with pytest.raises(ValueError, match="give --data-root"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt)])
+    with pytest.raises(ValueError, match="--save-every must be at least 1"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--save-every", "0"])
+    with pytest.raises(ValueError, match="--threshold"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--threshold", "2"])
+
+
+# --- bench.py ---
+
+
+def test_generated_files_are_la_like_and_reused(tmp_path):
+    layout = bench.generate_la_files(tmp_path, 20, "eval", workers=1)
+    entries = layout.protocol("eval")
+    assert len(entries) == 20 and sum(e.key == "bonafide" for e in entries) == 2
+    assert {e.system for e in entries if e.key == "spoof"} <= {f"A{a:02d}" for a in range(7, 20)}
+    info = [sf.info(layout.audio_path("eval", e.utt_id)) for e in entries]
+    assert all(i.samplerate == 16000 and i.channels == 1 and i.format == "FLAC" for i in info)
+    assert 2.0 < np.mean([i.duration for i in info]) < 5.5 and min(i.duration for i in info) >= 1.0
+    mtime = layout.audio_path("eval", entries[0].utt_id).stat().st_mtime_ns
+    bench.generate_la_files(tmp_path, 20, "eval", workers=1)
+    assert layout.audio_path("eval", entries[0].utt_id).stat().st_mtime_ns == mtime
+
+
+def test_bench_runs_every_pipeline_on_a_tiny_config(tmp_path, capsys):
+    bench.main(["--device", "cpu", "--what", "all", "--frontend", "mel", "--frames", "32", "--n", "4", "--naive-n", "4",
+                "--batch-size", "2", "--train-pool", "6", "--num-workers", "0", "--files-dir", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    for row in ("train  naive", "train  ours", "score  naive", "score  ours", "LA eval (71,237 files)"):
+        assert row in out
+    assert "samples/s" in out and "peak memory" in out and "x" in out.splitlines()[-2]
+    assert (tmp_path / "score" / "scores_eval.txt").is_file()
+
+
+# ---------------------------------------- explain.py ----------------------------------------
+EXPLAIN_MINI = SHARED / "asvspoof2019_la_mini" if SHARED else None
+EXPLAIN_NII = SHARED / "vocoded_pairs" / "nii_wave_replacement" if SHARED else None
+explain_needs_mini = pytest.mark.skipif(
+    EXPLAIN_MINI is None or not EXPLAIN_MINI.is_dir(), reason="../shared/data/asvspoof2019_la_mini absent"
+)
+explain_needs_nii = pytest.mark.skipif(
+    EXPLAIN_NII is None or not EXPLAIN_NII.is_dir(), reason="../shared/data/vocoded_pairs absent"
+)
+
+
+@pytest.fixture(scope="module")
+def explain_small_lcnn():
+    """A small random LCNN (32 bins x 48 frames) in eval mode, BatchNorm statistics made non-trivial."""
+    torch.manual_seed(0)
+    m = lcnn_model.LCNN(in_bins=32, num_frames=48, dropout=0.5)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def explain_small_input():
+    torch.manual_seed(1)
+    return torch.randn(1, 1, 32, 48)
+
+
+def explain_speechlike(seconds: float = 0.6, sr: int = 16000, seed: int = 0) -> torch.Tensor:
+    """Harmonic tone with vibrato in six 30 ms 'syllables', plus a little noise: enough structure to vocode."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * sr)) / sr
+    f0 = 140 + 15 * torch.sin(2 * torch.pi * 3 * t)
+    phase = 2 * torch.pi * torch.cumsum(f0, 0) / sr
+    wave = sum(torch.sin(k * phase) / k for k in range(1, 20))
+    env = sum(torch.exp(-0.5 * ((t - c) / 0.03) ** 2) for c in torch.rand(6, generator=g) * seconds)
+    return (0.3 * env * wave + 0.002 * torch.randn(t.shape, generator=g)).float()
+
+
+# --- attributions against the reference libraries
+
+
+@pytest.mark.parametrize("layer_name", ["features.mfm27", "features.mfm15"])
+@pytest.mark.parametrize("target", [0, 1])
+def test_explain_gradcam_equals_pytorch_grad_cam(explain_small_lcnn, explain_small_input, layer_name, target):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, x = explain_small_lcnn, explain_small_input
+    layer = explain.find_layer(model, layer_name)
+    cam_lowres, _, _ = explain.gradcam_lowres(model, x, target, layer)
+    assert cam_lowres.max() > 0, "degenerate test: the CAM is all zero"
+    ours = explain.gradcam(model, x, target, layer, normalise=True)  # (F, T)
+
+    with GradCAM(model=model, target_layers=[layer]) as ref:
+        targets = [ClassifierOutputTarget(target)]
+        theirs = ref(input_tensor=x, targets=targets)[0]  # (F, T): ReLU, min-max, cv2.resize
+        acts = ref.activations_and_grads.activations[0].numpy()
+        grads = ref.activations_and_grads.gradients[0].numpy()
+        theirs_lowres = np.maximum(ref.get_cam_image(x, layer, targets, acts, grads), 0)[0]  # before scaling
+
+    # 1. the un-normalised CAM at the layer's resolution, from the library's own internals
+    np.testing.assert_allclose(cam_lowres.numpy(), theirs_lowres, rtol=1e-5, atol=1e-7)
+    # 2. the final map: min-max, bilinear resize (ours: torch, theirs: cv2) to the input grid, min-max again
+    assert ours.shape == theirs.shape == (32, 48)
+    np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [0, 1])
+def test_explain_input_x_gradient_equals_captum(explain_small_lcnn, explain_small_input, target):
+    from captum.attr import InputXGradient
+
+    model, x = explain_small_lcnn, explain_small_input
+    ours = explain.input_x_gradient(model, x, target)
+    theirs = InputXGradient(model).attribute(x.clone().requires_grad_(True), target=target).detach()[0, 0]
+    assert ours.abs().max() > 0
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    maps = explain.attribution_maps(model, x, target, explain.find_layer(model, "mfm27"))
+    torch.testing.assert_close(maps["ixg"], ours, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(maps["ixg_abs"], ours.abs(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(maps["gradcam"], explain.gradcam(model, x, target, explain.find_layer(model, "mfm27")))
+
+
+def test_explain_attributions_leave_parameter_grads_alone(explain_small_lcnn, explain_small_input):
+    explain_small_lcnn.zero_grad(set_to_none=True)  # the reference libraries' backward() filled them
+    explain.attribution_maps(explain_small_lcnn, explain_small_input, 0, explain_small_lcnn.features.mfm27)
+    assert all(p.grad is None for p in explain_small_lcnn.parameters())
+
+
+def test_explain_unknown_layer_lists_the_layers(explain_small_lcnn):
+    with pytest.raises(ValueError, match=r"--layer 'mfm99'.*features\.mfm27"):
+        explain.find_layer(explain_small_lcnn, "mfm99")
+    assert explain.find_layer(explain_small_lcnn, "mfm27") is explain_small_lcnn.features.mfm27
+
+
+def test_explain_randomised_copy_changes_every_weight_and_keeps_the_original(explain_small_lcnn):
+    before = {k: v.clone() for k, v in explain_small_lcnn.state_dict().items()}
+    rand = explain.randomised_copy(explain_small_lcnn, seed=3)
+    for name, p in rand.named_parameters():
+        assert not torch.equal(p, dict(explain_small_lcnn.named_parameters())[name]) or p.eq(p.flatten()[0]).all()
+    for k, v in explain_small_lcnn.state_dict().items():
+        assert torch.equal(v, before[k])
+    again = explain.randomised_copy(explain_small_lcnn, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(rand.parameters(), again.parameters()))
+
+
+# --- ground-truth mask
+
+
+def test_explain_gaussian_kernel_sums_to_one_and_is_separable():
+    kt, kf = explain.gaussian_kernel1d(3, 3.0), explain.gaussian_kernel1d(11, 5.0)
+    assert kt.sum().item() == pytest.approx(1.0) and kf.sum().item() == pytest.approx(1.0)
+    assert torch.allclose(kf, kf.flip(0))
+    delta = torch.zeros(21, 9, dtype=torch.float64)
+    delta[10, 4] = 1.0
+    response = explain.smooth_gaussian(delta)  # the 2-D kernel, centred
+    torch.testing.assert_close(response[5:16, 3:6], torch.outer(kf, kt))
+    assert response.sum().item() == pytest.approx(1.0)
+
+
+def test_explain_smoothing_equals_scipy_gaussian_filter_of_the_reproduction():
+    from scipy.ndimage import gaussian_filter1d
+
+    spec = torch.rand(40, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    st, sf_ = np.sqrt(3.0), np.sqrt(5.0)  # variances 3 (time) and 5 (frequency); taps 3 and 11
+    ref = gaussian_filter1d(spec.numpy(), st, axis=1, truncate=1 / st, mode="reflect")
+    ref = gaussian_filter1d(ref, sf_, axis=0, truncate=5 / sf_, mode="reflect")
+    np.testing.assert_allclose(explain.smooth_gaussian(spec).numpy(), ref, atol=1e-12)
+
+
+def test_explain_mask_is_exactly_the_top_five_percent():
+    rel = torch.rand(863, 40, generator=torch.Generator().manual_seed(1))
+    mask = explain.binarise_top(rel, 0.95)
+    k = round(0.05 * rel.numel())
+    assert int(mask.sum()) == k
+    assert rel[mask].min() >= rel[~mask].max()
+    ties = torch.zeros(100)  # all tied: still exactly k pixels
+    assert int(explain.binarise_top(ties, 0.95).sum()) == 5
+
+
+def test_explain_identical_pair_has_zero_relative_difference():
+    mag = torch.rand(50, 20, generator=torch.Generator().manual_seed(2)) + 0.1
+    rel, mask = explain.ground_truth_mask(mag, mag.clone())
+    assert float(rel.abs().max()) == 0.0 and int(mask.sum()) == round(0.05 * mag.numel())
+
+
+def test_explain_mask_marks_where_the_fake_differs():
+    real = torch.ones(100, 60)
+    fake = real.clone()
+    fake[70:80, 20:30] *= 3.0  # a block the vocoder changed
+    rel, mask = explain.ground_truth_mask(real, fake)
+    assert rel[75, 25] == pytest.approx(2.0, rel=0.05)
+    assert mask[70:80, 20:30].float().mean() > 0.9
+    with pytest.raises(ValueError, match="differ in shape"):
+        explain.relative_difference(real, fake[:, :59])
+
+
+# --- alignment and vocoders
+
+
+@pytest.mark.parametrize("method", ["waveform", "envelope"])
+@pytest.mark.parametrize("shift", [137, -250, 0])
+def test_explain_alignment_recovers_a_known_shift(method, shift):
+    real = explain_speechlike()
+    fake = torch.nn.functional.pad(real, (shift, 0)) if shift >= 0 else real[-shift:]
+    fake = torch.cat([fake, torch.zeros(500)])  # a vocoder pads its output at the end
+    tolerance = 0 if method == "waveform" else 2
+    assert abs(explain.estimate_lag(real, fake, 1600, method) - shift) <= tolerance
+    r, f, lag = explain.align_pair(real, fake, 1600, method)
+    assert r.numel() == f.numel() and abs(lag - shift) <= tolerance
+    if method == "waveform":  # the fake now lies on the real (a late real is zero-padded at the fake's start)
+        lo = max(0, -shift)
+        torch.testing.assert_close(f[lo:], r[lo:])
+
+
+def test_explain_envelope_alignment_survives_resynthesised_phase():
+    real = explain_speechlike()
+    fake = explain.vocode(torch.nn.functional.pad(real, (137, 0)), "griffinlim")  # late by 137, new phase
+    assert abs(explain.estimate_lag(real, fake, 1600, "envelope") - 137) <= 65  # half a hop of the LCNN's STFT
+    with pytest.raises(ValueError, match="--align must be"):
+        explain.estimate_lag(real, fake, 1600, "phase")
+
+
+def test_explain_local_vocoders_keep_length_and_lose_what_they_should():
+    wave = explain_speechlike()
+    spec = lambda w: torch.stft(w, 1024, 256, window=torch.hann_window(1024), return_complex=True).abs()  # noqa: E731
+    ref = spec(wave)
+    errors = {}
+    for name in ("griffinlim", "melgl"):
+        out = explain.vocode(wave, name)
+        assert out.shape == wave.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+        assert torch.corrcoef(torch.stack([out, wave]))[0, 1] < 0.9  # the phase is re-synthesised
+        errors[name] = float((spec(out) - ref).norm() / ref.norm())  # spectral convergence
+        torch.testing.assert_close(explain.vocode(wave, name), out)  # deterministic
+    # Griffin-Lim keeps the magnitude on its own grid; mel inversion loses the harmonics between bands.
+    assert errors["griffinlim"] < 0.35 and errors["melgl"] > errors["griffinlim"] + 0.1
+    with pytest.raises(ValueError, match="unknown vocoder"):
+        explain.vocode(wave, "hifigan")
+
+
+def test_explain_world_vocoder_needs_pyworld_or_works():
+    wave = explain_speechlike(0.3)
+    try:
+        import pyworld  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pyworld"):
+            explain.vocode(wave, "world")
+        return
+    assert explain.vocode(wave, "world").shape == wave.shape
+
+
+# --- agreement metrics
+
+
+def test_explain_agreement_on_hand_built_maps():
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[0, :] = True  # 10 pixels
+    attribution = torch.zeros(10, 10)
+    attribution[0, :5] = 4.0  # 5 top pixels inside the mask
+    attribution[1, :5] = 3.0  # 5 outside
+    attribution[2, :] = -1.0  # negative evidence: ignored by the mass accuracy
+    a = explain.agreement(attribution, mask, map_quantile=0.9)  # top 10 % = 10 pixels
+    assert a["iou"] == pytest.approx(5 / 15)
+    assert a["precision"] == pytest.approx(0.5) and a["recall"] == pytest.approx(0.5)
+    assert a["mass_accuracy"] == pytest.approx(20 / 35)
+    assert a["rank_accuracy"] == pytest.approx(0.5)
+    b = explain.agreement(attribution, mask, map_quantile=0.95)  # top 5 pixels: all inside
+    assert (b["precision"], b["recall"], b["iou"]) == pytest.approx((1.0, 0.5, 0.5))
+    perfect = explain.agreement(mask.float(), mask, map_quantile=0.9)
+    assert all(v == pytest.approx(1.0) for v in perfect.values())
+
+
+def test_explain_random_floor_is_the_mask_share():
+    mask = explain.binarise_top(torch.rand(200, 100, generator=torch.Generator().manual_seed(3)), 0.95)
+    floor = explain.random_floor(mask, seeds=5)
+    assert floor["precision"]["mean"] == pytest.approx(0.05, abs=0.01)
+    assert floor["mass_accuracy"]["mean"] == pytest.approx(0.05, abs=0.005)
+    assert floor["iou"]["mean"] == pytest.approx(0.05 / 1.95, abs=0.006)
+    assert floor["iou"]["std"] > 0
+
+
+def test_explain_spearman_equals_scipy_with_ties():
+    from scipy.stats import rankdata, spearmanr
+
+    g = np.random.default_rng(0)
+    a = g.normal(size=500)
+    b = 0.5 * a + g.normal(size=500)
+    a_tied = np.maximum(a, 0)  # many ties at zero, like a ReLU'd Grad-CAM
+    for x, y in ((a, b), (a_tied, b), (a_tied, np.round(b))):
+        assert explain.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+        np.testing.assert_allclose(explain.rankdata(x), rankdata(x))
+    assert explain.spearman(torch.tensor(a), torch.tensor(a)) == pytest.approx(1.0)
+
+
+# --- vocv4 reading
+
+
+def explain_write_vocv4(folder: Path, utt: str, wave: torch.Tensor) -> Path:
+    root = folder / "voc.v4"
+    (root / "wav").mkdir(parents=True)
+    (root / "protocol.txt").write_text(
+        f"LA_0079 {utt} - bonafide bonafide\n"
+        f"LA_0079 hifigan_{utt} - hifigan spoof\n"
+        f"LA_0079 waveglow_{utt} - waveglow spoof\n"
+        "LA_0080 hifigan_LA_T_1000000 - hifigan spoof\n"
+    )
+    for vocoder in ("hifigan", "waveglow"):
+        sf.write(root / "wav" / f"{vocoder}_{utt}.wav", explain.vocode(wave, "griffinlim").numpy(), 16000)
+    return root
+
+
+def test_explain_vocv4_pairs_by_utterance_id(tmp_path):
+    root = explain_write_vocv4(tmp_path, "LA_T_4179989", explain_speechlike(0.3))
+    entries = explain.read_vocv4_protocol(root / "protocol.txt")
+    assert [(e.vocoder, e.utt_id) for e in entries][:2] == [("hifigan", "LA_T_4179989"), ("waveglow", "LA_T_4179989")]
+    found = explain.find_vocv4_files(tmp_path, "LA_T_4179989", ["waveglow", "hifigan"])  # parent folder works too
+    assert list(found) == ["waveglow", "hifigan"] and found["hifigan"].name == "hifigan_LA_T_4179989.wav"
+    with pytest.raises(ValueError, match="no melgan copy of LA_T_4179989.*hifigan, waveglow"):
+        explain.find_vocv4_files(root, "LA_T_4179989", ["melgan"])
+    with pytest.raises(FileNotFoundError, match="listed in .*but missing"):
+        explain.find_vocv4_files(root, "LA_T_1000000", ["hifigan"])
+    (root / "protocol.txt").write_text("LA_0079 hifigan_LA_T_4179989 hifigan spoof\n")
+    with pytest.raises(ValueError, match="protocol.txt line 1: expected 5 fields"):
+        explain.read_vocv4_protocol(root / "protocol.txt")
+    with pytest.raises(FileNotFoundError, match="no protocol.txt"):
+        explain.find_vocv4_files(tmp_path / "nowhere", "LA_T_4179989", ["hifigan"])
+
+
+# --- CLI end to end (tiny inputs: 32 frames)
+
+
+def explain_tiny_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    m = lcnn_model.LCNN(in_bins=863, num_frames=32, dropout=0.1)
+    ckpt = {"model": m.state_dict(), "model_args": m.model_args(),
+            "args": {"frontend": "stft", "num_frames": 32, "pad": "repeat", "recipe": "test"},
+            "epoch": 1, "best_dev_eer": 50.0}  # fmt: skip
+    torch.save(ckpt, path)
+    return path
+
+
+@explain_needs_nii
+def test_explain_cli_on_the_real_neural_pair(tmp_path, capsys):
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
+    real = EXPLAIN_NII / "real" / "11463_11657_000002.flac"
+    fake = EXPLAIN_NII / "voc" / "11463_11657_000002.flac"
+    out = tmp_path / "out"
+    code = explain.main(["--real", str(real), "--fake", str(fake), "--ckpt", str(ckpt), "--out", str(out),
+                         "--random-seeds", "3", "--start-s", "1.0", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    pair = summary["pairs"]["voc"]  # named after the fake's folder when the stems are equal
+    assert summary["model"]["trained"] and summary["layer"] == "features.mfm27"
+    assert abs(pair["lag_samples"]) < 160 and pair["frames"] == 32
+    assert pair["mask_pixels"] == round(0.05 * 863 * 32)
+    assert set(pair["random_floor"]) == set(explain.METRICS)
+    assert set(pair["targets"]["spoof"]["maps"]) == {"gradcam", "ixg", "ixg_abs"}
+    assert set(pair["sanity_spearman_trained_vs_reinit"]) == {"gradcam", "ixg", "ixg_abs"}
+    assert set(summary["clips"]) == {"real", "voc"}
+    for name in ("pair_voc.png", "maps_voc.png", "sanity_voc.png"):
+        assert (out / name).stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "random" in printed and "Spearman" in printed and "P(bona fide)" in printed
+
+
+@explain_needs_mini
+def test_explain_cli_short_form_with_local_vocoders_and_vocv4(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(explain, "find_default_checkpoint", lambda: None)  # no runs/: random model, loud warning
+    monkeypatch.delenv("ASVSPOOF_ROOT", raising=False)
+    utt = "LA_T_4179989"
+    real = data.load_audio(EXPLAIN_MINI / "LA" / "ASVspoof2019_LA_train" / "flac" / f"{utt}.flac")
+    vocv4 = explain_write_vocv4(tmp_path / "vocv4", utt, real)
+    out = tmp_path / "out"
+    code = explain.main(["--utt", utt, "--num-frames", "32", "--vocv4-root", str(vocv4), "--vocoders", "hifigan",
+                         "--vocode", "melgl", "--out", str(out), "--random-seeds", "2", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "RANDOMLY INITIALISED" in captured.err and "asvspoof2019_la_mini" in captured.out
+    summary = json.loads((out / "metrics.json").read_text())
+    assert list(summary["pairs"]) == ["hifigan", "melgl"] and not summary["model"]["trained"]
+    assert summary["pairs"]["hifigan"]["source"].startswith("vocv4")
+    assert all((out / f"maps_{n}.png").is_file() for n in ("hifigan", "melgl"))
+
+
+def test_explain_cli_rejects_contradictory_flags(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of --utt"):
+        explain.main(["--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--vocv4-root pairs"):
+        explain.main(["--real", "x.flac", "--vocv4-root", str(tmp_path)])
+    with pytest.raises(ValueError, match="--mask-quantile must be in"):
+        explain.main(["--real", "x.flac", "--mask-quantile", "1.5"])

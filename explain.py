@@ -3,7 +3,7 @@
     python explain.py --utt LA_T_4179989                                  # local vocoders, newest runs/*/best.pt
     python explain.py --utt LA_T_4179989 --ckpt runs/xai/best.pt --vocode griffinlim melgl --out explain_out/x
     python explain.py --utt LA_T_4179989 --vocv4-root DIR/voc.v4 --vocoders hifigan waveglow
-    python explain.py --real real.flac --fake vocoded.flac [--fake other.flac ...]
+    python explain.py --real real.flac --fake vocoded.flac [other_vocoded.flac ...]
 
 One *pair* is a bona fide waveform and a vocoded copy of the same utterance. For each pair:
   1. the fake side comes from vocv4 (project09-voc.v4, Zenodo 7314976, arXiv:2210.10570) or from a local
@@ -179,18 +179,14 @@ def find_vocv4_files(root: str | os.PathLike, utt_id: str, vocoders: list[str]) 
     """Paths of `utt_id`'s vocoded copies in an extracted vocv4 folder, one per vocoder, via its protocol.
 
     Args:
-        root: the `voc.v4` folder (holding protocol.txt and wav/) or its parent.
+        root: the `voc.v4` folder (holding protocol.txt and wav/), or a folder above it that
+            `data.find_vocv4_root` accepts (where `python data.py --download --source vocv4` extracted it).
     Returns:
         {vocoder: path of voc.v4/wav/<vocoder>_<utt_id>.wav}, in the order of `vocoders`.
     Raises:
-        FileNotFoundError: no protocol.txt, or a listed wav missing. ValueError: utterance/vocoder not listed.
+        FileNotFoundError: no voc.v4 folder, or a listed wav missing. ValueError: utterance/vocoder not listed.
     """
-    base = Path(root).expanduser()
-    candidates = [base, base / "voc.v4"]
-    folder = next((c for c in candidates if (c / "protocol.txt").is_file()), None)
-    if folder is None:
-        raise FileNotFoundError(f"--vocv4-root {base}: no protocol.txt in {' or '.join(map(str, candidates))}; "
-                                "point it at the extracted voc.v4 folder")  # fmt: skip
+    folder = data.find_vocv4_root(root)
     entries = {(e.utt_id, e.vocoder): e for e in read_vocv4_protocol(folder / "protocol.txt")}
     found = {}
     for vocoder in vocoders:
@@ -502,6 +498,15 @@ def agreement(attribution: torch.Tensor, mask: torch.Tensor, map_quantile: float
     }
 
 
+def level_profile(binary: torch.Tensor, mag_real: torch.Tensor) -> dict[str, float]:
+    """Where a binary (F, T) selection sits in loudness: the share of its pixels quieter than the real's median
+    pixel (0.5 = no preference), and their mean level in dB re. the real's maximum (all pixels: `all_db`)."""
+    level = 20 * torch.log10(mag_real.double().clamp(min=1e-12) / mag_real.max())
+    b = binary.bool()
+    return {"quiet_share": float((level[b] < level.median()).double().mean()), "mean_db": float(level[b].mean()),
+            "all_db": float(level.mean())}  # fmt: skip
+
+
 def random_floor(mask: torch.Tensor, seeds: int = 20, map_quantile: float = 0.95) -> dict[str, dict[str, float]]:
     """Agreement of uniform random maps with the mask, over `seeds` seeds: {metric: {"mean", "std"}}."""
     runs = []
@@ -549,6 +554,10 @@ def find_default_checkpoint() -> Path | None:
     return None
 
 
+# data.add_common_args' defaults: a flag left at its default does not count as contradicting a checkpoint
+DEFAULT_INPUT = {"frontend": "stft", "num_frames": 600, "pad": "repeat"}
+
+
 def load_model(ckpt_path: str | None, args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict]:
     """The model to explain and the input settings it was trained with.
 
@@ -567,7 +576,8 @@ def load_model(ckpt_path: str | None, args: argparse.Namespace, device: torch.de
         differ = {k: v for k, v in given.items() if v != info[k] and v != DEFAULT_INPUT[k]}
         if differ:
             print(f"note: using the checkpoint's input settings, not {differ}", file=sys.stderr)
-        print(f"model: {path} (epoch {info['epoch']}, dev EER {info['dev_eer']})")
+        eer = "?" if info["dev_eer"] is None else f"{info['dev_eer']:.2f} %"
+        print(f"model: {path} (epoch {info['epoch']}, dev EER {eer})")
         return model, info
     frontend = data.make_frontend(args.frontend)
     torch.manual_seed(args.seed)
@@ -578,9 +588,6 @@ def load_model(ckpt_path: str | None, args: argparse.Namespace, device: torch.de
     info = {"ckpt": None, "trained": False, "frontend": args.frontend, "num_frames": args.num_frames,
             "pad": args.pad, "epoch": None, "dev_eer": None, "recipe": None}  # fmt: skip
     return model, info
-
-
-DEFAULT_INPUT = {"frontend": "stft", "num_frames": 600, "pad": "repeat"}
 
 
 @torch.no_grad()
@@ -619,10 +626,11 @@ def _spec_axes(ax, frontend, num_frames: int, title: str):
     ax.set_title(title, fontsize=9)
 
 
-def _show(ax, img: np.ndarray, frontend, **kw):
+def _show(ax, img: np.ndarray, frontend, t0: float, **kw):
+    """imshow of a (F, T) map whose first frame is at t0 seconds of the pair."""
     seconds = img.shape[1] * frontend.hop_length / frontend.sample_rate
     return ax.imshow(img, origin="lower", aspect="auto", interpolation="nearest",
-                     extent=(0, seconds, -0.5, img.shape[0] - 0.5), **kw)  # fmt: skip
+                     extent=(t0, t0 + seconds, -0.5, img.shape[0] - 0.5), **kw)  # fmt: skip
 
 
 def to_db(mag: torch.Tensor, ref: float, floor: float = -80.0) -> np.ndarray:
@@ -636,6 +644,7 @@ def plot_pair(path: Path, r: dict, frontend) -> None:
     Top: real | fake | long-term average spectra. Bottom: fake - real (dB) | fake (grey) with the ground-truth
     mask (red) | per-frame share of mask pixels with the real's level, over time.
     """
+    t0 = r["start_s"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -650,7 +659,7 @@ def plot_pair(path: Path, r: dict, frontend) -> None:
         (axes[0, 0], real_db, f"real  (P(bona fide) = {r['pred_real']['p_bonafide']:.2f})"),
         (axes[0, 1], fake_db, f"{r['name']}  (P(bona fide) = {r['pred_fake']['p_bonafide']:.2f})"),
     ):
-        im = _show(ax, img, frontend, cmap="magma", vmin=-80, vmax=0)
+        im = _show(ax, img, frontend, t0, cmap="magma", vmin=-80, vmax=0)
         _spec_axes(ax, frontend, img.shape[1], title)
     fig.colorbar(im, ax=axes[0, :2], shrink=0.9, label="dB re. real max")
     # long-term average spectrum: mean power over frames, in dB
@@ -664,14 +673,14 @@ def plot_pair(path: Path, r: dict, frontend) -> None:
     _spec_axes(axes[0, 2], frontend, 1, "long-term average spectrum")
     axes[0, 2].set_xlabel("dB re. real max")
     diff = to_db(r["mag_fake"], ref, floor=-140) - to_db(r["mag_real"], ref, floor=-140)  # silence too
-    im = _show(axes[1, 0], diff, frontend, cmap="RdBu_r", vmin=-20, vmax=20)
+    im = _show(axes[1, 0], diff, frontend, t0, cmap="RdBu_r", vmin=-20, vmax=20)
     fig.colorbar(im, ax=axes[1, 0], label="fake - real (dB)")
     _spec_axes(axes[1, 0], frontend, diff.shape[1], f"{r['name']} - real (red: louder in the fake)")
-    _show(axes[1, 1], fake_db, frontend, cmap="gray", vmin=-80, vmax=0)
-    _show(axes[1, 1], np.ma.masked_where(~mask, np.ones(mask.shape)), frontend, cmap="autumn", vmin=1, vmax=2)
+    _show(axes[1, 1], fake_db, frontend, t0, cmap="gray", vmin=-80, vmax=0)
+    _show(axes[1, 1], np.ma.masked_where(~mask, np.ones(mask.shape)), frontend, t0, cmap="autumn", vmin=1, vmax=2)
     _spec_axes(axes[1, 1], frontend, diff.shape[1],
                f"{r['name']} (grey) + ground-truth mask (red, top {100 * (1 - r['mask_quantile']):.0f} %)")  # fmt: skip
-    times = frontend.frame_times(mask.shape[1])
+    times = t0 + frontend.frame_times(mask.shape[1])
     level = 10 * np.log10(np.maximum((r["mag_real"].double() ** 2).mean(0).numpy(), 1e-20) / ref**2)
     ax = axes[1, 2]
     ax.plot(times, mask.mean(0), color="tab:red", lw=0.8)
@@ -696,6 +705,7 @@ def _agreement_rgb(binary: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def plot_maps(path: Path, r: dict, frontend, map_quantile: float) -> None:
     """Mask vs Grad-CAM vs |InputXGradient|: continuous (top row) and binarised at the top 5 % (bottom row)."""
+    t0 = r["start_s"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -708,22 +718,21 @@ def plot_maps(path: Path, r: dict, frontend, map_quantile: float) -> None:
     fig, axes = plt.subplots(2, cols, figsize=(4.4 * cols, 6.6), sharex=True, sharey=True, constrained_layout=True)
     mask = r["mask"].numpy()
     rel = np.log10(r["rel"].clamp(min=1e-3).numpy())
-    im = _show(axes[0, 0], rel, frontend, cmap="viridis", vmin=-3, vmax=max(1.0, float(np.percentile(rel, 99.5))))
+    im = _show(axes[0, 0], rel, frontend, t0, cmap="viridis", vmin=-3, vmax=max(1.0, float(np.percentile(rel, 99.5))))
     fig.colorbar(im, ax=axes[0, 0], label="log10 relative difference")
     _spec_axes(axes[0, 0], frontend, rel.shape[1], "Eq. 2 relative difference |G(Mf)-G(Mr)|/G(Mr)")
-    _show(axes[1, 0], mask.astype(float), frontend, cmap="Greys", vmin=0, vmax=1)
+    _show(axes[1, 0], mask.astype(float), frontend, t0, cmap="Greys", vmin=0, vmax=1)
     _spec_axes(axes[1, 0], frontend, rel.shape[1], f"ground-truth mask ({mask.mean():.1%} of pixels)")
     col = 1
     for label, maps in targets:
         for key, name in (("gradcam", "Grad-CAM"), ("ixg_abs", "|InputXGradient|")):
             m = maps[key].numpy()
             vmax = float(np.percentile(m, 99.5)) or 1.0  # robust range: spikes of x*grad saturate
-            im = _show(axes[0, col], m, frontend, cmap="inferno", vmin=0, vmax=vmax)
-            fig.colorbar(im, ax=axes[0, col])
-            _spec_axes(axes[0, col], frontend, m.shape[1], f"{name}, target {label}" +
-                       (" (colour clipped at 99.5th pct)" if key == "ixg_abs" else ""))  # fmt: skip
+            im = _show(axes[0, col], m, frontend, t0, cmap="inferno", vmin=0, vmax=vmax)
+            fig.colorbar(im, ax=axes[0, col], label="clipped at the 99.5th percentile" if key == "ixg_abs" else "")
+            _spec_axes(axes[0, col], frontend, m.shape[1], f"{name}, target {label}")
             binary = binarise_top(maps[key], map_quantile).numpy()
-            _show(axes[1, col], _agreement_rgb(binary, mask), frontend)
+            _show(axes[1, col], _agreement_rgb(binary, mask), frontend, t0)
             a = r["metrics"]["predicted" if label.startswith("bona") else "spoof"][key]
             _spec_axes(
                 axes[1, col],
@@ -741,6 +750,7 @@ def plot_maps(path: Path, r: dict, frontend, map_quantile: float) -> None:
 
 def plot_sanity(path: Path, r: dict, frontend) -> None:
     """Trained vs re-initialised model maps (target spoof), with their Spearman rank correlation."""
+    t0 = r["start_s"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -750,9 +760,11 @@ def plot_sanity(path: Path, r: dict, frontend) -> None:
     for row, (key, name) in enumerate((("gradcam", "Grad-CAM"), ("ixg_abs", "|InputXGradient|"))):
         for col, (maps, which) in enumerate(((r["maps"]["spoof"], "trained"), (r["maps_random"], "re-initialised"))):
             m = maps[key].numpy()
-            _show(axes[row, col], m, frontend, cmap="inferno", vmin=0, vmax=float(np.percentile(m, 99.5)) or 1.0)
+            _show(axes[row, col], m, frontend, t0, cmap="inferno", vmin=0, vmax=float(np.percentile(m, 99.5)) or 1.0)
             _spec_axes(axes[row, col], frontend, m.shape[1], f"{name}, {which} model")
-        axes[row, 1].set_title(axes[row, 1].get_title() + f"  (Spearman {r['sanity'][key]:.2f})", fontsize=9)
+        mean, n = r["sanity"][key]["mean"], len(r["sanity"][key]["per_seed"])
+        text = "undefined (constant maps)" if mean is None else f"{mean:.2f}, mean of {n} re-initialisations"
+        axes[row, 1].set_title(axes[row, 1].get_title() + f"\nSpearman with trained: {text}", fontsize=9)
     fig.suptitle(f"{r['name']}: model-parameter randomisation check (Adebayo et al. 2018)", fontsize=10)
     fig.savefig(path, dpi=FIG_DPI)
     plt.close(fig)
@@ -761,45 +773,86 @@ def plot_sanity(path: Path, r: dict, frontend) -> None:
 # ----------------------------------------------------------------------------- one pair end to end
 
 
+def pair_inputs(pair: Pair, frontend, info: dict, args, device) -> dict:
+    """Align the pair and make the model inputs and the magnitudes for the mask, on the same frames.
+
+    The window starts at --start-s rounded to whole hops, so its frames are frames of the whole aligned pair;
+    the magnitudes for the mask are sliced from the STFT of the whole pair rather than of the cropped window,
+    whose two edges a centred STFT pads by reflection -- and a reflection of two waveforms with different
+    phase differs, which would put the crop's edges in the mask although the vocoder did not change them.
+    """
+    sr, hop = frontend.sample_rate, frontend.hop_length
+    real, fake, lag = align_pair(pair.real, pair.fake, round(args.max_lag_s * sr), args.align)
+    first = round(args.start_s * sr / hop)  # first frame of the window
+    if first * hop >= real.numel():
+        raise ValueError(f"--start-s {args.start_s} is past the end of the {real.numel() / sr:.2f} s pair")
+    num_samples = frontend.num_samples(info["num_frames"])
+    waves = torch.stack([data.fix_length(w[first * hop :], num_samples, info["pad"]) for w in (real, fake)])
+    # mask, maps and metrics cover the frames of real audio; a short clip is repeat-padded to the model's input
+    valid = min(info["num_frames"], (real.numel() - first * hop - 1) // hop + 1)
+    with torch.no_grad():
+        x_real, x_fake = frontend(waves.to(device)).split(1)  # (1, 1, F, T) each
+        mag = frontend.power(torch.stack([real, fake]).to(device)).sqrt()[:, :, first : first + valid].cpu()
+    return {"lag": lag, "seconds": (real.numel() - first * hop) / sr, "start_s": first * hop / sr, "frames": valid,
+            "x_real": x_real, "x_fake": x_fake, "mag_real": mag[0], "mag_fake": mag[1]}  # fmt: skip
+
+
+def sanity_check(model: nn.Module, x: torch.Tensor, layer: nn.Module, trained: dict, seeds: int, valid: int):
+    """Spearman(trained map, map of a re-initialised model) over `seeds` re-initialisations, target spoof.
+
+    A re-initialised model's Grad-CAM can be all zero (every weighted sum negative before the ReLU); its rank
+    correlation is then undefined and that seed is counted in "constant" rather than averaged.
+
+    Returns:
+        ({map: {"mean", "per_seed", "constant"}}, the maps of the first re-initialised model with a non-constant
+        Grad-CAM, for the figure).
+    """
+    per_seed, shown = {k: [] for k in trained}, None
+    for seed in range(1000, 1000 + seeds):  # away from the small seeds a training run may have started from
+        reinit = randomised_copy(model, seed)
+        maps = attribution_maps(reinit, x, data.LABEL_SPOOF, layer_of(reinit, model, layer))
+        maps = {k: v[:, :valid].cpu() for k, v in maps.items()}
+        for k in trained:
+            per_seed[k].append(spearman(trained[k], maps[k]))
+        if shown is None or (shown["gradcam"].max() == 0 and maps["gradcam"].max() > 0):
+            shown = maps
+    summary = {}
+    for k, values in per_seed.items():
+        finite = [v for v in values if math.isfinite(v)]
+        summary[k] = {"mean": float(np.mean(finite)) if finite else None,
+                      "per_seed": [v if math.isfinite(v) else None for v in values],
+                      "constant": len(values) - len(finite)}  # fmt: skip
+    return summary, shown
+
+
 def explain_pair(pair: Pair, model: nn.Module, frontend, info: dict, layer: nn.Module, args) -> dict:
     """Align, featurise, mask, attribute and score one pair; returns a dict of tensors and numbers."""
-    device = next(model.parameters()).device
-    sr = frontend.sample_rate
-    real, fake, lag = align_pair(pair.real, pair.fake, round(args.max_lag_s * sr), args.align)
-    start = round(args.start_s * sr)
-    if start >= real.numel():
-        raise ValueError(f"--start-s {args.start_s} is past the end of the {real.numel() / sr:.2f} s pair")
-    real, fake = real[start:], fake[start:]
-    num_samples = frontend.num_samples(info["num_frames"])
-    waves = torch.stack([data.fix_length(w, num_samples, info["pad"]) for w in (real, fake)]).to(device)  # (2, N)
-    with torch.no_grad():
-        x_real, x_fake = frontend(waves).split(1)  # (1, 1, F, T) each
-        mag_real, mag_fake = frontend.power(waves).sqrt().cpu()  # (F, T) each
-    # Mask, maps and metrics cover the frames of real audio; a short clip is repeat-padded to the model's input.
-    valid = min(info["num_frames"], (real.numel() - 1) // frontend.hop_length + 1)
+    r = {"name": pair.name, "source": pair.source, "mask_quantile": args.mask_quantile}
+    r.update(pair_inputs(pair, frontend, info, args, next(model.parameters()).device))
+    valid, x_fake = r["frames"], r["x_fake"]
     smooth = {k: getattr(args, k) for k in ("time_size", "freq_size", "time_var", "freq_var")}
-    rel, mask = ground_truth_mask(mag_real[:, :valid], mag_fake[:, :valid], args.mask_quantile, args.eps, **smooth)
-    pred_real, pred_fake = predict(model, x_real), predict(model, x_fake)
+    r["rel"], mask = ground_truth_mask(r["mag_real"], r["mag_fake"], args.mask_quantile, args.eps, **smooth)
+    r["mask"] = mask
+    r["pred_real"], r["pred_fake"] = predict(model, r["x_real"]), predict(model, x_fake)
     maps, metrics = {}, {}
-    for tname, target in (("spoof", data.LABEL_SPOOF), ("predicted", pred_fake["pred"])):
+    for tname, target in (("spoof", data.LABEL_SPOOF), ("predicted", r["pred_fake"]["pred"])):
         if tname == "predicted" and target == data.LABEL_SPOOF:  # the same maps: no second backward pass
             maps[tname], metrics[tname] = maps["spoof"], metrics["spoof"]
             continue
         maps[tname] = {k: v[:, :valid].cpu() for k, v in attribution_maps(model, x_fake, target, layer).items()}
         metrics[tname] = {k: agreement(v, mask, args.map_quantile) for k, v in maps[tname].items()}
-    reinit = randomised_copy(model, args.reinit_seed)
-    maps_random = {
-        k: v[:, :valid].cpu()
-        for k, v in attribution_maps(reinit, x_fake, data.LABEL_SPOOF, layer_of(reinit, model, layer)).items()
-    }
+    r["maps"], r["metrics"] = maps, metrics
+    r["random_floor"] = random_floor(mask, args.random_seeds, args.map_quantile)
+    r["sanity"], r["maps_random"] = sanity_check(model, x_fake, layer, maps["spoof"], args.reinit_seeds, valid)
+    r["level_profile"] = {"mask": level_profile(mask, r["mag_real"])}
+    r["level_profile"].update({k: level_profile(binarise_top(maps["spoof"][k], args.map_quantile), r["mag_real"])
+                               for k in ("gradcam", "ixg_abs")})  # fmt: skip
     x_valid = x_fake[0, 0, :, :valid].cpu()
-    sanity = {k: spearman(maps["spoof"][k], maps_random[k]) for k in maps_random}
-    sanity.update({f"{k}_vs_input": spearman(maps["spoof"][k], x_valid) for k in ("gradcam", "ixg_abs")})
-    return {"name": pair.name, "source": pair.source, "lag": lag, "seconds": real.numel() / sr, "frames": valid,
-            "mag_real": mag_real[:, :valid], "mag_fake": mag_fake[:, :valid], "rel": rel, "mask": mask,
-            "mask_quantile": args.mask_quantile, "pred_real": pred_real, "pred_fake": pred_fake, "maps": maps,
-            "maps_random": maps_random, "metrics": metrics,
-            "random_floor": random_floor(mask, args.random_seeds, args.map_quantile), "sanity": sanity}  # fmt: skip
+    r["vs_input"] = {k: spearman(maps["spoof"][k], x_valid) for k in ("gradcam", "ixg_abs")}
+    top = {k: binarise_top(maps["spoof"][k], args.map_quantile) for k in ("gradcam", "ixg_abs")}
+    r["between_maps"] = {"spearman": spearman(maps["spoof"]["gradcam"], maps["spoof"]["ixg_abs"]),
+                         "iou_top": float((top["gradcam"] & top["ixg_abs"]).sum() / (top["gradcam"] | top["ixg_abs"]).sum())}  # fmt: skip
+    return r
 
 
 def layer_of(copy_: nn.Module, original: nn.Module, layer: nn.Module) -> nn.Module:
@@ -809,6 +862,10 @@ def layer_of(copy_: nn.Module, original: nn.Module, layer: nn.Module) -> nn.Modu
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def fmt_mean(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
 
 
 def format_table(results: list[dict]) -> str:
@@ -826,6 +883,15 @@ def format_table(results: list[dict]) -> str:
             + "".join(f"{floor[m]['mean']:>8.3f}±{floor[m]['std']:.3f}"[-15:].rjust(15) for m in METRICS)
         )
     return "\n".join(lines)
+
+
+def finite_or_none(value):
+    """NaN/inf (a rank correlation of a constant map) -> None, recursively, so metrics.json is valid JSON."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def summarise(results: list[dict], info: dict, args, layer_name: str) -> dict:
@@ -850,6 +916,7 @@ def summarise(results: list[dict], info: dict, args, layer_name: str) -> dict:
             r["name"]: {
                 "source": r["source"],
                 "lag_samples": r["lag"],
+                "start_s": r["start_s"],
                 "seconds": r["seconds"],
                 "frames": r["frames"],
                 "mask_pixels": int(r["mask"].sum()),
@@ -860,10 +927,10 @@ def summarise(results: list[dict], info: dict, args, layer_name: str) -> dict:
                     for t, m in r["metrics"].items()
                 },
                 "random_floor": r["random_floor"],
-                "sanity_spearman_trained_vs_reinit": {
-                    k: v for k, v in r["sanity"].items() if not k.endswith("_vs_input")
-                },
-                "spearman_map_vs_input": {k: v for k, v in r["sanity"].items() if k.endswith("_vs_input")},
+                "sanity_spearman_trained_vs_reinit": r["sanity"],
+                "spearman_map_vs_input": r["vs_input"],
+                "level_profile_target_spoof": r["level_profile"],
+                "gradcam_vs_ixg_abs_target_spoof": r["between_maps"],
             }
             for r in results
         },  # fmt: skip
@@ -910,7 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="features.mfm27",
         help="Grad-CAM layer (default features.mfm27: the last MFM, before the last max-pool)",
     )
-    g.add_argument("--reinit-seed", type=int, default=0, help="seed of the re-initialised model (sanity check)")
+    g.add_argument("--reinit-seeds", type=int, default=5, help="re-initialised models in the sanity check")
     g.add_argument("--random-seeds", type=int, default=20, help="random maps averaged for the floor")
     g.add_argument("--map-quantile", type=float, default=0.95, help="maps binarised above this quantile (top 5 %%)")
     g = p.add_argument_group("ground-truth mask (Eq. 2 of arXiv:2506.03425; Gaussian of a published reproduction)")
@@ -990,7 +1057,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_sanity(out / f"sanity_{pair.name}.png", r, frontend)
         results.append(r)
     summary = summarise(results, info, args, layer_name)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
     print("\npredictions (softmax P(bona fide), score = logit_bona - logit_spoof):")
     for name, p in summary["clips"].items():
         print(f"  {name:<14} P = {p['p_bonafide']:.3f}  score {p['score']:+.3f}  -> {p['label']}")
@@ -999,9 +1066,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * (1 - args.map_quantile):.0f} %):"
     )
     print(format_table(results))
-    print("\nsanity check, Spearman(trained map, re-initialised model map), target spoof:")
+    print(f"\nsanity check, Spearman(trained map, re-initialised model map), target spoof, mean of "
+          f"{args.reinit_seeds} re-initialisations; and Spearman(map, input features):")  # fmt: skip
     for r in results:
-        print(f"  {r['name']:<14}" + "  ".join(f"{k} {v:+.3f}" for k, v in r["sanity"].items()))
+        cells = [f"{k} {fmt_mean(v['mean'])}" + (f" ({v['constant']} constant)" if v["constant"] else "")
+                 for k, v in r["sanity"].items()]  # fmt: skip
+        cells += [f"{k} vs input {fmt_mean(finite_or_none(v))}" for k, v in r["vs_input"].items()]
+        cells.append(f"gradcam vs ixg_abs {fmt_mean(finite_or_none(r['between_maps']['spearman']))}")
+        print(f"  {r['name']:<14}" + "  ".join(cells))
+    print("\nloudness of the selected pixels (share quieter than the real's median pixel; mean dB re. max):")
+    for r in results:
+        cells = [f"{k} {v['quiet_share']:.2f} / {v['mean_db']:.0f} dB" for k, v in r["level_profile"].items()]
+        print(f"  {r['name']:<14}" + "  ".join(cells) + f"  (all pixels {r['level_profile']['mask']['all_db']:.0f} dB)")
     if not info["trained"]:
         print("\nWARNING: the model is randomly initialised: these maps explain nothing.", file=sys.stderr)
     print(f"\nwrote {out}/metrics.json and {3 * len(results)} figures")

@@ -2066,7 +2066,7 @@ def test_explain_vocv4_pairs_by_utterance_id(tmp_path):
     (root / "protocol.txt").write_text("LA_0079 hifigan_LA_T_4179989 hifigan spoof\n")
     with pytest.raises(ValueError, match="protocol.txt line 1: expected 5 fields"):
         explain.read_vocv4_protocol(root / "protocol.txt")
-    with pytest.raises(FileNotFoundError, match="no protocol.txt"):
+    with pytest.raises(FileNotFoundError, match="no voc.v4 folder"):
         explain.find_vocv4_files(tmp_path / "nowhere", "LA_T_4179989", ["hifigan"])
 
 
@@ -2090,16 +2090,20 @@ def test_explain_cli_on_the_real_neural_pair(tmp_path, capsys):
     fake = EXPLAIN_NII / "voc" / "11463_11657_000002.flac"
     out = tmp_path / "out"
     code = explain.main(["--real", str(real), "--fake", str(fake), "--ckpt", str(ckpt), "--out", str(out),
-                         "--random-seeds", "3", "--start-s", "1.0", "--device", "cpu"])  # fmt: skip
+                         "--random-seeds", "3", "--reinit-seeds", "2", "--start-s", "1.0", "--device", "cpu"])  # fmt: skip
     assert code == 0
     summary = json.loads((out / "metrics.json").read_text())
     pair = summary["pairs"]["voc"]  # named after the fake's folder when the stems are equal
     assert summary["model"]["trained"] and summary["layer"] == "features.mfm27"
-    assert abs(pair["lag_samples"]) < 160 and pair["frames"] == 32
+    assert abs(pair["lag_samples"]) < 160 and pair["frames"] == 32 and pair["start_s"] == pytest.approx(1.0, abs=0.01)
+    assert len(pair["sanity_spearman_trained_vs_reinit"]["ixg_abs"]["per_seed"]) == 2
+    assert 0 <= pair["level_profile_target_spoof"]["mask"]["quiet_share"] <= 1
     assert pair["mask_pixels"] == round(0.05 * 863 * 32)
     assert set(pair["random_floor"]) == set(explain.METRICS)
     assert set(pair["targets"]["spoof"]["maps"]) == {"gradcam", "ixg", "ixg_abs"}
     assert set(pair["sanity_spearman_trained_vs_reinit"]) == {"gradcam", "ixg", "ixg_abs"}
+    assert set(pair["spearman_map_vs_input"]) == {"gradcam", "ixg_abs"}
+    assert 0 <= pair["gradcam_vs_ixg_abs_target_spoof"]["iou_top"] <= 1
     assert set(summary["clips"]) == {"real", "voc"}
     for name in ("pair_voc.png", "maps_voc.png", "sanity_voc.png"):
         assert (out / name).stat().st_size > 10_000
@@ -2126,6 +2130,28 @@ def test_explain_cli_short_form_with_local_vocoders_and_vocv4(tmp_path, monkeypa
     assert all((out / f"maps_{n}.png").is_file() for n in ("hifigan", "melgl"))
 
 
+@explain_needs_nii
+def test_explain_cli_mask_layer_and_alignment_flags(tmp_path):
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
+    real = EXPLAIN_NII / "real" / "11463_11657_000002.flac"
+    out = tmp_path / "out"
+    code = explain.main(["--real", str(real), "--vocode", "griffinlim", "--ckpt", str(ckpt), "--out", str(out),
+                         "--align", "waveform", "--max-lag-s", "0.05", "--layer", "mfm15", "--mask-quantile", "0.9",
+                         "--map-quantile", "0.8", "--time-size", "5", "--freq-size", "7", "--time-var", "2",
+                         "--freq-var", "4", "--eps", "1e-6", "--random-seeds", "2", "--reinit-seeds", "1",
+                         "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    pair = summary["pairs"]["griffinlim"]
+    assert summary["layer"] == "features.mfm15" and summary["map_quantile"] == 0.8
+    assert summary["mask"]["gaussian"] == {"time_size": 5, "freq_size": 7, "time_var": 2.0, "freq_var": 4.0}
+    assert summary["mask"]["eps"] == 1e-6 and pair["mask_pixels"] == round(0.1 * 863 * 32)
+    assert abs(pair["lag_samples"]) <= 800
+    a = pair["targets"]["spoof"]["maps"]["gradcam"]
+    n_map, n_mask = round(0.2 * 863 * 32), pair["mask_pixels"]  # map top 20 %, mask top 10 %: same hits
+    assert a["precision"] * n_map == pytest.approx(a["recall"] * n_mask)
+
+
 def test_explain_cli_rejects_contradictory_flags(tmp_path):
     with pytest.raises(ValueError, match="exactly one of --utt"):
         explain.main(["--out", str(tmp_path)])
@@ -2133,3 +2159,16 @@ def test_explain_cli_rejects_contradictory_flags(tmp_path):
         explain.main(["--real", "x.flac", "--vocv4-root", str(tmp_path)])
     with pytest.raises(ValueError, match="--mask-quantile must be in"):
         explain.main(["--real", "x.flac", "--mask-quantile", "1.5"])
+
+
+@explain_needs_nii
+def test_explain_cli_on_the_mel_front_end_of_the_seed_and_tiny_recipes(tmp_path, monkeypatch):
+    monkeypatch.setattr(explain, "find_default_checkpoint", lambda: None)
+    real = EXPLAIN_NII / "real" / "11463_11657_000002.flac"
+    out = tmp_path / "out"
+    argv = ["--real", str(real), "--vocode", "melgl", "--frontend", "mel", "--num-frames", "32", "--pad", "zeros",
+            "--out", str(out), "--random-seeds", "2", "--reinit-seeds", "1", "--seed", "3", "--device", "cpu"]  # fmt: skip
+    assert explain.main(argv) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["model"]["frontend"] == "mel" and summary["model"]["pad"] == "zeros"
+    assert summary["pairs"]["melgl"]["mask_pixels"] == round(0.05 * 20 * 32)  # the mask lives on the 20 mel bands

@@ -202,19 +202,6 @@ def find_vocv4_files(root: str | os.PathLike, utt_id: str, vocoders: list[str]) 
     return found
 
 
-def find_utterance(layout: data.LALayout, utt_id: str) -> tuple[Path, data.ProtocolEntry]:
-    """Audio path and protocol entry of `utt_id`, searched in every split whose protocol exists."""
-    looked = []
-    for split in data.SPLITS:
-        if not layout.protocol_path(split).is_file():
-            continue
-        looked.append(split)
-        for e in layout.protocol(split):
-            if e.utt_id == utt_id:
-                return layout.audio_path(split, utt_id), e
-    raise ValueError(f"--utt {utt_id} is in none of the {', '.join(looked)} protocols under {layout.root}")
-
-
 # ----------------------------------------------------------------------------- alignment
 
 
@@ -1005,7 +992,8 @@ def collect_pairs(args) -> tuple[list[Pair], str]:
         if args.data_root is None and root is not None:
             print(f"--data-root not given and $ASVSPOOF_ROOT unset: using {root}")
         layout = data.find_la_root(root)
-        path, entry = find_utterance(layout, args.utt)
+        split, entry = data.find_utterance(layout, args.utt)
+        path = layout.audio_path(split, args.utt)
         if entry.key != "bonafide":
             print(f"warning: {args.utt} is a {entry.system} spoof, not bona fide: the 'real' side is itself fake",
                   file=sys.stderr)  # fmt: skip

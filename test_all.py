@@ -640,8 +640,7 @@ B02_EER, B02_MIN_TDCF = 8.089825, 0.211053
 @pytest.fixture
 def protocols() -> Path:
     """The folder of official LA protocols, organisers' ASV scores and baseline CM scores."""
-    shared = SHARED
-    folder = shared / "protocols" / "asvspoof2019_la" if shared else None
+    folder = SHARED / "protocols" / "asvspoof2019_la" if SHARED else None
     if folder is None or not folder.is_dir():
         pytest.skip("../shared/data/protocols/asvspoof2019_la absent")
     return folder
@@ -1532,11 +1531,9 @@ def evaluate_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluate_mini() -> Path:
-    shared = SHARED
-    root = shared / "asvspoof2019_la_mini" / "LA" if shared else None
-    if root is None or not root.is_dir():
+    if MINI is None:
         pytest.skip("../shared/data/asvspoof2019_la_mini absent")
-    return root
+    return MINI
 
 
 @pytest.fixture

@@ -602,7 +602,7 @@ class Pair:
 FIG_DPI = 80
 
 
-def _spec_axes(ax, frontend, num_frames: int, title: str):
+def _spec_axes(ax, frontend, title: str):
     """Seconds on x, Hz on y (ticks placed on bin indices, so mel bands are labelled correctly too)."""
     freqs = frontend.bin_frequencies()
     hz = np.arange(0, freqs[-1] + 1, 2000)
@@ -647,7 +647,7 @@ def plot_pair(path: Path, r: dict, frontend) -> None:
         (axes[0, 1], fake_db, f"{r['name']}  (P(bona fide) = {r['pred_fake']['p_bonafide']:.2f})"),
     ):
         im = _show(ax, img, frontend, t0, cmap="magma", vmin=-80, vmax=0)
-        _spec_axes(ax, frontend, img.shape[1], title)
+        _spec_axes(ax, frontend, title)
     fig.colorbar(im, ax=axes[0, :2], shrink=0.9, label="dB re. real max")
     # long-term average spectrum: mean power over frames, in dB
     ltas = {k: 10 * np.log10(np.maximum((m.double() ** 2).mean(1).numpy(), 1e-20) / ref**2)
@@ -657,15 +657,15 @@ def plot_pair(path: Path, r: dict, frontend) -> None:
         axes[0, 2].plot(v, bins, color=c, lw=0.8, label=k)
     axes[0, 2].set_ylim(-0.5, bins[-1] + 0.5)
     axes[0, 2].legend(fontsize=8)
-    _spec_axes(axes[0, 2], frontend, 1, "long-term average spectrum")
+    _spec_axes(axes[0, 2], frontend, "long-term average spectrum")
     axes[0, 2].set_xlabel("dB re. real max")
     diff = to_db(r["mag_fake"], ref, floor=-140) - to_db(r["mag_real"], ref, floor=-140)  # silence too
     im = _show(axes[1, 0], diff, frontend, t0, cmap="RdBu_r", vmin=-20, vmax=20)
     fig.colorbar(im, ax=axes[1, 0], label="fake - real (dB)")
-    _spec_axes(axes[1, 0], frontend, diff.shape[1], f"{r['name']} - real (red: louder in the fake)")
+    _spec_axes(axes[1, 0], frontend, f"{r['name']} - real (red: louder in the fake)")
     _show(axes[1, 1], fake_db, frontend, t0, cmap="gray", vmin=-80, vmax=0)
     _show(axes[1, 1], np.ma.masked_where(~mask, np.ones(mask.shape)), frontend, t0, cmap="autumn", vmin=1, vmax=2)
-    _spec_axes(axes[1, 1], frontend, diff.shape[1],
+    _spec_axes(axes[1, 1], frontend,
                f"{r['name']} (grey) + ground-truth mask (red, top {100 * (1 - r['mask_quantile']):.0f} %)")  # fmt: skip
     times = t0 + frontend.frame_times(mask.shape[1])
     level = 10 * np.log10(np.maximum((r["mag_real"].double() ** 2).mean(0).numpy(), 1e-20) / ref**2)
@@ -707,9 +707,9 @@ def plot_maps(path: Path, r: dict, frontend, map_quantile: float) -> None:
     rel = np.log10(r["rel"].clamp(min=1e-3).numpy())
     im = _show(axes[0, 0], rel, frontend, t0, cmap="viridis", vmin=-3, vmax=max(1.0, float(np.percentile(rel, 99.5))))
     fig.colorbar(im, ax=axes[0, 0], label="log10 relative difference")
-    _spec_axes(axes[0, 0], frontend, rel.shape[1], "Eq. 2 relative difference |G(Mf)-G(Mr)|/G(Mr)")
+    _spec_axes(axes[0, 0], frontend, "Eq. 2 relative difference |G(Mf)-G(Mr)|/G(Mr)")
     _show(axes[1, 0], mask.astype(float), frontend, t0, cmap="Greys", vmin=0, vmax=1)
-    _spec_axes(axes[1, 0], frontend, rel.shape[1], f"ground-truth mask ({mask.mean():.1%} of pixels)")
+    _spec_axes(axes[1, 0], frontend, f"ground-truth mask ({mask.mean():.1%} of pixels)")
     col = 1
     for label, maps in targets:
         for key, name in (("gradcam", "Grad-CAM"), ("ixg_abs", "|InputXGradient|")):
@@ -717,14 +717,13 @@ def plot_maps(path: Path, r: dict, frontend, map_quantile: float) -> None:
             vmax = float(np.percentile(m, 99.5)) or 1.0  # robust range: spikes of x*grad saturate
             im = _show(axes[0, col], m, frontend, t0, cmap="inferno", vmin=0, vmax=vmax)
             fig.colorbar(im, ax=axes[0, col], label="clipped at the 99.5th percentile" if key == "ixg_abs" else "")
-            _spec_axes(axes[0, col], frontend, m.shape[1], f"{name}, target {label}")
+            _spec_axes(axes[0, col], frontend, f"{name}, target {label}")
             binary = binarise_top(maps[key], map_quantile).numpy()
             _show(axes[1, col], _agreement_rgb(binary, mask), frontend, t0)
             a = r["metrics"]["predicted" if label.startswith("bona") else "spoof"][key]
             _spec_axes(
                 axes[1, col],
                 frontend,
-                m.shape[1],
                 f"top {100 * (1 - map_quantile):.0f} %: green in mask, red outside, grey missed\n"
                 f"IoU {a['iou']:.3f}  mass {a['mass_accuracy']:.3f}  rank {a['rank_accuracy']:.3f}",
             )
@@ -748,7 +747,7 @@ def plot_sanity(path: Path, r: dict, frontend) -> None:
         for col, (maps, which) in enumerate(((r["maps"]["spoof"], "trained"), (r["maps_random"], "re-initialised"))):
             m = maps[key].numpy()
             _show(axes[row, col], m, frontend, t0, cmap="inferno", vmin=0, vmax=float(np.percentile(m, 99.5)) or 1.0)
-            _spec_axes(axes[row, col], frontend, m.shape[1], f"{name}, {which} model")
+            _spec_axes(axes[row, col], frontend, f"{name}, {which} model")
         mean, n = r["sanity"][key]["mean"], len(r["sanity"][key]["per_seed"])
         text = "undefined (constant maps)" if mean is None else f"{mean:.2f}, mean of {n} re-initialisations"
         axes[row, 1].set_title(axes[row, 1].get_title() + f"\nSpearman with trained: {text}", fontsize=9)

@@ -238,6 +238,23 @@ def count_parameters(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def read_checkpoint(path: str | os.PathLike):
+    """The object in a checkpoint file, on the CPU; `torch.load(weights_only=True)`, so no pickled code runs.
+
+    Callers check the keys they need (`load_checkpoint` the model's, train.py's resume the optimiser's, ...).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: torch cannot read it (truncated or foreign file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, foreign pickle, ...
+        raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LCNN, dict]:
     """Load a train.py checkpoint (a plain dict; `torch.load(weights_only=True)`, no pickled code).
 
@@ -248,12 +265,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         FileNotFoundError: no such file. ValueError: not a train.py checkpoint, or weights that do not fit.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, foreign pickle, ...
-        raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise ValueError(f"{path}: not a train.py checkpoint (expected a dict with 'model' and 'model_args')")
     model = build_model(ckpt["model_args"])

@@ -49,7 +49,7 @@ from data import (
     run_cli,
 )
 from metrics import compute_eer, write_score_file
-from model import LCNN, asoftmax_lambda, count_parameters
+from model import LCNN, asoftmax_lambda, count_parameters, read_checkpoint
 
 # ----------------------------------------------------------------------------- recipes
 
@@ -130,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     saved, resume_path = None, None
     if first.resume:
         resume_path = resume_checkpoint_path(first.resume)
-        saved = read_checkpoint(resume_path)["args"]
+        saved = read_resume_checkpoint(resume_path)["args"]
     recipe = first.recipe or (saved["recipe"] if saved else "stc")
     if recipe not in RECIPES:
         raise ValueError(f"--recipe {recipe!r} is unknown; choose one of {', '.join(RECIPES)}")
@@ -443,14 +443,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A train.py checkpoint as a dict (weights_only: no code runs); errors name the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
+def read_resume_checkpoint(path: Path) -> dict:
+    """A train.py checkpoint holding all that --resume restores (weights_only: no code runs); errors name the file."""
+    ckpt = read_checkpoint(path)
     missing = [k for k in ("model", "args", "epoch", "optimizer", "scheduler", "rng") if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a train.py checkpoint (missing {', '.join(missing)})")
@@ -529,7 +524,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run_dir = Path(args.out)
-    ckpt = read_checkpoint(resume_checkpoint_path(args.resume)) if args.resume else None
+    ckpt = read_resume_checkpoint(resume_checkpoint_path(args.resume)) if args.resume else None
     if not args.resume and (run_dir / "last.pt").exists():  # checked on every rank, so that all stop together
         raise FileExistsError(
             f"--out {run_dir} already holds a run (last.pt): pass --resume {run_dir} or another --out"

@@ -399,6 +399,17 @@ def find_missing(layout: LALayout, split: str, entries: Sequence[ProtocolEntry])
     return problems
 
 
+def find_present(
+    layout: LALayout, split: str, entries: Sequence[ProtocolEntry]
+) -> tuple[list[Problem], list[ProtocolEntry]]:
+    """`find_missing`'s problems, and the entries whose audio is there (none when the folder itself is missing)."""
+    problems = find_missing(layout, split, entries)
+    if any(p.utt_id is None for p in problems):
+        return problems, []
+    bad = {p.utt_id for p in problems}
+    return problems, [e for e in entries if e.utt_id not in bad]
+
+
 def check_audio_file(
     path: str | os.PathLike, deep: bool = False, sample_rate: int = SAMPLE_RATE, silence_peak: float = 1e-4
 ) -> tuple[float, list[str]]:
@@ -443,19 +454,31 @@ def check_audio_file(
 
 
 def check_audio_files(
-    paths: Sequence[Path], deep: bool = False, threads: int | None = None, label: str = "check", progress: bool = True
-) -> list[tuple[float, list[str]]]:
-    """`check_audio_file` over many files in threads (they overlap the disk reads), with a progress line."""
+    layout: LALayout,
+    split: str,
+    entries: Sequence[ProtocolEntry],
+    deep: bool = False,
+    threads: int | None = None,
+    label: str = "check",
+    progress: bool = True,
+) -> tuple[list[Problem], list[float]]:
+    """`check_audio_file` on the audio of these entries, in threads (they overlap the disk reads), with a progress line.
+
+    Returns:
+        (every problem found, each file's duration in seconds from its header).
+    """
+    paths = [layout.audio_path(split, e.utt_id) for e in entries]
     bar = Progress(len(paths), label) if progress and len(paths) > 1000 else None
-    out = []
+    problems, durations = [], []
     with ThreadPoolExecutor(threads or min(16, 4 * (os.cpu_count() or 1))) as pool:
-        for result in pool.map(lambda p: check_audio_file(p, deep), paths):
-            out.append(result)
+        for e, path, (duration, found) in zip(entries, paths, pool.map(lambda p: check_audio_file(p, deep), paths)):
+            durations.append(duration)
+            problems += [Problem(e.utt_id, str(path), what) for what in found]
             if bar:
                 bar.update(1)
     if bar:
         bar.close()
-    return out
+    return problems, durations
 
 
 def check_split_files(
@@ -480,19 +503,14 @@ def check_split_files(
     summary.update(
         files=len(entries), bonafide=keys["bonafide"], spoof=keys["spoof"], systems=dict(sorted(systems.items()))
     )
-    problems = find_missing(layout, split, entries)
-    bad = {p.utt_id for p in problems}
-    todo = [] if any(p.utt_id is None for p in problems) else [e for e in entries if e.utt_id not in bad]
-    paths = [layout.audio_path(split, e.utt_id) for e in todo]
-    results = check_audio_files(paths, deep, threads, f"check {split}", progress)
-    for e, path, (duration, found) in zip(todo, paths, results):
-        summary["duration_s"] += duration
-        problems += [Problem(e.utt_id, str(path), what) for what in found]
+    problems, todo = find_present(layout, split, entries)
+    found, durations = check_audio_files(layout, split, todo, deep, threads, f"check {split}", progress)
+    problems += found
     if todo:
         listed = {f"{e.utt_id}.flac" for e in entries}
         on_disk = [d.name for d in os.scandir(layout.audio_dir(split)) if d.name.endswith(".flac")]
         summary["unlisted"] = sum(name not in listed for name in on_disk)
-    summary.update(checked=len(todo), duration_s=round(summary["duration_s"], 3))
+    summary.update(checked=len(todo), duration_s=round(sum(durations), 3))
     summary["problems"] = [asdict(p) for p in problems]
     return summary
 
@@ -602,19 +620,14 @@ class ASVspoof2019LA(Dataset):
         self, entries: list[ProtocolEntry], verify: bool, cache: bool
     ) -> tuple[list[Problem], dict[str, np.ndarray]]:
         """Every problem of the split at once: missing/empty files, then header checks and/or decoding."""
-        problems, pcm_of = find_missing(self.layout, self.split, entries), {}
-        if any(p.utt_id is None for p in problems):  # no audio folder at all
-            return problems, pcm_of
-        bad = {p.utt_id for p in problems}
-        todo = [e for e in entries if e.utt_id not in bad]
-        paths = [self.layout.audio_path(self.split, e.utt_id) for e in todo]
+        problems, todo = find_present(self.layout, self.split, entries)
         if verify:
-            for e, path, (_, found) in zip(todo, paths, check_audio_files(paths, label=f"verify {self.split}")):
-                problems += [Problem(e.utt_id, str(path), what) for what in found]
+            problems += check_audio_files(self.layout, self.split, todo, label=f"verify {self.split}")[0]
+        pcm_of = {}
         if cache:
-            pcms, failed = decode_all(paths, skip_bad=True)
+            pcms, failed = decode_all([self.layout.audio_path(self.split, e.utt_id) for e in todo], skip_bad=True)
             pcm_of = {e.utt_id: pcm for e, pcm in zip(todo, pcms) if pcm is not None}
-            problems += [Problem(Path(p.path).stem, p.path, p.problem) for p in failed]
+            problems += failed
         return problems, pcm_of
 
     def _drop(self, problems: list[Problem], total: int) -> None:
@@ -673,7 +686,7 @@ def decode_all(
     """Decode files in parallel threads into int16 arrays (half the memory of float32), with a progress line.
 
     Returns:
-        (one int16 array per path, None where decoding failed; the failures as Problems).
+        (one int16 array per path, None where decoding failed; the failures as Problems named by file stem).
 
     Raises:
         RuntimeError: listing every file that failed, unless `skip_bad`.
@@ -691,7 +704,7 @@ def decode_all(
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
         for path, pcm in zip(paths, pool.map(one, paths)):
             if isinstance(pcm, str):
-                problems.append(Problem(None, str(path), pcm.removeprefix(f"{path}: ")))
+                problems.append(Problem(Path(path).stem, str(path), pcm.removeprefix(f"{path}: ")))
                 pcm = None
             pcms.append(pcm)
             progress.update(1)

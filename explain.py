@@ -1044,7 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_sanity(out / f"sanity_{pair.name}.png", r, frontend)
         results.append(r)
     summary = summarise(results, info, args, layer_name)
-    (out / "metrics.json").write_text(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
+    with data.atomic_write(out / "metrics.json") as f:  # a killed run never leaves half a metrics.json
+        f.write(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
     print("\npredictions (softmax P(bona fide), score = logit_bona - logit_spoof):")
     for name, p in summary["clips"].items():
         print(f"  {name:<14} P = {p['p_bonafide']:.3f}  score {p['score']:+.3f}  -> {p['label']}")

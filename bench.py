@@ -1,29 +1,34 @@
-"""bench.py -- training and scoring speed and memory, against a naive pipeline run in the same script.
+"""bench.py -- speed and memory of the loops users run, against a naive pipeline timed in the same run.
 
-    python bench.py --device cpu --what all                       # small N: a few minutes on a 2-core CPU
-    python bench.py --device cuda --what train --n 12800          # target >= 3,000 samples/s (863 x 600)
-    python bench.py --device cuda --what score --n 71237 --files-dir /tmp/la_bench   # target <= 120 s end to end
+    python bench.py --what train|score|all                  # CPU: a few minutes; ours vs naive, ratios, % of peak
+    python bench.py --what scale [--sizes 1000,5000,25000,all]   # the full LA size on this machine (hard links)
+    python bench.py --device cuda --what gpu                # one prepared GPU check, <= 8 minutes on an H100/H200
 
-Naive pipeline (what course repositories do): the Dataset applies the front-end to each item in the DataLoader
-workers, float32, contiguous (NCHW) tensors, no caching: every file is decoded again at every epoch.
-Ours: workers only crop/pad waveforms (decoded once and cached as int16 when training), the front-end runs per
-batch on the device, the model runs in channels_last, under bf16 autocast on CUDA, scoring under inference_mode.
+What is timed is what users run: `train.train_one_epoch` over `train.make_loaders` / `train.make_model` (the
+functions behind train.py) and `evaluate.score_split` + `evaluate.report_split` (behind evaluate.py), with the flags
+of the stc recipe. The naive reference is what course repositories do: the Dataset applies the STFT to each item in
+the DataLoader workers, float32, NCHW tensors, plain Adam, the default allocator, no caching.
 
-Training uses the `stc` recipe's model (LCNN on 863 x 600 log-power STFT, dropout 0.75, cross-entropy, Adam) on a
-pool of generated files sampled with replacement. Scoring goes end to end through evaluate.py's functions
-(checkpoint load, decode, score, score file written and checked, EER, DET plot) on N generated FLAC files of
-realistic LA length (lognormal, mean ~3.5 s) in the official layout; the naive scorer runs on a subset.
+Every measurement runs in a child process of its own (`--task`), so that one pipeline's allocator settings, cuDNN
+state and resident memory never leak into another's numbers. Peak memory: torch.cuda.max_memory_allocated on CUDA;
+on the CPU the resident set of the child plus the anonymous resident memory of its DataLoader workers, sampled
+every 50 ms from /proc (`PeakMemory`).
 
-Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the resident set of this process plus the anonymous
-resident memory of its DataLoader workers, sampled every 50 ms from /proc (`PeakMemory`).
+The compute limit: FLOPs per sample of the LCNN (torch.utils.flop_counter; convolutions and matmuls) over a matmul
+peak measured in the same run (fp32 sgemm on the CPU; bf16 and TF32 on CUDA). The share of it that a pipeline reaches
+is printed next to its rate.
+
+Audio: training and scoring files are generated LA-like FLAC files (`synth_utterance`: lognormal lengths, mean
+~3.5 s); `--what scale` and the GPU check's 71,237-file set are hard links to a few files, so the audio repeats
+(decoding costs the same per file; the page cache holds the few distinct files).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import os
-import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,24 +39,31 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
-import evaluate
 from data import (
     SAMPLE_RATE,
+    SPLITS,
     ASVspoof2019LA,
     LALayout,
+    add_common_args,
+    add_model_args,
     atomic_write,
     collate,
+    find_la_root,
+    format_seconds,
     make_frontend,
+    read_cm_protocol,
     resolve_device,
     run_cli,
 )
-from model import build_model
+from model import bonafide_score, build_model
 
+HERE = Path(__file__).resolve().parent
 LA_EVAL_FILES = 71_237
-# The stc recipe's model; --frames changes only the input length.
-STC_MODEL = {"dropout": 0.75, "head": "linear"}
+LA_FILES = {"train": 25_380, "dev": 24_844, "eval": 71_237}  # official CM protocol lines
+STC_MODEL = {"dropout": 0.75, "head": "linear"}  # the stc recipe's model; --num-frames changes only the input length
+RESULT_TAG = "BENCH_RESULT "
 
 
 # ----------------------------------------------------------------------------- synthetic LA-like audio
@@ -231,165 +243,376 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- an LA-shaped tree of hard links
 
 
-def bench_train(
-    pipeline: str,
-    layout: LALayout,
-    split: str,
-    n: int,
-    batch_size: int,
-    device: torch.device,
-    num_frames: int = 600,
-    frontend: str = "stft",
-    num_workers: int = 2,
-    warmup: int = 1,
-) -> dict:
-    """Training throughput of one pipeline: forward, cross-entropy, backward and Adam step on random crops.
+def spread_lines(lines: list[str], n: int) -> list[str]:
+    """n lines spread evenly over a protocol (protocols are sorted by class: both classes stay in)."""
+    if n >= len(lines):
+        return lines
+    return [lines[i * len(lines) // n] for i in range(n)]
 
-    Args:
-        pipeline: "naive" or "ours" (module docstring).
-        layout, split: the files to train on (sampled with replacement).
-        n: samples to time, after `warmup` batches that are not timed (worker start-up, cuDNN autotuning).
-        batch_size, device, num_frames, frontend, num_workers: as the flags.
 
-    Returns:
-        {"pipeline", "what", "samples", "seconds", "samples_per_s", "peak_bytes", "memory"}.
+def link_tree(
+    folder: str | os.PathLike, protocols: str | os.PathLike, sources: list[Path], total: int | None
+) -> LALayout:
+    """An LA tree under `folder/LA` whose CM protocols hold `total` official lines (all: None), split as LA is.
+
+    Every listed utterance is a hard link to one of `sources` (real audio: it repeats), the ASV protocols and
+    scores are linked from `protocols`, so evaluate.py's t-DCF runs too. Idempotent; links are made only for files
+    not there yet.
     """
-    if pipeline not in ("naive", "ours"):
-        raise ValueError(f"pipeline must be 'naive' or 'ours', got {pipeline!r}")
+    layout = LALayout(Path(folder) / "LA")
+    protocols = Path(protocols)
+    share = {s: LA_FILES[s] / sum(LA_FILES.values()) for s in SPLITS}
+    k = 0
+    for split in SPLITS:
+        name = layout.protocol_path(split).name
+        lines = [ln for ln in (protocols / name).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if total is not None:
+            lines = spread_lines(lines, max(2, round(total * share[split])))
+        audio = layout.audio_dir(split)
+        audio.mkdir(parents=True, exist_ok=True)
+        present = {d.name for d in os.scandir(audio)}
+        for line in lines:
+            utt = line.split()[1]
+            if f"{utt}.flac" not in present:
+                os.link(sources[k % len(sources)], audio / f"{utt}.flac")
+            k += 1
+        with atomic_write(layout.protocol_path(split)) as f:
+            f.write("\n".join(lines) + "\n")
+    asv = layout.root / "ASVspoof2019_LA_asv_scores"
+    asv.mkdir(parents=True, exist_ok=True)
+    for p in protocols.glob("ASVspoof2019.LA.asv.*.gi.trl.scores.txt"):
+        if not (asv / p.name).exists():
+            os.link(p, asv / p.name)
+    return layout
+
+
+# ----------------------------------------------------------------------------- the compute limit
+
+
+def flops_per_sample(n_bins: int, num_frames: int) -> dict[str, float]:
+    """LCNN FLOPs per sample (convolutions and matmuls, torch.utils.flop_counter): forward, and a training step
+    (forward + backward; the first convolution needs no input gradient)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = build_model({"in_bins": n_bins, "num_frames": num_frames, **STC_MODEL}).train()
+    x, y = torch.randn(2, 1, n_bins, num_frames), torch.tensor([0, 1])  # BatchNorm trains on two items at least
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            model(x)
+    with FlopCounterMode(display=False) as step:
+        F.cross_entropy(model(x), y).backward()
+    return {"forward": fwd.get_total_flops() / 2, "train": step.get_total_flops() / 2}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None, seconds: float = 2.0):
+    """Measured matmul rate in FLOP/s: n x n x n products back to back for `seconds` (2 n^3 FLOPs each)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    torch.mm(a, b, out=c)
+    sync(device)
+    done, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < seconds or done < 3:
+        torch.mm(a, b, out=c)
+        done += 1
+        if device.type == "cuda" and done % 8:
+            continue
+        sync(device)
+    sync(device)
+    return 2 * n**3 * done / (time.monotonic() - t0)
+
+
+# ----------------------------------------------------------------------------- measurements (each in a child process)
+
+
+def _train_args(root: str, n: int, batch_size: int, device: str, frontend: str, num_frames: int, num_workers: int,
+                precision: str, channels_last: bool | None, cache: bool, out: str, recipe: str = "stc"):  # fmt: skip
+    """train.py's flags for a benchmark run: the recipe, n training files, the benchmark's loader settings."""
+    import train
+
+    argv = ["--data-root", root, "--recipe", recipe, "--frontend", frontend, "--num-frames", str(num_frames),
+            "--batch-size", str(batch_size), "--num-workers", str(num_workers), "--limit-train", str(n),
+            "--limit-dev", "2", "--device", device, "--precision", precision, "--out", out, "--log-every", "1e9",
+            "--seed", "0"]  # fmt: skip
+    argv += ["--cache-audio"] if cache else []
+    argv += [] if channels_last is None else (["--channels-last"] if channels_last else ["--no-channels-last"])
+    return train.parse_args(argv)
+
+
+def task_train_ours(root: str, n: int, batch_size: int, device: str, frontend: str = "stft", num_frames: int = 600,
+                    num_workers: int = 2, precision: str = "auto", channels_last: bool | None = None,
+                    cache: bool = False, compile: bool = False, epochs: int = 2, recipe: str = "stc") -> dict:  # fmt: skip
+    """`train.train_one_epoch` as train.py runs it: `epochs` epochs over n files, the last one timed (the first
+    ones warm up workers, cuDNN autotuning and the allocator)."""
+    import train
+    from model import configure_backend, use_channels_last
+
+    with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
+        args = _train_args(root, n, batch_size, device, frontend, num_frames, num_workers, precision, channels_last,
+                           cache, out, recipe)  # fmt: skip
+        dev = resolve_device(args.device)
+        configure_backend(dev)
+        args.channels_last = use_channels_last(args.channels_last, dev)
+        fe = make_frontend(args.frontend).to(dev)
+        torch.manual_seed(0)
+        loader, _, generator = train.make_loaders(args, fe, dev)
+        model, optimizer, _ = train.make_model(args, fe.n_bins, dev)
+        if compile:
+            model = torch.compile(model)
+        with PeakMemory(dev) as mem:
+            for epoch in range(1, epochs + 1):
+                loader.sampler.set_epoch(epoch)
+                generator.manual_seed(epoch)
+                result = train.train_one_epoch(model, fe, loader, optimizer, dev, args, epoch, 0)
+    return {"samples": result["n_files"], "seconds": result["seconds"], "peak_bytes": mem.peak, "memory": mem.label,
+            "loss": result["train_loss"]}  # fmt: skip
+
+
+def task_train_naive(root: str, n: int, batch_size: int, device: str, frontend: str = "stft", num_frames: int = 600,
+                     num_workers: int = 2, epochs: int = 2) -> dict:  # fmt: skip
+    """The course-repo training loop: STFT per item in the workers, float32 NCHW, plain Adam, every file decoded
+    again each epoch. Same files, batch, epochs (the last one timed) as `task_train_ours`."""
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = False  # course repositories leave it off
+    fe = make_frontend(frontend)
+    layout = find_la_root(root)
+    entries = spread_lines_entries(layout.protocol("train"), n)
+    ds = ASVspoof2019LA(layout, "train", fe.num_samples(num_frames), frontend=fe, random_crop=True, entries=entries)
+    model = build_model({"in_bins": fe.n_bins, "num_frames": num_frames, **STC_MODEL}).to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    with PeakMemory(dev) as mem:
+        for _ in range(epochs):
+            loader = DataLoader(ds, batch_size, shuffle=True, num_workers=num_workers, collate_fn=collate,
+                                drop_last=len(ds) % batch_size == 1)  # fmt: skip
+            t0, done = time.monotonic(), 0
+            for batch in loader:
+                x, y = batch["x"].to(dev), batch["label"].to(dev)
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                done += len(y)
+            sync(dev)
+            seconds = time.monotonic() - t0
+    return {"samples": done, "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
+
+
+def spread_lines_entries(entries: list, n: int) -> list:
+    """`spread_lines` for protocol entries (what train.py's --limit-train does)."""
+    return entries if n >= len(entries) else [entries[i * len(entries) // n] for i in range(n)]
+
+
+def save_bench_checkpoint(path: Path, num_frames: int, frontend: str = "stft", recipe: str = "stc") -> Path:
+    """A randomly initialised LCNN checkpoint with train.py's keys (speed does not depend on the weights)."""
     torch.manual_seed(0)
     fe = make_frontend(frontend)
-    ours, cuda = pipeline == "ours", device.type == "cuda"
-    steps = max(1, math.ceil(n / batch_size))
-    ds = ASVspoof2019LA(layout, split, fe.num_samples(num_frames), frontend=None if ours else fe,
-                        random_crop=True, cache=ours)  # fmt: skip
-    sampler = RandomSampler(ds, replacement=True, num_samples=(steps + warmup) * batch_size)
-    loader = DataLoader(ds, batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                        pin_memory=ours and cuda, drop_last=True,
-                        prefetch_factor=4 if num_workers > 0 else None)  # fmt: skip
-    model = build_model({"in_bins": fe.n_bins, "num_frames": num_frames, **STC_MODEL}).to(device).train()
-    if ours:
-        model = model.to(memory_format=torch.channels_last)
-        fe = fe.to(device)
-        torch.backends.cudnn.benchmark = cuda
-    else:
-        torch.backends.cudnn.benchmark = False  # course repositories leave it off
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4, **({"fused": True} if ours and cuda else {}))
-
-    def step(batch: dict) -> None:
-        y = batch["label"].to(device, non_blocking=ours)
-        if ours:
-            x = fe(batch["x"].to(device, non_blocking=True))  # (B, 1, F, T) made on the device
-            x = x.contiguous(memory_format=torch.channels_last)
-        else:
-            x = batch["x"].to(device)  # (B, 1, F, T) made in the workers
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ours and cuda):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    it = iter(loader)
-    with PeakMemory(device) as mem:
-        for _ in range(warmup):
-            step(next(it))
-        sync(device)
-        t0 = time.monotonic()
-        done = 0
-        for batch in it:
-            step(batch)
-            done += batch["label"].shape[0]
-        sync(device)
-        seconds = time.monotonic() - t0
-    del it, loader
-    return {"pipeline": pipeline, "what": "train", "samples": done, "seconds": seconds,
-            "samples_per_s": done / seconds, "peak_bytes": mem.peak, "memory": mem.label}  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
-def save_bench_checkpoint(path: Path, num_frames: int, frontend: str = "stft") -> Path:
-    """A randomly initialised stc-model checkpoint with train.py's keys (speed does not depend on the weights)."""
-    torch.manual_seed(0)
-    fe = make_frontend(frontend)
-    model = build_model({"in_bins": fe.n_bins, "num_frames": num_frames, **STC_MODEL})
+    dropout = 0.75 if recipe == "stc" else 0.1
+    model = build_model({"in_bins": fe.n_bins, "num_frames": num_frames, "dropout": dropout, "head": "linear"})
     ckpt = {"model": model.state_dict(), "model_args": model.model_args(),
-            "args": {"frontend": frontend, "num_frames": num_frames, "pad": "repeat", "recipe": "stc"},
+            "args": {"frontend": frontend, "num_frames": num_frames, "pad": "repeat", "recipe": recipe},
             "epoch": 0}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(ckpt, f)
     return path
 
 
-def bench_score_ours(
-    ckpt: Path, layout: LALayout, out: Path, device: torch.device, batch_size: int, num_workers: int
-) -> dict:
-    """End to end through evaluate.py: load the checkpoint, score the eval split, write and check the score file,
-    EER and per-attack table, DET plot. Wall time from the start of loading to the written plot."""
+def task_score_ours(ckpt: str, root: str, out: str, device: str, batch_size: int | None = None,
+                    num_workers: int = 2, precision: str = "auto", split: str = "eval", report: bool = True) -> dict:  # fmt: skip
+    """evaluate.py end to end: load the checkpoint, score the split, write and check the score file, EER, min
+    t-DCF when ASV scores are there, per-attack table, DET plot. Wall time from loading to the written plot."""
+    import evaluate
+
+    out = Path(out)
     for stale in (out, *evaluate.partial_paths(out)):
         stale.unlink(missing_ok=True)  # time a full run, not a resume
-    with PeakMemory(device) as mem:
+    dev = resolve_device(device)
+    batch_size = batch_size or (64 if dev.type == "cuda" else 8)  # evaluate.py's defaults
+    with PeakMemory(dev) as mem:
         t0 = time.monotonic()
-        scorer = evaluate.load_scorer(ckpt, device)
-        res = evaluate.score_split(scorer, layout, "eval", out, batch_size, num_workers, progress=False)
-        result = evaluate.report_split(res.scores, layout, "eval", out.with_name(f"{out.stem}_det.png"))
+        scorer = evaluate.load_scorer(ckpt, dev, precision)
+        res = evaluate.score_split(scorer, root, split, out, batch_size, num_workers, progress=False)
+        eer = None
+        if report:
+            eer = evaluate.report_split(res.scores, root, split, out.with_name(f"{out.stem}_det.png"))["eer"]
         seconds = time.monotonic() - t0
-    return {"pipeline": "ours", "what": "score", "samples": len(res.scores), "seconds": seconds,
-            "samples_per_s": len(res.scores) / seconds, "peak_bytes": mem.peak, "memory": mem.label,
-            "eer": result["eer"], "loop_per_s": res.files_per_s}  # fmt: skip
+    return {"samples": len(res.scores), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label,
+            "eer": eer, "loop_per_s": res.files_per_s}  # fmt: skip
 
 
 @torch.no_grad()
-def bench_score_naive(
-    ckpt: Path, layout: LALayout, n: int, out: Path, device: torch.device, batch_size: int, num_workers: int
-) -> dict:
-    """The course-repo scorer on the first n files: per-item STFT in workers, float32, no_grad, a plain write."""
+def task_score_naive(ckpt: str, root: str, n: int, out: str, device: str, batch_size: int, num_workers: int) -> dict:
+    """The course-repo scorer on the first n eval files: per-item STFT in workers, float32, no_grad, a plain write."""
+    dev = resolve_device(device)
     torch.backends.cudnn.benchmark = False  # course repositories leave it off
-    with PeakMemory(device) as mem:
+    with PeakMemory(dev) as mem:
         t0 = time.monotonic()
         ckpt_dict = torch.load(ckpt, map_location="cpu", weights_only=True)
         model = build_model(ckpt_dict["model_args"])
         model.load_state_dict(ckpt_dict["model"])
-        model = model.to(device).eval()
+        model = model.to(dev).eval()
         fe = make_frontend(ckpt_dict["args"]["frontend"])
+        layout = find_la_root(root)
         entries = layout.protocol("eval")[:n]
         ds = ASVspoof2019LA(layout, "eval", fe.num_samples(model.num_frames), frontend=fe, entries=entries)
         loader = DataLoader(ds, batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
         with open(out, "w") as f:
             for batch in loader:
-                logits = model(batch["x"].to(device)).cpu()
-                for utt, system, s in zip(batch["utt_id"], batch["system"], (logits[:, 1] - logits[:, 0]).tolist()):
+                logits = model(batch["x"].to(dev)).cpu()
+                for utt, system, s in zip(batch["utt_id"], batch["system"], bonafide_score(logits).tolist()):
                     f.write(f"{utt} {system} {'bonafide' if system == '-' else 'spoof'} {s}\n")
         seconds = time.monotonic() - t0
-    return {"pipeline": "naive", "what": "score", "samples": len(ds), "seconds": seconds,
-            "samples_per_s": len(ds) / seconds, "peak_bytes": mem.peak, "memory": mem.label}  # fmt: skip
+    return {"samples": len(ds), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
 
 
-# ----------------------------------------------------------------------------- report
+def task_check(root: str, threads: int | None = None) -> dict:
+    """`python data.py --check` of the whole tree (headers and file ends, every split)."""
+    import data
+
+    dev = torch.device("cpu")
+    with PeakMemory(dev) as mem:
+        t0 = time.monotonic()
+        report = data.check_dataset(root, threads=threads, progress=False)
+        seconds = time.monotonic() - t0
+    files = sum(s["files"] for s in report["splits"].values())
+    return {"samples": files, "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label,
+            "problems": report["problems"]}  # fmt: skip
 
 
-def format_table(rows: list[dict], device: torch.device) -> str:
-    """One line per pipeline: samples/s, peak memory, ratio against the naive pipeline of the same task."""
-    naive = {r["what"]: r["samples_per_s"] for r in rows if r["pipeline"] == "naive"}
-    lines = [f"device: {describe_device(device)}",
-             f"{'task':<6} {'pipeline':<8} {'items':>7} {'seconds':>9} {'samples/s':>10} {'peak memory':>22} {'vs naive':>9}"]  # fmt: skip
+def task_datasets(root: str) -> dict:
+    """Construction of the three split Datasets as train.py / evaluate.py make them (waveform items)."""
+    dev = torch.device("cpu")
+    fe = make_frontend("mel")
+    with PeakMemory(dev) as mem:
+        t0 = time.monotonic()
+        sets = [ASVspoof2019LA(root, split, fe.num_samples(600)) for split in SPLITS]
+        seconds = time.monotonic() - t0
+    return {"samples": sum(map(len, sets)), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
+
+
+def task_train_epoch(root: str, num_workers: int = 2, device: str = "cpu") -> dict:
+    """One training epoch of the tiny recipe over the whole train split (`train.train_one_epoch`, no dev scoring)."""
+    n = len(read_cm_protocol(find_la_root(root).protocol_path("train")))
+    return task_train_ours(root, n, 32, device, "mel", 600, num_workers, epochs=1, recipe="tiny")
+
+
+def task_loader(root: str, n: int, batch_size: int, num_workers: int, cache: bool, device: str) -> dict:
+    """The training loader alone (decode, crop, collate, copy to the device): files/s the model could be fed."""
+    import train
+
+    with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
+        args = _train_args(root, n, batch_size, device, "stft", 600, num_workers, "auto", None, cache, out)
+        dev = resolve_device(device)
+        fe = make_frontend("stft")
+        loader, _, _ = train.make_loaders(args, fe, dev)
+        with PeakMemory(dev) as mem:
+            for epoch in (1, 2):  # the second epoch is timed
+                loader.sampler.set_epoch(epoch)
+                t0, done = time.monotonic(), 0
+                for batch in train.batches(loader):
+                    batch["x"].to(dev, non_blocking=True)
+                    done += len(batch["label"])
+                sync(dev)
+                seconds = time.monotonic() - t0
+    return {"samples": done, "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
+
+
+def task_real_run(root: str, out: str, device: str, epochs: int = 3, recipe: str = "stc", extra: list | None = None):
+    """train.py on a real tree: `epochs` epochs uninterrupted, then the same run stopped after epochs - 1 and
+    resumed; returns both histories' dev EERs (equal up to cuDNN's non-deterministic kernels)."""
+    import train
+
+    extra = extra or []
+    base = ["--data-root", root, "--recipe", recipe, "--device", device, "--log-every", "1e9", *extra]
+    t0 = time.monotonic()
+    full = train.train(train.parse_args([*base, "--epochs", str(epochs), "--out", f"{out}/full"]))
+    seconds = time.monotonic() - t0
+    train.train(train.parse_args([*base, "--epochs", str(epochs - 1), "--out", f"{out}/resumed"]))
+    resumed = train.train(train.parse_args(["--resume", f"{out}/resumed", "--epochs", str(epochs)]))
+    n = full[-1]["n_train"] * epochs
+    return {"samples": n, "seconds": seconds, "peak_bytes": 0, "memory": "-",
+            "dev_eer": [h["dev_eer"] for h in full], "dev_eer_resumed": [h["dev_eer"] for h in resumed]}  # fmt: skip
+
+
+TASKS = {"train_ours": task_train_ours, "train_naive": task_train_naive, "score_ours": task_score_ours,
+         "score_naive": task_score_naive, "check": task_check, "datasets": task_datasets,
+         "train_epoch": task_train_epoch, "loader": task_loader, "real_run": task_real_run}  # fmt: skip
+
+
+def run_task(name: str, quiet: bool = True, **kwargs) -> dict:
+    """Run TASKS[name](**kwargs) in a fresh Python process; returns its result dict (with "task" and "wall_s").
+
+    Raises:
+        RuntimeError: the child failed (its last lines of stderr are in the message).
+    """
+    cmd = [sys.executable, str(HERE / "bench.py"), "--task", name, "--task-args", json.dumps(kwargs)]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else None, text=True,
+                          cwd=HERE)  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join((proc.stderr or "").strip().splitlines()[-8:])
+        raise RuntimeError(f"bench task {name} failed (exit {proc.returncode}):\n{tail}")
+    result = json.loads(lines[-1][len(RESULT_TAG) :])
+    result.update(task=name, wall_s=time.monotonic() - t0)
+    return result
+
+
+def child_main(name: str, task_args: str) -> int:
+    """`bench.py --task NAME --task-args JSON`: run one measurement, print its result as one tagged JSON line."""
+    if name not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {name!r}")
+    result = TASKS[name](**json.loads(task_args))
+    print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def rate(r: dict) -> float:
+    return r["samples"] / max(r["seconds"], 1e-9)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def format_table(rows: list[dict], device_text: str, peak: dict[str, float], flops: dict[str, float]) -> str:
+    """One line per pipeline: samples/s, peak memory, ratio against naive, share of the compute limit."""
+    naive = {r["what"]: rate(r) for r in rows if r["pipeline"] == "naive"}
+    naive_mem = {r["what"]: r["peak_bytes"] for r in rows if r["pipeline"] == "naive"}
+    lines = [f"device: {device_text}"]
+    lines += [f"matmul peak ({k}): {v / 1e9:,.0f} GFLOP/s" for k, v in peak.items()]
+    lines.append(f"LCNN FLOPs per sample: {flops['train'] / 1e9:.1f} G training step, {flops['forward'] / 1e9:.1f} G "
+                 f"forward -> compute limit {peak_limit(peak, flops, 'train'):.2f} training samples/s, "
+                 f"{peak_limit(peak, flops, 'forward'):.2f} forwards/s")  # fmt: skip
+    head = (f"{'task':<6} {'pipeline':<22} {'items':>7} {'seconds':>8} {'samples/s':>10} {'peak memory':>22} "
+            f"{'vs naive':>9} {'mem vs naive':>12} {'of limit':>9}")  # fmt: skip
+    lines += [head, "-" * len(head)]
     for r in rows:
-        ratio = r["samples_per_s"] / naive[r["what"]] if r["what"] in naive else float("nan")
-        memory = f"{r['peak_bytes'] / 2**30:.2f} GiB {r['memory']}"
-        lines.append(
-            f"{r['what']:<6} {r['pipeline']:<8} {r['samples']:>7,} {r['seconds']:>9.2f} {r['samples_per_s']:>10.2f} "
-            f"{memory:>22} {ratio:>8.2f}x"
-        )
-        if r["what"] == "score" and r["pipeline"] == "ours":
-            lines.append(
-                f"       ours end to end (load, score, write + check, EER, DET); its scoring loop alone: "
-                f"{r['loop_per_s']:.2f} files/s. LA eval ({LA_EVAL_FILES:,} files) at the end-to-end rate: "
-                f"{LA_EVAL_FILES / r['samples_per_s']:,.0f} s"
-            )
+        ratio = rate(r) / naive[r["what"]] if r["what"] in naive else float("nan")
+        mem_ratio = r["peak_bytes"] / naive_mem[r["what"]] if naive_mem.get(r["what"]) else float("nan")
+        kind = "train" if r["what"] == "train" else "forward"
+        share = rate(r) / peak_limit(peak, flops, kind)
+        memory = f"{gib(r['peak_bytes'])} {r['memory']}"
+        lines.append(f"{r['what']:<6} {r['pipeline']:<22} {r['samples']:>7,} {r['seconds']:>8.2f} {rate(r):>10.2f} "
+                     f"{memory:>22} {ratio:>8.2f}x {mem_ratio:>11.2f}x {share:>8.0%}")  # fmt: skip
+        if r["what"] == "score" and r["pipeline"].startswith("ours"):
+            lines.append(f"       ours: end to end (load, score, write + check, EER, DET); its scoring loop alone "
+                         f"{r['loop_per_s']:.2f} files/s; LA eval ({LA_EVAL_FILES:,} files) at the end-to-end rate: "
+                         f"{format_seconds(LA_EVAL_FILES / rate(r))}")  # fmt: skip
     return "\n".join(lines)
+
+
+def peak_limit(peak: dict[str, float], flops: dict[str, float], kind: str) -> float:
+    """Samples/s at the best measured matmul rate: the compute limit of a training step or a forward."""
+    return max(peak.values()) / flops[kind]
 
 
 def describe_device(device: torch.device) -> str:
@@ -398,53 +621,264 @@ def describe_device(device: torch.device) -> str:
     return f"cpu, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
+def measure_peak(device: torch.device) -> dict[str, float]:
+    """The matmul peaks the limit is computed from: fp32 on the CPU; bf16 and TF32 on CUDA."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        return {"bf16": matmul_peak(device, torch.bfloat16), "tf32": matmul_peak(device, torch.float32)}
+    return {"fp32": matmul_peak(device)}
+
+
+# ----------------------------------------------------------------------------- the benchmarks
+
+
+def bench_train_and_score(args, device: torch.device, folder: Path) -> list[dict]:
+    """--what train / score / all: ours vs naive, each in its own process, on generated files."""
+    cuda = device.type == "cuda"
+    rows = []
+    common = dict(device=str(device), frontend=args.frontend, num_frames=args.num_frames, num_workers=args.num_workers)
+    if args.what in ("train", "all"):
+        n = args.n or (12_800 if cuda else 16)
+        batch = args.batch_size or (64 if cuda else 4)
+        pool = folder / "train_pool"
+        generate_la_files(pool, max(2, min(n, args.train_pool)), "train")
+        generate_la_files(pool, 2, "dev")
+        root = str(pool / "LA")
+        rows.append(dict(pipeline="naive", what="train", **run_task("train_naive", root=root, n=n, batch_size=batch,
+                                                                     **common)))  # fmt: skip
+        print(format_row(rows[-1]), file=sys.stderr)
+        variants = [("ours", {})]
+        if not cuda:
+            variants += [("ours --cache-audio", {"cache": True}), ("ours --no-channels-last", {"channels_last": False}),
+                         ("ours --precision bf16", {"precision": "bf16"})]  # fmt: skip
+        for label, extra in variants:
+            kw = {**common, "precision": args.precision, **extra}
+            rows.append(dict(pipeline=label, what="train", **run_task("train_ours", root=root, n=n, batch_size=batch,
+                                                                       **kw)))  # fmt: skip
+            print(format_row(rows[-1]), file=sys.stderr)
+    if args.what in ("score", "all"):
+        n = args.n or (LA_EVAL_FILES if cuda else 48)
+        naive_n = min(args.naive_n or (4096 if cuda else 16), n)
+        score = folder / "score"
+        generate_la_files(score, n, "eval")
+        ckpt = save_bench_checkpoint(score / "bench_ckpt.pt", args.num_frames, args.frontend)
+        root = str(score / "LA")
+        rows.append(dict(pipeline="naive", what="score", **run_task(
+            "score_naive", ckpt=str(ckpt), root=root, n=naive_n, out=str(score / "naive_scores.txt"),
+            device=str(device), batch_size=args.batch_size or (64 if cuda else 8), num_workers=args.num_workers)))  # fmt: skip
+        print(format_row(rows[-1]), file=sys.stderr)
+        rows.append(dict(pipeline="ours", what="score", **run_task(
+            "score_ours", ckpt=str(ckpt), root=root, out=str(score / "scores_eval.txt"), device=str(device),
+            batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)))  # fmt: skip
+        print(format_row(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def format_row(r: dict) -> str:
+    return f"  {r['what']} {r['pipeline']}: {rate(r):.2f} samples/s, peak {gib(r['peak_bytes'])} ({r['wall_s']:.0f} s)"
+
+
+def parse_sizes(text: str) -> list[int | None]:
+    """'1000,5000,all' -> [1000, 5000, None]."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "all":
+            sizes.append(None)
+        elif part.isdigit() and int(part) >= 10:
+            sizes.append(int(part))
+        else:
+            raise ValueError(f"--sizes: {part!r} is neither a file count >= 10 nor 'all' (e.g. 1000,5000,25000,all)")
+    return sizes
+
+
+def bench_scale(args, folder: Path) -> list[dict]:
+    """--what scale: data.py --check, Dataset construction, one tiny training epoch and split scoring at growing N.
+
+    The trees are hard links to the real mini tree's audio (../shared/data or --scale-source), with the official
+    protocols' lines (--protocols); the audio repeats.
+    """
+    source, protocols = Path(args.scale_source), Path(args.protocols)
+    if not (protocols / "ASVspoof2019.LA.cm.eval.trl.txt").is_file():
+        raise FileNotFoundError(f"--protocols {protocols}: no official CM protocols there (ASVspoof2019.LA.cm.*.txt)")
+    sources = sorted(Path(source).rglob("*.flac"))
+    if not sources:
+        raise FileNotFoundError(f"--scale-source {source}: no .flac files to link to")
+    ckpt = save_bench_checkpoint(folder / "scale_tiny.pt", 600, "mel", recipe="tiny")
+    rows = []
+    for size in parse_sizes(args.sizes):
+        tree = folder / f"scale_{size or 'all'}"
+        t0 = time.monotonic()
+        layout = link_tree(tree, protocols, sources, size)
+        n = sum(len(read_cm_protocol(layout.protocol_path(s))) for s in SPLITS)
+        print(f"scale {n:,} files: tree linked in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        what = [("check", dict(root=str(layout.root))), ("datasets", dict(root=str(layout.root)))]
+        if not args.skip_train:
+            what.append(("train_epoch", dict(root=str(layout.root), num_workers=args.num_workers)))
+        if not args.skip_score:
+            what.append(("score_ours", dict(ckpt=str(ckpt), root=str(layout.root), out=str(tree / "scores.txt"),
+                                            device="cpu", num_workers=args.num_workers, report=False)))  # fmt: skip
+        for name, kw in what:
+            r = run_task(name, **kw)
+            rows.append(dict(size=n, step=name, **r))
+            print(f"  {name}: {r['samples']:,} items in {r['seconds']:.1f} s, {1e3 * r['seconds'] / r['samples']:.3f} "
+                  f"ms/item, peak {gib(r['peak_bytes'])}", file=sys.stderr)  # fmt: skip
+    return rows
+
+
+def format_scale(rows: list[dict]) -> str:
+    names = {"check": "data.py --check", "datasets": "Dataset construction (3 splits)",
+             "train_epoch": "tiny training epoch (train split)", "score_ours": "split scoring (eval, tiny model)"}  # fmt: skip
+    head = f"{'files in tree':>13}  {'step':<34} {'items':>8} {'seconds':>9} {'ms/item':>9} {'peak memory':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['size']:>13,}  {names[r['step']]:<34} {r['samples']:>8,} {r['seconds']:>9.2f} "
+                     f"{1e3 * r['seconds'] / max(r['samples'], 1):>9.3f} {gib(r['peak_bytes']):>12}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def bench_gpu(args, device: torch.device, folder: Path) -> str:
+    """--what gpu: the one prepared GPU check (<= 8 minutes on an H100/H200). See the module docstring."""
+    quick = device.type != "cuda"  # the same steps at toy sizes, so CI runs every line of this function on a CPU
+    n_train = args.n or (12_800 if not quick else 8)
+    batch = args.batch_size or (64 if not quick else 2)
+    frames = args.num_frames if not quick else 32
+    fe_name = args.frontend if not quick else "mel"
+    workers = args.num_workers
+    n_eval = args.gpu_eval_files or (LA_EVAL_FILES if not quick else 40)
+    pool = folder / "gpu_pool"
+    generate_la_files(pool, 512 if not quick else 8, "train")
+    generate_la_files(pool, 2, "dev")
+    root = str(pool / "LA")
+    peak = measure_peak(device)
+    flops = flops_per_sample(make_frontend(fe_name).n_bins, frames)
+    lines = [f"device: {describe_device(device)}", *[f"matmul peak ({k}): {v / 1e12:.1f} TFLOP/s" for k, v in peak.items()],
+             f"LCNN {fe_name} {make_frontend(fe_name).n_bins} x {frames}: {flops['train'] / 1e9:.1f} GFLOP per training "
+             f"sample, {flops['forward'] / 1e9:.1f} per forward", ""]  # fmt: skip
+    common = dict(root=root, n=n_train, batch_size=batch, device=str(device), frontend=fe_name, num_frames=frames,
+                  num_workers=workers, cache=True)  # fmt: skip
+
+    def line(label: str, r: dict, kind: str = "train") -> str:
+        share = rate(r) / peak_limit(peak, flops, kind)
+        return (f"{label:<52} {rate(r):>10,.0f} /s  peak {gib(r['peak_bytes']):>10}  {share:>5.0%} of the "
+                f"{max(peak, key=peak.get)} limit  ({r['wall_s']:.0f} s)")  # fmt: skip
+
+    steps = [("train bf16, --cache-audio", "train_ours", dict(common, precision="bf16"), "train"),
+             ("train fp32 (TF32), --cache-audio", "train_ours", dict(common, precision="fp32"), "train"),
+             ("train bf16, --cache-audio, torch.compile", "train_ours", dict(common, precision="bf16", compile=True),
+              "train")]  # fmt: skip
+    for label, name, kw, kind in steps:
+        try:
+            lines.append(line(f"{label} (batch {batch})", run_task(name, **kw), kind))
+        except RuntimeError as e:
+            lines.append(f"{label}: failed: {str(e).splitlines()[-1]}")
+        print(lines[-1], file=sys.stderr)
+    for cache in (False, True):
+        r = run_task("loader", root=root, n=n_train, batch_size=batch, num_workers=workers, cache=cache,
+                     device=str(device))  # fmt: skip
+        label = f"loader only, {workers} workers" + (", --cache-audio" if cache else "")
+        lines.append(f"{label:<52} {rate(r):>10,.0f} files/s")
+        print(lines[-1], file=sys.stderr)
+    # an LA-eval-size set: hard links to a few generated files
+    ev = folder / "gpu_eval"
+    gen = generate_la_files(folder / "gpu_eval_src", 256 if not quick else 4, "eval")
+    sources = sorted(gen.audio_dir("eval").glob("*.flac"))
+    layout = LALayout(ev / "LA")
+    layout.audio_dir("eval").mkdir(parents=True, exist_ok=True)
+    lines_eval = [f"LA_{i % 67:04d} LA_E_{2_000_000 + i} - {'-' if i % 10 == 0 else f'A{7 + i % 13:02d}'} "
+                  f"{'bonafide' if i % 10 == 0 else 'spoof'}" for i in range(n_eval)]  # fmt: skip
+    present = {d.name for d in os.scandir(layout.audio_dir("eval"))}
+    for i, ln in enumerate(lines_eval):
+        name = f"{ln.split()[1]}.flac"
+        if name not in present:
+            os.link(sources[i % len(sources)], layout.audio_dir("eval") / name)
+    layout.protocol_path("eval").parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(layout.protocol_path("eval")) as f:
+        f.write("\n".join(lines_eval) + "\n")
+    ckpt = save_bench_checkpoint(ev / "ckpt.pt", frames, fe_name)
+    r = run_task("score_ours", ckpt=str(ckpt), root=str(layout.root), out=str(ev / "scores.txt"), device=str(device),
+                 num_workers=workers, precision=args.precision)  # fmt: skip
+    lines.append(line(f"score {n_eval:,} eval-size files end to end", r, "forward")
+                 + f"; {r['seconds']:.1f} s in all")  # fmt: skip
+    if not quick:
+        lines.append("goals: >= 6,000 training samples/s (>= 3,000 at the least); LA eval end to end in <= 60 s")
+    print(lines[-1], file=sys.stderr)
+    demo = Path(args.real_root) if args.real_root else None
+    if demo and demo.exists():
+        extra = [] if not quick else ["--frontend", "mel", "--num-frames", "32", "--batch-size", "8",
+                                      "--limit-train", "16", "--limit-dev", "8"]  # fmt: skip
+        r = run_task("real_run", root=str(demo), out=str(folder / "gpu_real"), device=str(device), epochs=3,
+                     extra=extra, quiet=False)  # fmt: skip
+        same = all(abs(a - b) < 1e-6 for a, b in zip(r["dev_eer"], r["dev_eer_resumed"]))
+        lines.append(f"real run on {demo}: 3 epochs in {r['seconds']:.0f} s, dev EER "
+                     + " / ".join(f"{e:.2f}" for e in r["dev_eer"]) + " %; stopped at 2 and resumed: "
+                     + " / ".join(f"{e:.2f}" for e in r["dev_eer_resumed"]) + (" % (identical)" if same else " %"))  # fmt: skip
+    else:
+        lines.append(f"real run: skipped, no real tree at --real-root {demo}")
+    print(lines[-1], file=sys.stderr)
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- command line
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1")
-    parser.add_argument("--what", choices=("train", "score", "all"), default="all", help="which benchmark to run")
-    parser.add_argument(
-        "--n", type=int, help="training samples / files to score (default: cpu 8 / 64, cuda 12,800 / 71,237)"
+    add_common_args(parser)
+    add_model_args(parser)
+    parser.set_defaults(batch_size=None, num_workers=os.cpu_count() or 1)
+    g = parser.add_argument_group("bench.py")
+    g.add_argument("--what", choices=("train", "score", "all", "scale", "gpu"), default="all", help="which benchmark")
+    g.add_argument(
+        "--n", type=int, help="training samples / files to score (default: cpu 16 / 48, cuda 12,800 / 71,237)"
     )
-    parser.add_argument("--naive-n", type=int, help="files the naive scorer runs on (default: cpu 16, cuda 4,096)")
-    parser.add_argument("--batch-size", type=int, help="training batch (default: cpu 4, cuda 64); scoring uses 4x it")
-    parser.add_argument("--frames", type=int, default=600, help="feature frames per item (863 x frames STFT)")
-    parser.add_argument("--frontend", choices=("stft", "mel"), default="stft", help="stft: the stc recipe")
-    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers")
-    parser.add_argument(
-        "--files-dir", type=Path, help="where generated files go and are reused (default: a temp dir, removed)"
-    )
-    parser.add_argument("--train-pool", type=int, default=256, help="generated files the training samples come from")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    args = parser.parse_args(argv)
+    g.add_argument("--naive-n", type=int, help="files the naive scorer runs on (default: cpu 16, cuda 4,096)")
+    g.add_argument("--train-pool", type=int, default=256, help="generated files the training samples come from")
+    g.add_argument("--files-dir", type=Path, help="where generated files and trees go and are reused (default: temp)")
+    g.add_argument("--sizes", default="1000,5000,25000,all", help="--what scale: tree sizes in files ('all': 121,461)")
+    shared = HERE.parent / "shared" / "data"
+    g.add_argument("--protocols", default=str(shared / "protocols" / "asvspoof2019_la"),
+                   help="--what scale: folder of the official LA protocols (default: ../shared/data/protocols/...)")  # fmt: skip
+    g.add_argument("--scale-source", default=str(shared / "asvspoof2019_la_mini" / "LA"),
+                   help="--what scale: real audio the tree's files link to")  # fmt: skip
+    g.add_argument("--skip-train", action="store_true", help="--what scale: leave out the training epoch")
+    g.add_argument("--skip-score", action="store_true", help="--what scale: leave out the split scoring")
+    g.add_argument("--gpu-eval-files", type=int, help="--what gpu: files in the eval-size set (default 71,237)")
+    g.add_argument("--real-root", default=str(HERE / "demo_data" / "LA"),
+                   help="--what gpu: real LA tree of the 3-epoch CUDA run (default: the embedded demo set)")  # fmt: skip
+    g.add_argument("--json-out", type=Path, help="also write the rows as JSON")
+    g.add_argument("--task", help=argparse.SUPPRESS)  # internal: one measurement in a child process
+    g.add_argument("--task-args", default="{}", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.task:
+        return child_main(args.task, args.task_args)
     device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    batch = args.batch_size or (64 if cuda else 4)
-    n_train = args.n or (12_800 if cuda else 8)
-    n_score = args.n or (LA_EVAL_FILES if cuda else 64)
-    naive_n = min(args.naive_n or (4096 if cuda else 16), n_score)
     folder = args.files_dir or Path(tempfile.mkdtemp(prefix="lcnn_bench_"))
-    rows = []
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        if args.what in ("train", "all"):
-            layout = generate_la_files(folder / "train_pool", args.train_pool, "train")
-            for pipeline in ("naive", "ours"):
-                rows.append(bench_train(pipeline, layout, "train", n_train, batch, device, args.frames,
-                                        args.frontend, args.num_workers))  # fmt: skip
-                print(format_table(rows, device).splitlines()[-1], file=sys.stderr)
-        if args.what in ("score", "all"):
-            layout = generate_la_files(folder / "score", n_score, "eval")
-            ckpt = save_bench_checkpoint(folder / "score" / "bench_ckpt.pt", args.frames, args.frontend)
-            out = folder / "score" / "scores_eval.txt"
-            rows.append(bench_score_naive(ckpt, layout, naive_n, out.with_name("naive_scores.txt"), device,
-                                          4 * batch, args.num_workers))  # fmt: skip
-            rows.append(bench_score_ours(ckpt, layout, out, device, 4 * batch, args.num_workers))
+        if args.what == "scale":
+            rows = bench_scale(args, folder)
+            text = f"{describe_device(torch.device('cpu'))}\n" + format_scale(rows)
+        elif args.what == "gpu":
+            rows, text = [], bench_gpu(args, device, folder)
+        else:
+            peak = measure_peak(device)
+            flops = flops_per_sample(make_frontend(args.frontend).n_bins, args.num_frames)
+            rows = bench_train_and_score(args, device, folder)
+            text = format_table(rows, describe_device(device), peak, flops)
     finally:
         if args.files_dir is None:
+            import shutil
+
             shutil.rmtree(folder, ignore_errors=True)
-    print(format_table(rows, device))
+    print(text)
+    if args.json_out:
+        with atomic_write(args.json_out) as f:
+            json.dump({"device": describe_device(device), "rows": rows, "text": text}, f, indent=1)
     return 0
 
 

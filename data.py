@@ -1213,6 +1213,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of every script that runs the model (train, evaluate, explain, bench); rules in model.py."""
+    g = parser.add_argument_group("model execution")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast on a CUDA device that supports it, fp32 elsewhere (model.use_bf16)")  # fmt: skip
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on CUDA and CPU, model.use_channels_last)")  # fmt: skip
+    return parser
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu."""
     if name == "auto":

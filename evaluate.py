@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from data import (
     Progress,
     ProtocolEntry,
     add_common_args,
+    add_model_args,
     atomic_write,
     collate,
     find_la_root,
@@ -54,58 +55,71 @@ from data import (
     resolve_device,
     run_cli,
 )
-from model import load_checkpoint
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
+from model import (
+    Checkpoint,
+    bonafide_score,
+    configure_backend,
+    load_checkpoint,
+    use_bf16,
+    use_channels_last,
+    waves_to_logits,
+)
 
 # ----------------------------------------------------------------------------- the scorer: checkpoint -> logits
 
 
 @dataclass
 class Scorer:
-    """A checkpoint ready to score waveforms: model, front-end and the input length it was trained on.
+    """A checkpoint ready to score waveforms on a device, through `model.waves_to_logits` (the one path).
 
     Attributes:
-        model: the LCNN in eval mode on `device`, channels_last.
-        frontend: the checkpoint's front-end module on `device`.
+        ckpt: the rebuilt checkpoint (`model.load_checkpoint`): model in eval mode and front-end, on `device`.
         device: where features and logits are computed.
-        num_samples: fixed waveform length of one input (the checkpoint's --num-frames).
-        pad: how short files are padded ("repeat" or "zeros"), as in training.
-        bf16: run the model under bf16 autocast.
-        ckpt: the checkpoint dict.
-        path: the checkpoint file.
+        pad: how short files are padded ("repeat" or "zeros"), as in training unless overridden.
+        bf16: run the model under bf16 autocast (`model.use_bf16`).
+        channels_last: the model's memory format (`model.use_channels_last`).
     """
 
-    model: nn.Module
-    frontend: nn.Module
+    ckpt: Checkpoint
     device: torch.device
-    num_samples: int
     pad: str
     bf16: bool = False
-    ckpt: dict = field(default_factory=dict, repr=False)
-    path: Path | None = None
+    channels_last: bool = True
+
+    @property
+    def model(self) -> nn.Module:
+        return self.ckpt.model
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        self.ckpt.model = model
+
+    @property
+    def frontend(self) -> nn.Module:
+        return self.ckpt.frontend
+
+    @property
+    def num_samples(self) -> int:
+        return self.ckpt.num_samples
+
+    @property
+    def path(self) -> Path:
+        return self.ckpt.path
 
     @torch.inference_mode()
     def logits(self, waves: torch.Tensor) -> torch.Tensor:
-        """Score a batch of fixed-length waveforms.
+        """(B, num_samples) float waveforms on any device -> (B, 2) float32 logits [spoof, bona fide] on the CPU."""
+        return waves_to_logits(self.model, self.frontend, waves, self.bf16, self.channels_last).cpu()
 
-        Args:
-            waves: (B, num_samples) float waveforms, on any device.
-        Returns:
-            (B, 2) float32 logits [spoof, bona fide], on the CPU.
-        """
-        waves = waves.to(self.device, non_blocking=True)
-        x = self.frontend(waves)  # (B, 1, F, T), float32: features outside autocast
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(x)  # (B, 2)
-        return out.float().cpu()
+    def scores(self, waves: torch.Tensor) -> list[float]:
+        """(B, num_samples) waveforms -> B bona fide scores (`model.bonafide_score`)."""
+        return bonafide_score(self.logits(waves)).tolist()
 
-    def logits_full(self, wave: torch.Tensor) -> torch.Tensor:
+    def logits_full(self, wave: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
         """Score one whole utterance: the mean logits of consecutive `num_samples` windows covering it.
 
         A file shorter than one window is padded as in training; the last window is aligned to the file's end.
+        Windows go through the model `batch_size` at a time, so memory does not grow with the file's length.
 
         Args:
             wave: (N,) waveform.
@@ -118,19 +132,11 @@ class Scorer:
         starts = list(range(0, n - w + 1, w))
         if starts[-1] + w < n:
             starts.append(n - w)
-        windows = torch.stack([wave[s : s + w] for s in starts])  # (K, w)
-        return self.logits(windows).mean(0)
-
-
-def checkpoint_frontend(ckpt: dict, path: Path) -> str:
-    """The front-end name a checkpoint was trained with, or ValueError saying what the checkpoint lacks."""
-    args = ckpt.get("args")
-    if not isinstance(args, dict) or "frontend" not in args:
-        raise ValueError(
-            f"{path}: the checkpoint has no args['frontend'] (keys: {', '.join(sorted(map(str, ckpt)))}); "
-            "expected a train.py checkpoint with 'model', 'model_args' and 'args' (the resolved flags)"
-        )
-    return args["frontend"]
+        total = torch.zeros(2)
+        for k in range(0, len(starts), max(1, batch_size)):
+            chunk = starts[k : k + batch_size]
+            total += self.logits(torch.stack([wave[s : s + w] for s in chunk])).sum(0)  # (K, w) -> (2,)
+        return total / len(starts)
 
 
 def load_scorer(
@@ -140,52 +146,41 @@ def load_scorer(
     pad: str | None = None,
     frontend: str | None = None,
     num_frames: int | None = None,
+    channels_last: bool | None = None,
 ) -> Scorer:
     """Load a train.py checkpoint as a `Scorer`; the front-end, input length and padding come from it.
 
     Args:
         path: checkpoint file (a plain dict: "model", "model_args", "args", ...).
         device: torch device or its name.
-        precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16".
+        precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16" (`model.use_bf16`).
         pad: override the checkpoint's padding of short files ("repeat" or "zeros").
         frontend, num_frames: must agree with the checkpoint when given (the model's input size is fixed).
+        channels_last: memory format; None = `model.use_channels_last`'s rule.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not a train.py checkpoint, or flags that contradict it.
+        FileNotFoundError: no such file. ValueError: not a readable train.py checkpoint, or flags that contradict it.
     """
-    path = Path(path)
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
+    bf16 = use_bf16(precision, device)
     try:
-        model, ckpt = load_checkpoint(path, "cpu")
+        ckpt = load_checkpoint(path, "cpu", make_frontend)
     except ValueError as e:
-        if "cannot read the checkpoint" not in str(e):
-            raise
-        # torch's own text is a dozen lines about pickles, or just "101"; one line says what matters here
+        raise ValueError(f"--ckpt {e}") from None
+    if frontend is not None and frontend != ckpt.frontend_name:
+        raise ValueError(f"--frontend {frontend}: {ckpt.path} was trained with --frontend {ckpt.frontend_name}")
+    if num_frames is not None and num_frames != ckpt.num_frames:
         raise ValueError(
-            f"--ckpt {path}: torch.load(weights_only=True) cannot read it; expected a train.py checkpoint "
-            "(a plain dict of tensors and flags), not a truncated or foreign file"
-        ) from e
-    name = checkpoint_frontend(ckpt, path)
-    if frontend is not None and frontend != name:
-        raise ValueError(f"--frontend {frontend}: {path} was trained with --frontend {name}")
-    fe = make_frontend(name)
-    frames = int(ckpt["model_args"].get("num_frames", model.num_frames))
-    if num_frames is not None and num_frames != frames:
-        raise ValueError(f"--num-frames {num_frames}: {path} was trained on {frames} frames (its FC layer fixes it)")
-    if fe.n_bins != model.in_bins:
-        raise ValueError(f"{path}: --frontend {name} gives {fe.n_bins} bins but the model takes {model.in_bins}")
-    pad = pad or ckpt["args"].get("pad", "repeat")
+            f"--num-frames {num_frames}: {ckpt.path} was trained on {ckpt.num_frames} frames (its FC layer fixes it)"
+        )
+    pad = pad or ckpt.pad
     if pad not in ("repeat", "zeros"):
         raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
-    # channels_last: cuDNN's fast bf16 convolutions on GPUs, and 1.8x the fp32 CPU throughput of the STC LCNN
-    # (oneDNN, 2-core CPU, batch 8 of 863 x 600)
-    model = model.to(device, memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # one input shape for the whole run
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return Scorer(model.eval(), fe.to(device), device, fe.num_samples(frames), pad, bf16, ckpt, path)
+    channels_last = use_channels_last(channels_last, device)
+    ckpt.model = ckpt.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    ckpt.frontend = ckpt.frontend.to(device)
+    configure_backend(device)
+    return Scorer(ckpt, device, pad, bf16, channels_last)
 
 
 # ----------------------------------------------------------------------------- score files: partial, resume, check
@@ -333,13 +328,11 @@ def score_dataset(
                 n = 1
                 if batch is not None:
                     wave, utt = batch
-                    logits = scorer.logits_full(wave)  # (2,)
-                    scores[utt] = float(logits[1] - logits[0])
+                    scores[utt] = float(bonafide_score(scorer.logits_full(wave, batch_size)))
             else:
                 n = len(batch.get("utt_id", ())) + batch["n_bad"]
                 if batch["x"] is not None:
-                    logits = scorer.logits(batch["x"])  # (B, 2)
-                    for utt, score in zip(batch["utt_id"], (logits[:, 1] - logits[:, 0]).tolist()):
+                    for utt, score in zip(batch["utt_id"], scorer.scores(batch["x"])):
                         scores[utt] = score
             bad = [i for i in range(pos, pos + n) if ds.entries[i].utt_id not in scores]
             pos += n
@@ -529,11 +522,11 @@ def score_files(
         if not pending:
             return
         if full_length:
-            logits = torch.stack([scorer.logits_full(w) for _, w in pending])
+            logits = torch.stack([scorer.logits_full(w, batch_size) for _, w in pending])
         else:
             logits = scorer.logits(torch.stack([fix_length(w, scorer.num_samples, scorer.pad) for _, w in pending]))
         p_bona = torch.softmax(logits.double(), dim=1)[:, 1]  # (B,) softmax of the two logits, bona fide column
-        for (row, _), s, p in zip(pending, (logits[:, 1] - logits[:, 0]).tolist(), p_bona.tolist()):
+        for (row, _), s, p in zip(pending, bonafide_score(logits).tolist(), p_bona.tolist()):
             row.update(p_bonafide=p, score=s, verdict="bonafide" if p >= threshold else "spoof")
         pending.clear()
 
@@ -594,8 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="score whole utterances (mean logits of windows) instead of the training crop",
     )
     parser.add_argument("--save-every", type=int, default=100, help="save partial scores every N batches")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA only")
     add_common_args(parser)
+    add_model_args(parser)
     # None = "as the checkpoint says": the model's input size is fixed by its training flags.
     parser.set_defaults(frontend=None, num_frames=None, pad=None)
     # Scoring batch: 64 on CUDA; 8 elsewhere, because an fp32 STC item (863 x 600) peaks at ~0.3 GB of activations
@@ -612,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 8)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    scorer = load_scorer(args.ckpt, device, args.precision, args.pad, args.frontend, args.num_frames)
+    scorer = load_scorer(
+        args.ckpt, device, args.precision, args.pad, args.frontend, args.num_frames, args.channels_last
+    )
     if args.files:
         rows = score_files(scorer, args.files, args.threshold, args.batch_size, args.skip_bad, args.full_length)
         if args.json:

@@ -351,7 +351,9 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     raise ValueError(f"--layer {name!r} is not a layer of the model; expected one of {', '.join(names)}")
 
 
-def gradcam_lowres(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module) -> tuple[torch.Tensor, ...]:
+def gradcam_lowres(
+    model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module, bf16: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Grad-CAM at the layer's resolution, and the gradient of the target logit w.r.t. the input.
 
     A forward hook keeps the layer's activations A (C, h, w) and puts a tensor hook on them that keeps their
@@ -360,6 +362,7 @@ def gradcam_lowres(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Mod
     Args:
         model: in eval mode (BatchNorm statistics, no dropout).
         x: (1, 1, F, T) model input.
+        bf16: under bf16 autocast (`--precision`); the activations and gradients are then bf16, cast to float32.
         target: class index (0 spoof, 1 bona fide); the raw logit is differentiated, as pytorch-grad-cam's
             ClassifierOutputTarget does.
     Returns:
@@ -377,11 +380,11 @@ def gradcam_lowres(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Mod
     try:
         with torch.enable_grad():
             x = x.detach().clone().requires_grad_(True)
-            logits = model(x)  # (1, 2)
+            logits = model_lib.classify(model, x, bf16)  # (1, 2), the scripts' one features -> logits step
             (grad_x,) = torch.autograd.grad(logits[0, target], x)  # also fires the tensor hook on the layer
     finally:
         handle.remove()
-    act, grad = saved["act"][0], saved["grad"][0]  # (C, h, w) each
+    act, grad = saved["act"][0].float(), saved["grad"][0].float()  # (C, h, w) each
     weights = grad.mean(dim=(1, 2))  # (C,)
     cam = F.relu((weights[:, None, None] * act).sum(0))  # (h, w)
     return cam, grad_x[0, 0].detach(), logits[0].detach()
@@ -414,22 +417,24 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module, no
     return minmax_normalise(upsample(minmax_normalise(cam), tuple(x.shape[-2:])))
 
 
-def input_x_gradient(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def input_x_gradient(model: nn.Module, x: torch.Tensor, target: int, bf16: bool = False) -> torch.Tensor:
     """InputXGradient (Shrikumar et al., 2016): x * d logit_target / dx, signed. x (1, 1, F, T) -> (F, T)."""
     with torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(model(x)[0, target], x)
+        (grad,) = torch.autograd.grad(model_lib.classify(model, x, bf16)[0, target], x)
     return (x * grad).detach()[0, 0]
 
 
-def attribution_maps(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module) -> dict[str, torch.Tensor]:
+def attribution_maps(
+    model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module, bf16: bool = False
+) -> dict[str, torch.Tensor]:
     """All maps for one target from one forward/backward pass: {"gradcam", "ixg", "ixg_abs"}, each (F, T).
 
     "ixg" is signed x * grad; "ixg_abs" its magnitude. On log-power features the sign of x * grad carries the
     arbitrary offset of the log (x < 0 for power below 1), so |x * grad| is the map shown and ranked; the
     signed one is kept to report its positive evidence too.
     """
-    cam, grad_x, _ = gradcam_lowres(model, x, target, layer)
+    cam, grad_x, _ = gradcam_lowres(model, x, target, layer, bf16)
     ixg = x.detach()[0, 0] * grad_x
     return {"gradcam": upsample(cam, tuple(x.shape[-2:])), "ixg": ixg, "ixg_abs": ixg.abs()}
 
@@ -546,44 +551,49 @@ DEFAULT_INPUT = {"frontend": "stft", "num_frames": 600, "pad": "repeat"}
 
 
 def load_model(ckpt_path: str | None, args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict]:
-    """The model to explain and the input settings it was trained with.
+    """The model to explain and the input settings it was trained with (`model.load_checkpoint`, the one reader).
 
     Returns:
-        (model in eval mode, info dict: ckpt, trained, frontend, num_frames, pad, ...).
+        (model in eval mode, info dict: ckpt, trained, frontend, num_frames, pad, epoch, dev_eer, recipe, bf16,
+        channels_last).
     """
     path = Path(ckpt_path) if ckpt_path else find_default_checkpoint()
+    bf16, channels_last = (
+        model_lib.use_bf16(args.precision, device),
+        model_lib.use_channels_last(args.channels_last, device),
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     if path is not None:
-        model, ckpt = model_lib.load_checkpoint(path, device)
-        cargs = ckpt.get("args", {})
-        info = {"ckpt": str(path), "trained": True, "frontend": cargs.get("frontend", "stft"),
-                "num_frames": int(ckpt["model_args"]["num_frames"]), "pad": cargs.get("pad", "repeat"),
-                "epoch": ckpt.get("epoch"), "dev_eer": ckpt.get("best_dev_eer", ckpt.get("dev_eer")),
-                "recipe": cargs.get("recipe")}  # fmt: skip
+        ckpt = model_lib.load_checkpoint(path, device)
+        info = {"ckpt": str(path), "trained": True, "frontend": ckpt.frontend_name, "num_frames": ckpt.num_frames,
+                "pad": ckpt.pad, "epoch": ckpt.raw.get("epoch"),
+                "dev_eer": ckpt.raw.get("best_dev_eer", ckpt.raw.get("dev_eer")), "recipe": ckpt.args.get("recipe"),
+                "bf16": bf16, "channels_last": channels_last}  # fmt: skip
         given = {"frontend": args.frontend, "num_frames": args.num_frames, "pad": args.pad}
         differ = {k: v for k, v in given.items() if v != info[k] and v != DEFAULT_INPUT[k]}
         if differ:
             print(f"note: using the checkpoint's input settings, not {differ}", file=sys.stderr)
-        eer = "?" if info["dev_eer"] is None else f"{info['dev_eer']:.2f} %"
-        print(f"model: {path} (epoch {info['epoch']}, dev EER {eer})")
-        return model, info
+        print(f"model: {ckpt.describe()}")
+        return ckpt.model.to(memory_format=fmt), info
     frontend = data.make_frontend(args.frontend)
     torch.manual_seed(args.seed)
-    model = model_lib.LCNN(frontend.n_bins, args.num_frames).to(device).eval()
+    model = model_lib.LCNN(frontend.n_bins, args.num_frames).to(device, memory_format=fmt).eval()
     print("WARNING: no --ckpt and no runs/*/best.pt: explaining a RANDOMLY INITIALISED LCNN. Its attributions "
           "explain nothing about spoofing; train one (python train.py --recipe tiny) and pass --ckpt.",
           file=sys.stderr)  # fmt: skip
     info = {"ckpt": None, "trained": False, "frontend": args.frontend, "num_frames": args.num_frames,
-            "pad": args.pad, "epoch": None, "dev_eer": None, "recipe": None}  # fmt: skip
+            "pad": args.pad, "epoch": None, "dev_eer": None, "recipe": None, "bf16": bf16,
+            "channels_last": channels_last}  # fmt: skip
     return model, info
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor) -> dict:
-    """Score of one (1, 1, F, T) input: logits, score = logit_bona - logit_spoof, softmax P(bona fide), label."""
-    logits = model(x)[0].float()
+def predict(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> dict:
+    """Score of one (1, 1, F, T) input: logits, score (`model.bonafide_score`), softmax P(bona fide), label."""
+    logits = model_lib.classify(model, x, bf16)[0]
     p = torch.softmax(logits, 0)
     return {"logit_spoof": float(logits[0]), "logit_bonafide": float(logits[1]),
-            "score": float(logits[1] - logits[0]), "p_bonafide": float(p[1]),
+            "score": float(model_lib.bonafide_score(logits)), "p_bonafide": float(p[1]),
             "pred": int(logits.argmax()), "label": "bonafide" if int(logits.argmax()) == 1 else "spoof"}  # fmt: skip
 
 
@@ -777,13 +787,15 @@ def pair_inputs(pair: Pair, frontend, info: dict, args, device) -> dict:
     # mask, maps and metrics cover the frames of real audio; a short clip is repeat-padded to the model's input
     valid = min(info["num_frames"], (real.numel() - first * hop - 1) // hop + 1)
     with torch.no_grad():
-        x_real, x_fake = frontend(waves.to(device)).split(1)  # (1, 1, F, T) each
+        x_real, x_fake = model_lib.featurize(frontend, waves.to(device), info["channels_last"]).split(1)  # (1, 1, F, T)
         mag = frontend.power(torch.stack([real, fake]).to(device)).sqrt()[:, :, first : first + valid].cpu()
     return {"lag": lag, "seconds": (real.numel() - first * hop) / sr, "start_s": first * hop / sr, "frames": valid,
             "x_real": x_real, "x_fake": x_fake, "mag_real": mag[0], "mag_fake": mag[1]}  # fmt: skip
 
 
-def sanity_check(model: nn.Module, x: torch.Tensor, layer: nn.Module, trained: dict, seeds: int, valid: int):
+def sanity_check(
+    model: nn.Module, x: torch.Tensor, layer: nn.Module, trained: dict, seeds: int, valid: int, bf16: bool = False
+):
     """Spearman(trained map, map of a re-initialised model) over `seeds` re-initialisations, target spoof.
 
     A re-initialised model's Grad-CAM can be all zero (every weighted sum negative before the ReLU); its rank
@@ -796,7 +808,7 @@ def sanity_check(model: nn.Module, x: torch.Tensor, layer: nn.Module, trained: d
     per_seed, shown = {k: [] for k in trained}, None
     for seed in range(1000, 1000 + seeds):  # away from the small seeds a training run may have started from
         reinit = randomised_copy(model, seed)
-        maps = attribution_maps(reinit, x, data.LABEL_SPOOF, layer_of(reinit, model, layer))
+        maps = attribution_maps(reinit, x, data.LABEL_SPOOF, layer_of(reinit, model, layer), bf16)
         maps = {k: v[:, :valid].cpu() for k, v in maps.items()}
         for k in trained:
             per_seed[k].append(spearman(trained[k], maps[k]))
@@ -819,17 +831,18 @@ def explain_pair(pair: Pair, model: nn.Module, frontend, info: dict, layer: nn.M
     smooth = {k: getattr(args, k) for k in ("time_size", "freq_size", "time_var", "freq_var")}
     r["rel"], mask = ground_truth_mask(r["mag_real"], r["mag_fake"], args.mask_quantile, args.eps, **smooth)
     r["mask"] = mask
-    r["pred_real"], r["pred_fake"] = predict(model, r["x_real"]), predict(model, x_fake)
+    bf16 = info["bf16"]
+    r["pred_real"], r["pred_fake"] = predict(model, r["x_real"], bf16), predict(model, x_fake, bf16)
     maps, metrics = {}, {}
     for tname, target in (("spoof", data.LABEL_SPOOF), ("predicted", r["pred_fake"]["pred"])):
         if tname == "predicted" and target == data.LABEL_SPOOF:  # the same maps: no second backward pass
             maps[tname], metrics[tname] = maps["spoof"], metrics["spoof"]
             continue
-        maps[tname] = {k: v[:, :valid].cpu() for k, v in attribution_maps(model, x_fake, target, layer).items()}
+        maps[tname] = {k: v[:, :valid].cpu() for k, v in attribution_maps(model, x_fake, target, layer, bf16).items()}
         metrics[tname] = {k: agreement(v, mask, args.map_quantile) for k, v in maps[tname].items()}
     r["maps"], r["metrics"] = maps, metrics
     r["random_floor"] = random_floor(mask, args.random_seeds, args.map_quantile)
-    r["sanity"], r["maps_random"] = sanity_check(model, x_fake, layer, maps["spoof"], args.reinit_seeds, valid)
+    r["sanity"], r["maps_random"] = sanity_check(model, x_fake, layer, maps["spoof"], args.reinit_seeds, valid, bf16)
     r["level_profile"] = {"mask": level_profile(mask, r["mag_real"])}
     r["level_profile"].update({k: level_profile(binarise_top(maps["spoof"][k], args.map_quantile), r["mag_real"])
                                for k in ("gradcam", "ixg_abs")})  # fmt: skip
@@ -975,6 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, default=MASK_DEFAULTS["eps"], help="denominator floor (1e-8)")
     p.add_argument("--out", help="output folder (default explain_out/<utt or real file stem>/)")
     data.add_common_args(p)
+    data.add_model_args(p)
     return p
 
 

@@ -166,6 +166,16 @@ def compute_eer(bonafide_scores: Any, spoof_scores: Any) -> tuple[float, float]:
     return float(np.mean((frr[i], far[i]))), float(thresholds[i])
 
 
+def bonafide_score(logits: Any) -> Any:
+    """THE bona fide score of the project: logit_bona - logit_spoof of (..., 2) logits ordered [spoof, bona fide].
+
+    It is the log-odds of bona fide under the softmax, so it ranks trials as softmax(logits)[..., 1] does, without
+    the float saturation ties of a probability. Works on numpy arrays and torch tensors alike (model.py, train.py,
+    evaluate.py, explain.py and bench.py all call it through `model.bonafide_score`).
+    """
+    return logits[..., 1] - logits[..., 0]
+
+
 def get_eer(logits: Any, labels: Any) -> float:
     """EER of a two-class model from its logits (the homework's interface).
 
@@ -202,7 +212,7 @@ def get_eer(logits: Any, labels: Any) -> float:
             f"{_describe_nonfinite(logits[~np.isfinite(logits)])} (first: row {int(np.argmax(bad_rows))}); "
             "EER and t-DCF need finite scores"
         )
-    scores = logits[:, 1] - logits[:, 0]  # (N,) bona fide log-odds
+    scores = bonafide_score(logits)  # (N,) bona fide log-odds
     is_bona = labels == 1
     for present, name in ((is_bona, "bona fide (label 1)"), (~is_bona, "spoof (label 0)")):
         if not present.any():

@@ -54,16 +54,51 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The bona fide score (logit_bona - logit_spoof, higher = bona fide) is owned by metrics.py, beside the EER and t-DCF
+# that assume its polarity; re-exported here for the scripts. metrics.py imports only numpy.
+from metrics import bonafide_score  # noqa: F401
+
 HEADS = ("linear", "asoftmax")
 
 
 # ----------------------------------------------------------------------------- building blocks
+
+
+class _MaxFeatureMap(torch.autograd.Function):
+    """MFM with a backward pass that costs one bool mask instead of both inputs.
+
+    `torch.maximum`'s own backward keeps both halves and splits the gradient at ties through where / masked_fill /
+    division: on a 2-core CPU that was 42 % of an STC training step (torch.profiler, batch 4 of 863 x 600). Here
+    the forward keeps only `a >= b` (1 byte per output element, an eighth of the input's float32 bytes) and the
+    backward routes the whole gradient to the larger half (to the first half at a tie, where torch.maximum would
+    give each half one half of it; ties between two float convolution outputs are measure-zero events).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        ctx.save_for_backward(a >= b)
+        return torch.maximum(a, b)  # NaN propagates as in the plain op
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (first,) = ctx.saved_tensors  # (B, C, ...) bool
+        shape = (grad.shape[0], 2 * grad.shape[1], *grad.shape[2:])
+        cl = grad.dim() == 4 and not grad.is_contiguous() and grad.is_contiguous(memory_format=torch.channels_last)
+        out = torch.empty(shape, dtype=grad.dtype, device=grad.device,
+                          memory_format=torch.channels_last if cl else torch.contiguous_format)  # fmt: skip
+        grad_a, grad_b = out.chunk(2, dim=1)
+        torch.mul(grad, first, out=grad_a)
+        torch.sub(grad, grad_a, out=grad_b)  # grad where b won, 0 where a did (one pass, no second mask)
+        return out
 
 
 class MFM(nn.Module):
@@ -72,6 +107,8 @@ class MFM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % 2:
             raise ValueError(f"MFM needs an even number of channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _MaxFeatureMap.apply(x)
         a, b = x.chunk(2, dim=1)
         return torch.maximum(a, b)
 
@@ -198,7 +235,7 @@ class LCNN(nn.Module):
             labels: (B,) targets; only the A-softmax head uses them (margin logits for its loss).
             lamb: A-softmax margin annealing (`asoftmax_lambda`); 0 = full margin.
         Returns:
-            (B, 2) logits [spoof, bona fide]; score = logits[:, 1] - logits[:, 0], higher = bona fide.
+            (B, 2) logits [spoof, bona fide]; score = `bonafide_score(logits)`, higher = bona fide.
         """
         if x.dim() != 4 or x.shape[1:] != (1, self.in_bins, self.num_frames):
             raise ValueError(
@@ -235,42 +272,280 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# ----------------------------------------------------------------------------- running the model: one path for every script
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """The precision rule of every script: `auto` = bf16 autocast on a CUDA device that supports it, fp32
+    elsewhere (on this project's 2-core CPU bf16 autocast trained no faster than fp32 and scored 0.7x as fast);
+    `bf16` / `fp32` force it on any device (torch runs bf16 autocast on the CPU too)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def use_channels_last(flag: bool | None, device: torch.device) -> bool:
+    """The memory-format rule: channels_last unless `--no-channels-last`, on CUDA (cuDNN's fast convolutions) and on
+    the CPU, where oneDNN measured 1.4x (training) and 1.75x (scoring) the NCHW throughput of the STC LCNN (bench.py);
+    off on other devices (MPS), where it was never measured."""
+    if flag is not None:
+        return bool(flag)
+    return device.type in ("cuda", "cpu")
+
+
+def featurize(frontend: nn.Module, waves: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(B, N) waveforms on the model's device -> (B, 1, F, T) float32 features: the front-end runs outside autocast
+    (a log of a bf16 power spectrum loses the quiet bins) and without autograd, then takes the model's memory format."""
+    with torch.no_grad(), torch.autocast(waves.device.type, enabled=False):
+        x = frontend(waves.float())  # (B, 1, F, T)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def classify(model: nn.Module, x: torch.Tensor, bf16: bool, labels: torch.Tensor | None = None, lamb: float = 0.0):
+    """(B, 1, F, T) features -> (B, 2) float32 logits [spoof, bona fide], under bf16 autocast when `bf16`.
+
+    `labels` / `lamb` go to the A-softmax head in training (margin logits for its loss); `model` may be a DDP wrapper.
+    """
+    head = {} if labels is None else {"labels": labels, "lamb": lamb}
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x, **head)  # (B, 2)
+    return logits.float()
+
+
+def waves_to_logits(model: nn.Module, frontend: nn.Module, waves: torch.Tensor, bf16: bool, channels_last: bool,
+                    labels: torch.Tensor | None = None, lamb: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """The waveform -> logits step of training, dev scoring, evaluate.py, explain.py and bench.py: `featurize`
+    then `classify`. waves (B, N) on any device -> (B, 2) float32 logits on the model's device."""
+    device = next(model.parameters()).device
+    x = featurize(frontend, waves.to(device, non_blocking=True), channels_last)
+    return classify(model, x, bf16, labels, lamb)
+
+
+# ----------------------------------------------------------------------------- device set-up (each branch one function)
+
+
+def configure_backend(device: torch.device) -> None:
+    """Process-wide settings for a run on `device`.
+
+    CUDA: cuDNN autotuning (every batch has the same shape) and TF32 matmuls/convolutions for fp32 work.
+    CPU (Linux, glibc): `tune_cpu_allocator`.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    elif device.type == "cpu":
+        tune_cpu_allocator()
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc `mallopt`; a no-op elsewhere).
+
+    Each LCNN activation of an STC batch is hundreds of MB. glibc serves such blocks with a fresh mmap and unmaps
+    them on free, so every layer of every step page-faults its output in again and the kernel zeroes it: on this
+    project's 2-core CPU that was as much time as the convolutions. With mmap off for large blocks (M_MMAP_MAX 0),
+    no trimming (M_TRIM_THRESHOLD INT_MAX) and one arena (M_ARENA_MAX 1), the blocks are reused: an STC training
+    step went from 1.2 to 1.8-2.0 samples/s and scoring from 3.7 to 9.5 files/s (bench.py measures it in one run).
+    The price is a resident set that stays at its peak. Returns True when the settings were applied.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs: leave them alone
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+    _ALLOCATOR_TUNED = all(mallopt(k, v) == 1 for k, v in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1),
+                                                            (M_ARENA_MAX, 1)))  # fmt: skip
+    return _ALLOCATOR_TUNED
+
+
+def release_cpu_memory() -> None:
+    """Hand the free memory that `tune_cpu_allocator` keeps back to the kernel (glibc `malloc_trim`).
+
+    Call it before forking DataLoader workers: a forked worker shares the parent's pages copy-on-write, so a parent
+    holding gigabytes of retained blocks pays a page copy for each one it writes again while the worker lives (an
+    STC epoch with 2 workers ran at 0.5 samples/s instead of 1.9, with twice the memory). After the trim, only the
+    first step of the epoch faults its pages in again.
+    """
+    if _ALLOCATOR_TUNED:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """The NII study's optimiser: Adam, betas (0.9, 0.999), eps 1e-8. Fused (one kernel for all parameters) on
+    CUDA and on the CPU, where torch has the kernel (3.6x faster steps here); the default implementation elsewhere."""
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused else {}))
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
+PADS = ("repeat", "zeros")
 
-def read_checkpoint(path: str | os.PathLike):
-    """The object in a checkpoint file, on the CPU; `torch.load(weights_only=True)`, so no pickled code runs.
 
-    Callers check the keys they need (`load_checkpoint` the model's, train.py's resume the optimiser's, ...).
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The dict in a train.py checkpoint file, on the CPU; `torch.load(weights_only=True)`, so no pickled code runs.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: torch cannot read it (truncated or foreign file).
+        FileNotFoundError: no such file. ValueError: one line, when torch cannot read it (truncated, foreign or
+            pickled-code file: torch's own multi-line text, which recommends weights_only=False, is not passed on)
+            or when it holds something other than a dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder: give the .pt file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, foreign pickle, ...
-        raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, foreign pickle, pickled code ...
+        raise ValueError(
+            f"{path}: not a readable train.py checkpoint ({type(e).__name__} from torch.load(weights_only=True)); "
+            "expected a plain dict of tensors and flags, not a truncated, foreign or pickled-code file"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: holds a {type(ckpt).__name__}, not a train.py checkpoint (a dict)")
+    return ckpt
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LCNN, dict]:
-    """Load a train.py checkpoint (a plain dict; `torch.load(weights_only=True)`, no pickled code).
+def _check_type(path: Path, where: str, value, kind: type | tuple, what: str) -> None:
+    """ValueError naming the checkpoint and the stored key when `value` is not of `kind` (bool is not an int)."""
+    if (
+        isinstance(value, bool)
+        and bool not in (kind if isinstance(kind, tuple) else (kind,))
+        or not isinstance(value, kind)
+    ):
+        raise ValueError(
+            f"{path}: stored {where} = {value!r} is not {what}; the checkpoint is damaged or not train.py's"
+        )
 
-    Returns:
-        (model in eval mode on `device`, the checkpoint dict: "model", "model_args", "args", "epoch", ...).
+
+def check_model_args(model_args, path: Path) -> dict:
+    """The checkpoint's `model_args` with their types and values checked (one ValueError naming the key)."""
+    if not isinstance(model_args, dict):
+        raise ValueError(f"{path}: stored model_args is a {type(model_args).__name__}, expected a dict")
+    known = {"in_bins", "num_frames", "dropout", "head", "margin"}
+    unknown = sorted(set(model_args) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown LCNN argument(s) {', '.join(map(str, unknown))} in model_args; "
+                         f"expected some of {', '.join(sorted(known))}")  # fmt: skip
+    for key in ("in_bins", "num_frames"):
+        if key in model_args:
+            _check_type(path, f"model_args[{key!r}]", model_args[key], int, "an integer")
+            if model_args[key] < 16:
+                raise ValueError(f"{path}: stored model_args[{key!r}] = {model_args[key]} is below 16 (four 2x2 pools)")
+    if "dropout" in model_args:
+        _check_type(path, "model_args['dropout']", model_args["dropout"], (int, float), "a number")
+        if not 0 <= model_args["dropout"] < 1:
+            raise ValueError(f"{path}: stored model_args['dropout'] = {model_args['dropout']} is not in [0, 1)")
+    if "head" in model_args and model_args["head"] not in HEADS:
+        raise ValueError(
+            f"{path}: stored model_args['head'] = {model_args['head']!r}; expected one of {', '.join(HEADS)}"
+        )
+    if "margin" in model_args:
+        _check_type(path, "model_args['margin']", model_args["margin"], int, "an integer")
+    return model_args
+
+
+@dataclass
+class Checkpoint:
+    """A train.py checkpoint rebuilt: the model, the front-end and the input it was trained on.
+
+    Attributes:
+        path: the file.
+        model: the LCNN in eval mode on the device asked for.
+        frontend: the front-end module (built by the caller's `make_frontend`) on that device.
+        frontend_name: its --frontend name ("stft", "mel").
+        num_frames: frames of one input (the FC layer fixes it).
+        pad: how short files were padded in training ("repeat" or "zeros").
+        args: the flags the run was trained with (a plain dict).
+        raw: the whole checkpoint dict (epoch, best_dev_eer, optimiser state, ...).
+    """
+
+    path: Path
+    model: LCNN
+    frontend: nn.Module
+    frontend_name: str
+    num_frames: int
+    pad: str
+    args: dict
+    raw: dict = field(repr=False)
+
+    @property
+    def num_samples(self) -> int:
+        """Waveform length of one input."""
+        return self.frontend.num_samples(self.num_frames)
+
+    def describe(self) -> str:
+        """One line naming the model: file, recipe, front-end, epoch, dev EER."""
+        eer = self.raw.get("best_dev_eer", self.raw.get("dev_eer"))
+        eer = f", best dev EER {eer:.2f} %" if isinstance(eer, int | float) else ""
+        return (f"{self.path} (recipe {self.args.get('recipe', '?')}, {self.frontend_name} {self.model.in_bins} x "
+                f"{self.num_frames}, epoch {self.raw.get('epoch', '?')}{eer})")  # fmt: skip
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", make_frontend: Callable[[str], nn.Module] | None = None
+) -> Checkpoint:
+    """Rebuild a train.py checkpoint -- the one reader behind evaluate.py, explain.py, bench.py and train.py --resume.
+
+    Args:
+        path: the .pt file (a plain dict: "model", "model_args", "args", ...).
+        device: where the model (and front-end) go.
+        make_frontend: --frontend name -> front-end module (`data.make_frontend`; model.py imports only torch).
+            None: the checkpoint's front-end is not built (`Checkpoint.frontend` is None).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not a train.py checkpoint, or weights that do not fit.
+        FileNotFoundError: no such file. ValueError: one line naming the file and what is wrong -- unreadable, not a
+            train.py checkpoint, stored arguments of the wrong type or value, or weights that do not fit.
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
-        raise ValueError(f"{path}: not a train.py checkpoint (expected a dict with 'model' and 'model_args')")
-    model = build_model(ckpt["model_args"])
+    missing = [k for k in ("model", "model_args", "args") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a train.py checkpoint: no {', '.join(missing)} (keys: "
+                         f"{', '.join(sorted(map(str, ckpt)))}); expected 'model', 'model_args' and 'args'")  # fmt: skip
+    model_args, args = check_model_args(ckpt["model_args"], path), ckpt["args"]
+    if not isinstance(args, dict):
+        raise ValueError(f"{path}: stored args is a {type(args).__name__}, expected the dict of train.py's flags")
+    name, pad = args.get("frontend"), args.get("pad", "repeat")
+    if not isinstance(name, str):
+        raise ValueError(f"{path}: stored args['frontend'] = {name!r}; expected a --frontend name such as 'stft'")
+    if pad not in PADS:
+        raise ValueError(f"{path}: stored args['pad'] = {pad!r}; expected one of {', '.join(PADS)}")
+    if not isinstance(ckpt["model"], dict):
+        raise ValueError(f"{path}: stored model is a {type(ckpt['model']).__name__}, expected a state dict")
+    model = build_model(model_args)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit LCNN({ckpt['model_args']}): {e}") from e
-    return model.to(device).eval(), ckpt
+    except (RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: the weights do not fit LCNN({model_args}): {first}") from None
+    frontend = None
+    if make_frontend is not None:
+        try:
+            frontend = make_frontend(name)
+        except ValueError as e:
+            raise ValueError(f"{path}: stored args['frontend'] = {name!r}: {e}") from None
+        if frontend.n_bins != model.in_bins:
+            raise ValueError(
+                f"{path}: --frontend {name} gives {frontend.n_bins} bins but the model takes {model.in_bins}"
+            )
+        frontend = frontend.to(device)
+    return Checkpoint(path, model.to(device).eval(), frontend, name, model.num_frames, pad, args, ckpt)

@@ -40,6 +40,7 @@ from data import (
     ASVspoof2019LA,
     Progress,
     add_common_args,
+    add_model_args,
     atomic_write,
     collate,
     find_la_root,
@@ -49,7 +50,19 @@ from data import (
     run_cli,
 )
 from metrics import compute_eer, write_score_file
-from model import LCNN, asoftmax_lambda, count_parameters, read_checkpoint
+from model import (
+    LCNN,
+    asoftmax_lambda,
+    bonafide_score,
+    configure_backend,
+    count_parameters,
+    make_adam,
+    read_checkpoint,
+    release_cpu_memory,
+    use_bf16,
+    use_channels_last,
+    waves_to_logits,
+)
 
 # ----------------------------------------------------------------------------- recipes
 
@@ -80,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     add_common_args(parser)
+    add_model_args(parser)
     g = parser.add_argument_group("train")
     g.add_argument("--recipe", default=None, help=f"named preset of flag defaults: {', '.join(RECIPES)} (default stc)")
     g.add_argument("--out", default=None, help="run folder (default: runs/RECIPE, or the --resume folder)")
@@ -106,13 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-audio", action="store_true", help="decode all audio once into memory (int16)")
     g.add_argument("--limit-train", type=int, default=0, help="use N training files spread over the protocol (0: all)")
     g.add_argument("--limit-dev", type=int, default=0, help="use N dev files spread over the protocol (0: all)")
-    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 autocast on CUDA")
-    g.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels_last memory format (default: on CUDA)",
-    )
     g.add_argument("--patience", type=int, default=50, help="stop after N epochs without a better dev EER (0: off)")
     g.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     return parser  # fmt: skip
@@ -131,6 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if first.resume:
         resume_path = resume_checkpoint_path(first.resume)
         saved = read_resume_checkpoint(resume_path)["args"]
+        if "amp" in saved:  # runs written before --precision replaced --amp
+            amp = saved.pop("amp")
+            saved.setdefault("precision", {"off": "fp32"}.get(amp, amp))
     recipe = first.recipe or (saved["recipe"] if saved else "stc")
     if recipe not in RECIPES:
         raise ValueError(f"--recipe {recipe!r} is unknown; choose one of {', '.join(RECIPES)}")
@@ -229,10 +239,14 @@ def spread(entries: list, limit: int) -> list:
     return [entries[i * len(entries) // limit] for i in range(limit)]
 
 
-def make_loaders(args: argparse.Namespace, frontend) -> tuple[DataLoader, DataLoader, torch.Generator]:
+def make_loaders(
+    args: argparse.Namespace, frontend, device: torch.device
+) -> tuple[DataLoader, DataLoader, torch.Generator]:
     """Train loader (sharded, reshuffled per epoch) and this rank's dev shard (every rank::world_size file).
 
-    Datasets return fixed-length waveforms; features are made on the device per batch.
+    Datasets return fixed-length waveforms; features are made on the device per batch. Batches are pinned for an
+    asynchronous copy when the device is CUDA (`pin_memory_for`). The dev loader draws its worker seeds from its own
+    generator, so scoring dev leaves the global RNG -- and an exact resume -- untouched.
     """
     layout = find_la_root(args.data_root)
     num_samples = frontend.num_samples(args.num_frames)
@@ -250,7 +264,7 @@ def make_loaders(args: argparse.Namespace, frontend) -> tuple[DataLoader, DataLo
     # the sampler shuffles with (seed, epoch); the generator (re-seeded every epoch) seeds the workers
     sampler = DistributedSampler(train_set, num_replicas=world_size(), rank=rank(), shuffle=True, seed=args.seed)
     generator = torch.Generator()
-    pin = torch.cuda.is_available()
+    pin = pin_memory_for(device)
     # BatchNorm cannot train on a batch of one: drop a last batch that would hold a single file
     drop_last = len(sampler) % args.batch_size == 1
     train_loader = DataLoader(
@@ -263,14 +277,20 @@ def make_loaders(args: argparse.Namespace, frontend) -> tuple[DataLoader, DataLo
         drop_last=drop_last,
         generator=generator,
     )
-    dev_loader = DataLoader(
-        dev_set, args.batch_size, shuffle=False, num_workers=args.num_workers, collate_fn=collate, pin_memory=pin
-    )
+    dev_loader = DataLoader(dev_set, args.batch_size, shuffle=False, num_workers=args.num_workers,
+                            collate_fn=collate, pin_memory=pin, generator=torch.Generator().manual_seed(0))  # fmt: skip
     return train_loader, dev_loader, generator  # fmt: skip
+
+
+def pin_memory_for(device: torch.device) -> bool:
+    """Page-locked batches (and non_blocking copies) only where there is a CUDA device to copy to."""
+    return device.type == "cuda"
 
 
 def batches(loader: DataLoader):
     """Iterate a loader; a file error from a worker comes back as one line that names the file."""
+    if loader.num_workers:
+        release_cpu_memory()  # before the workers fork (model.release_cpu_memory)
     iterator = iter(loader)
     while True:
         try:
@@ -298,20 +318,6 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
-def autocast(device: torch.device, amp: str):
-    """bf16 autocast on CUDA (`--amp auto`), or wherever `--amp bf16` asks for it; a no-op context otherwise."""
-    enabled = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def to_features(batch: dict, frontend, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """(B, N) waveforms -> (B, 1, F, T) float32 features on the device, outside autocast."""
-    wave = batch["x"].to(device, non_blocking=True)  # (B, N)
-    with torch.no_grad(), torch.autocast(device.type, enabled=False):
-        x = frontend(wave)  # (B, 1, F, T)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 def train_one_epoch(model, frontend, loader, optimizer, device, args, epoch: int, step: int) -> dict:
     """One pass over this rank's shard of the training set.
 
@@ -327,6 +333,7 @@ def train_one_epoch(model, frontend, loader, optimizer, device, args, epoch: int
         NonFiniteLossError: a NaN/inf loss (names epoch and step; nothing of this epoch is saved).
     """
     model.train()
+    bf16 = use_bf16(args.precision, device)
     total = len(loader.sampler) * world_size()
     progress = (
         Progress(total, f"epoch {epoch}/{args.epochs}", unit="files", every=args.log_every) if is_main() else None
@@ -336,11 +343,9 @@ def train_one_epoch(model, frontend, loader, optimizer, device, args, epoch: int
         n_bad += batch["n_bad"]
         if batch["x"] is None:  # every file of the batch was unreadable (--skip-bad)
             continue
-        x = to_features(batch, frontend, device, args.channels_last)  # (B, 1, F, T)
         y = batch["label"].to(device, non_blocking=True)  # (B,)
         margin = dict(labels=y, lamb=asoftmax_lambda(step)) if args.loss == "asoftmax" else {}
-        with autocast(device, args.amp):
-            logits = model(x, **margin)  # (B, 2)
+        logits = waves_to_logits(model, frontend, batch["x"], bf16, args.channels_last, **margin)  # (B, 2)
         loss = compute_loss(logits, y)
         value = loss.item()
         if not all_ranks_true(math.isfinite(value)):
@@ -365,7 +370,7 @@ def train_one_epoch(model, frontend, loader, optimizer, device, args, epoch: int
 
 
 @torch.no_grad()
-def evaluate(model, frontend, loader, device, amp: str = "off", channels_last: bool = False) -> dict:
+def evaluate(model, frontend, loader, device, precision: str = "fp32", channels_last: bool = False) -> dict:
     """Score one loader (this rank's dev shard) with the plain model (not the DDP wrapper: shards are uneven).
 
     Returns:
@@ -373,16 +378,15 @@ def evaluate(model, frontend, loader, device, amp: str = "off", channels_last: b
         bona fide), loss (cross-entropy of the file); n_bad (unreadable files skipped).
     """
     model.eval()
+    bf16 = use_bf16(precision, device)
     out = {"utt_id": [], "system": [], "key": [], "score": [], "loss": [], "n_bad": 0}
     for batch in batches(loader):
         out["n_bad"] += batch["n_bad"]
         if batch["x"] is None:
             continue
-        x = to_features(batch, frontend, device, channels_last)  # (B, 1, F, T)
         y = batch["label"].to(device)
-        with autocast(device, amp):
-            logits = model(x).float()  # (B, 2)
-        out["score"] += (logits[:, 1] - logits[:, 0]).tolist()
+        logits = waves_to_logits(model, frontend, batch["x"], bf16, channels_last)  # (B, 2)
+        out["score"] += bonafide_score(logits).tolist()
         out["loss"] += F.cross_entropy(logits, y, reduction="none").tolist()
         out["utt_id"] += batch["utt_id"]
         out["system"] += batch["system"]
@@ -511,18 +515,27 @@ def write_epoch(run_dir: Path, checkpoint: dict, scores: dict, title: str, write
 # ----------------------------------------------------------------------------- the run
 
 
+def make_model(args: argparse.Namespace, n_bins: int, device: torch.device):
+    """(LCNN on `device` in the resolved memory format, Adam (`model.make_adam`), StepLR) as the flags say."""
+    head = "asoftmax" if args.loss == "asoftmax" else "linear"
+    model = LCNN(n_bins, args.num_frames, args.dropout, head, args.margin).to(device)
+    if use_channels_last(args.channels_last, device):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_adam(model.parameters(), args.lr, device)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
+    return model, optimizer, scheduler
+
+
 def train(args: argparse.Namespace) -> list[dict]:
     """Train as the flags say; returns the history (one metrics dict per epoch)."""
     flags = dict(vars(args))  # as given (device "auto", channels_last None): what args.json and checkpoints keep
     device = setup_distributed(args.device)
-    if args.channels_last is None:
-        args.channels_last = device.type == "cuda"
+    args.channels_last = use_channels_last(args.channels_last, device)
+    use_bf16(args.precision, device)  # a bad --precision fails here, before any work
     torch.manual_seed(args.seed + rank())  # per-rank offset: dropout and augmentation differ between ranks
     np.random.seed(args.seed + rank())
     random.seed(args.seed + rank())
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    configure_backend(device)  # cuDNN autotuning + TF32 on CUDA; the allocator on the CPU
     run_dir = Path(args.out)
     ckpt = read_resume_checkpoint(resume_checkpoint_path(args.resume)) if args.resume else None
     if not args.resume and (run_dir / "last.pt").exists():  # checked on every rank, so that all stop together
@@ -536,15 +549,10 @@ def train(args: argparse.Namespace) -> list[dict]:
 
     # data: waveforms from the loaders, features on the device
     frontend = make_frontend(args.frontend).to(device)
-    train_loader, dev_loader, generator = make_loaders(args, frontend)
+    train_loader, dev_loader, generator = make_loaders(args, frontend, device)
 
     # model, optimiser, scheduler: from scratch or from the checkpoint
-    model = LCNN(frontend.n_bins, args.num_frames, args.dropout, "asoftmax" if args.loss == "asoftmax" else "linear",
-                 args.margin).to(device)  # fmt: skip
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
+    model, optimizer, scheduler = make_model(args, frontend.n_bins, device)
     start_epoch, step, history, best = 0, 0, [], (math.inf, 0)
     if ckpt:
         model.load_state_dict(ckpt["model"])
@@ -580,7 +588,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         step = result["steps"]
         scheduler.step()
         sync_buffers(raw_model)
-        scores = gather_scores(evaluate(raw_model, frontend, dev_loader, device, args.amp, args.channels_last))
+        scores = gather_scores(evaluate(raw_model, frontend, dev_loader, device, args.precision, args.channels_last))
         metrics = dict(epoch=epoch, train_loss=result["train_loss"], **dev_metrics(scores), lr=lr,
                        n_bad=result["n_bad"] + scores["n_bad"], n_train=result["n_files"], n_dev=len(scores["score"]),
                        seconds=round(result["seconds"], 2), files_per_s=round(result["n_files"] / result["seconds"], 2))  # fmt: skip

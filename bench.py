@@ -11,8 +11,7 @@ the DataLoader workers, float32, NCHW tensors, plain Adam, the default allocator
 
 Every measurement runs in a child process of its own (`--task`), so that one pipeline's allocator settings, cuDNN
 state and resident memory never leak into another's numbers. Peak memory: torch.cuda.max_memory_allocated on CUDA;
-on the CPU the resident set of the child plus the anonymous resident memory of its DataLoader workers, sampled
-every 50 ms from /proc (`PeakMemory`).
+on the CPU the resident set of the child plus the private memory of its workers, sampled from /proc (`PeakMemory`).
 
 The compute limit: FLOPs per sample of the LCNN (torch.utils.flop_counter; convolutions and matmuls) over a matmul
 peak measured in the same run (fp32 sgemm on the CPU; bf16 and TF32 on CUDA). The share of it that a pipeline reaches
@@ -162,20 +161,27 @@ def generate_la_files(
 # ----------------------------------------------------------------------------- timing and memory
 
 
-def _statm_bytes(pid: int | str) -> tuple[int, int]:
-    """(resident, resident anonymous) bytes of a process from /proc/PID/statm, (0, 0) if it is gone.
-
-    statm costs microseconds; smaps_rollup's PSS would split shared pages fairly but costs ~15 ms per read with
-    torch's mappings, enough for the sampler itself to slow a 2-core benchmark down.
-    """
+def _resident_bytes(pid: int | str) -> int:
+    """Resident set of a process from /proc/PID/statm (microseconds a read), 0 if it is gone."""
     try:
         with open(f"/proc/{pid}/statm") as f:
-            fields = f.read().split()
-    except OSError:
-        return 0, 0
-    page = os.sysconf("SC_PAGE_SIZE")
-    resident, shared = int(fields[1]) * page, int(fields[2]) * page
-    return resident, resident - shared
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _private_bytes(pid: int | str) -> int:
+    """Private (unshared) memory of a process, Private_Clean + Private_Dirty of /proc/PID/smaps_rollup, 0 if gone.
+
+    A forked worker maps all of its parent's pages copy-on-write; its resident set counts them again, its private
+    memory only the pages it really has of its own (its tensors, the pages it wrote). ~15 ms a read with torch's
+    mappings, so the children are read less often than the parent.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) * 1024 for line in f if line.startswith(("Private_Clean", "Private_Dirty")))
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _children(pid: int) -> list[str]:
@@ -192,20 +198,26 @@ def _children(pid: int) -> list[str]:
 class PeakMemory:
     """Peak memory of the block it wraps.
 
-    CUDA: torch.cuda.max_memory_allocated. CPU: the resident set of this process plus the anonymous resident
-    memory of its children (DataLoader workers: their tensors and heaps; the libraries they share with this
-    process are not counted twice), sampled every `every` seconds from /proc; elsewhere the lifetime max RSS.
+    CUDA: torch.cuda.max_memory_allocated. CPU: the resident set of this process plus the private memory of its
+    children (DataLoader or --check workers: what they hold of their own; the pages they share with this process,
+    copy-on-write or library, are not counted twice), sampled from /proc every `every` seconds (children every
+    5 x `every`); elsewhere the lifetime max RSS.
     """
 
     def __init__(self, device: torch.device, every: float = 0.05):
         self.device, self.every, self.peak = device, every, 0
         self.proc = Path("/proc/self/statm").exists()
         self._stop = threading.Event()
+        self._kids: dict[str, int] = {}
+        self._n = 0
 
     def sample(self) -> int:
         pid = os.getpid()
         if self.proc:
-            return _statm_bytes(pid)[0] + sum(_statm_bytes(k)[1] for k in _children(pid))
+            if self._n % 5 == 0:
+                self._kids = {k: _private_bytes(k) for k in _children(pid)}
+            self._n += 1
+            return _resident_bytes(pid) + sum(self._kids.values())
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
@@ -470,14 +482,14 @@ def task_score_naive(ckpt: str, root: str, n: int, out: str, device: str, batch_
     return {"samples": len(ds), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
 
 
-def task_check(root: str, threads: int | None = None) -> dict:
+def task_check(root: str, workers: int | None = None) -> dict:
     """`python data.py --check` of the whole tree (headers and file ends, every split)."""
     import data
 
     dev = torch.device("cpu")
     with PeakMemory(dev) as mem:
         t0 = time.monotonic()
-        report = data.check_dataset(root, threads=threads, progress=False)
+        report = data.check_dataset(root, workers=workers, progress=False)
         seconds = time.monotonic() - t0
     files = sum(s["files"] for s in report["splits"].values())
     return {"samples": files, "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label,

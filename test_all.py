@@ -386,7 +386,7 @@ def test_data_check_json_on_the_mini_tree(tmp_path, capsys, where):
 
 @data_needs_mini
 def test_data_check_table_and_split_flag(capsys):
-    assert data.main(["--data-root", str(MINI), "--check", "--split", "dev", "--threads", "2"]) == 0
+    assert data.main(["--data-root", str(MINI), "--check", "--split", "dev", "--num-workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "dev" in out and "A01 12" in out and "no problems found" in out and "train" not in out.split("\n", 2)[2]
 

@@ -19,7 +19,6 @@ files (A01-A06), dev 24,844 (A01-A06), eval 71,237 (A07-A19), 20 / 10+10 / 48+19
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -45,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+from metrics import atomic_write, text_lines  # noqa: F401  (the one atomic write and text reader; re-exported)
 
 SAMPLE_RATE = 16_000
 LABEL_SPOOF, LABEL_BONAFIDE = 0, 1
@@ -110,17 +111,14 @@ def read_cm_protocol(path: str | os.PathLike) -> list[ProtocolEntry]:
     if not path.is_file():
         raise FileNotFoundError(f"CM protocol not found: {path}")
     entries, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            entry = parse_protocol_line(line, f"{path.name} line {number}")
-            if entry.utt_id in seen:
-                raise ValueError(
-                    f"{path.name} line {number}: utt id {entry.utt_id} already on line {seen[entry.utt_id]}"
-                )
-            seen[entry.utt_id] = number
-            entries.append(entry)
+    for number, line in text_lines(path, "CM protocol"):
+        if not line.strip():
+            continue
+        entry = parse_protocol_line(line, f"{path.name} line {number}")
+        if entry.utt_id in seen:
+            raise ValueError(f"{path.name} line {number}: utt id {entry.utt_id} already on line {seen[entry.utt_id]}")
+        seen[entry.utt_id] = number
+        entries.append(entry)
     if not entries:
         raise ValueError(f"{path}: the protocol is empty")
     return entries
@@ -186,14 +184,27 @@ def find_la_root(data_root: str | os.PathLike | None) -> LALayout:
 # ----------------------------------------------------------------------------- audio
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    num_samples: int | None = None,
+    random_crop: bool = False,
+    offset: int = 0,
+) -> torch.Tensor:
     """Read any file soundfile can (FLAC, WAV, ...) as a mono float32 waveform at `sample_rate`.
+
+    With `num_samples`, only a window of that length is returned (shorter when the file is shorter): from `offset`,
+    or at a random offset when `random_crop` (the draw `fix_length` makes, from torch's global generator). A file
+    at `sample_rate` is then read from that offset only, so a long file costs what the window costs; a file at
+    another rate is decoded whole and resampled first.
 
     Returns:
         (N,) float32 tensor in [-1, 1].
 
     Raises:
-        FileNotFoundError, RuntimeError (unreadable or truncated), ValueError (empty) -- each naming the file.
+        FileNotFoundError, RuntimeError (unreadable or truncated), ValueError (empty, or NaN / inf samples in what was
+        read: a float file can hold them, and one would turn every score and loss it touches into NaN) -- each
+        naming the file.
     """
     import soundfile as sf
 
@@ -201,17 +212,61 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
+        with sf.SoundFile(str(path)) as f:
+            sr, total = f.samplerate, f.frames
+            start, count = 0, -1
+            if num_samples is not None and sr == sample_rate and total > 0:
+                if total > num_samples:
+                    start = int(torch.randint(0, total - num_samples + 1, ())) if random_crop else offset
+                    f.seek(min(start, total - 1))
+                count = num_samples
+            audio = f.read(count, dtype="float32", always_2d=True)  # (N, C)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with libsndfile's text
         raise RuntimeError(f"{path}: cannot decode audio ({e})") from e
     if audio.shape[0] == 0:
         raise ValueError(f"{path}: the file holds no samples")
+    bad = ~np.isfinite(audio)
+    if bad.any():
+        first = int(np.argmax(bad.any(axis=1))) + start
+        raise ValueError(f"{path}: {int(bad.sum()):,} sample(s) are NaN or inf (first at sample {first:,}, "
+                         f"{first / sr:.3f} s); expected finite audio in [-1, 1]")  # fmt: skip
     wave = torch.from_numpy(audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0])
     if sr != sample_rate:
         import torchaudio.functional as AF
 
         wave = AF.resample(wave, sr, sample_rate)
+        if num_samples is not None:
+            if offset and not random_crop:
+                wave = wave[offset:]
+            return fix_window(wave, num_samples, random_crop)
     return wave.contiguous()
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int]:
+    """(frames, sample rate) from a file's header, without decoding it.
+
+    Raises:
+        FileNotFoundError, RuntimeError (not an audio file soundfile reads), each naming the file.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        raise RuntimeError(f"{path}: cannot decode audio ({e})") from e
+    return info.frames, info.samplerate
+
+
+def fix_window(wave: torch.Tensor, num_samples: int, random_crop: bool = False) -> torch.Tensor:
+    """The window of `num_samples` that `fix_length` crops (the whole wave when it is shorter)."""
+    n = wave.shape[-1]
+    if n <= num_samples:
+        return wave
+    start = int(torch.randint(0, n - num_samples + 1, ())) if random_crop else 0
+    return wave[start : start + num_samples].contiguous()
 
 
 def fix_length(wave: torch.Tensor, num_samples: int, pad: str = "repeat", random_crop: bool = False) -> torch.Tensor:
@@ -229,8 +284,7 @@ def fix_length(wave: torch.Tensor, num_samples: int, pad: str = "repeat", random
     if n == 0 or num_samples <= 0:
         raise ValueError(f"fix_length needs a non-empty waveform and num_samples > 0, got {n} and {num_samples}")
     if n >= num_samples:
-        start = int(torch.randint(0, n - num_samples + 1, ())) if random_crop else 0
-        return wave[start : start + num_samples]
+        return fix_window(wave, num_samples, random_crop)
     if pad == "repeat":
         return wave.repeat((num_samples + n - 1) // n)[:num_samples]
     if pad == "zeros":
@@ -417,7 +471,8 @@ def check_audio_file(
 
     The fast check reads the header, then seeks to the last 4,096 samples the header promises and decodes them:
     a truncated FLAC keeps a valid header, but libsndfile fails to seek or lose sync past the cut (this catches a
-    file cut by even 10 bytes, at ~0.4 ms per file). `deep` decodes every sample and also flags silent audio.
+    file cut by even 10 bytes, at ~0.3 ms per file). The samples it decodes are checked for NaN / inf (a float WAV
+    or FLAC can hold them). `deep` decodes every sample, so it finds non-finite samples anywhere, and silent audio.
 
     Returns:
         (duration in seconds from the header, list of problems; empty when the file is fine).
@@ -445,9 +500,13 @@ def check_audio_file(
             what = f"truncated or corrupt: the header promises {frames:,} samples, decoding fails ({e})"
             return frames / sr, problems + [what]
     expected = frames if deep else min(frames, 4096)
+    bad = ~np.isfinite(audio)
     if audio.shape[0] < expected:
         short = expected - audio.shape[0]
         problems.append(f"truncated: decoding stops {short:,} samples short of the {frames:,} the header promises")
+    elif bad.any():
+        where = "" if deep else f" (in the last {audio.shape[0]:,} samples, the part the fast check decodes)"
+        problems.append(f"non-finite: {int(bad.sum()):,} NaN/inf sample(s){where}; expected finite audio")
     elif deep and float(np.abs(audio).max()) < silence_peak:
         problems.append(f"silent: peak amplitude {float(np.abs(audio).max()):.1e} < {silence_peak:.0e}")
     return frames / sr, problems
@@ -608,8 +667,9 @@ class ASVspoof2019LA(Dataset):
         random_crop: a random window of long files (training) instead of the start (evaluation).
         augment: the seed recipe's augmentation; training only (ValueError for dev and eval).
         cache: decode every file once at construction and keep it as int16 in memory (LA train: ~2.7 GB).
-        skip_bad: drop items with problems (counted) instead of raising; an unreadable file met later, without
-            `verify`, yields None (drop it with `collate`).
+        skip_bad: drop items with problems found at construction (counted) instead of raising. An unusable file met
+            later (undecodable, truncated, NaN/inf samples) is a `BadAudio` item either way; `count_bad` applies
+            the policy in the loops.
         entries: use these protocol entries instead of the split's protocol (e.g. a subset).
         verify: header-check every file at construction (`check_audio_file`, ~0.4 ms per file).
     """
@@ -685,27 +745,64 @@ class ASVspoof2019LA(Dataset):
     def path(self, i: int) -> Path:
         return self.layout.audio_path(self.split, self.entries[i].utt_id)
 
-    def waveform(self, i: int) -> torch.Tensor | None:
-        """The whole decoded file (N,), or None when unreadable and `skip_bad`."""
+    def waveform(self, i: int) -> torch.Tensor:
+        """Item i's whole decoded file (N,). The whole file, not only the item's window: a file truncated, damaged or
+        non-finite anywhere is found the first time it is read, as `--check --deep` would find it.
+
+        Raises:
+            FileNotFoundError / RuntimeError / ValueError naming the file (`load_audio`).
+        """
         if self.cached is not None:
             return torch.from_numpy(self.cached[i].astype(np.float32) / 32768.0)
-        try:
-            return load_audio(self.path(i))
-        except (RuntimeError, ValueError, FileNotFoundError):
-            if self.skip_bad:
-                return None
-            raise
+        return load_audio(self.path(i))
 
     def __getitem__(self, i: int):
         e = self.entries[i]
-        wave = self.waveform(i)
-        if wave is None:
-            return None
+        try:
+            wave = self.waveform(i)
+        except (RuntimeError, ValueError, FileNotFoundError) as err:
+            return BadAudio.of(e.utt_id, self.path(i), err)
         wave = fix_length(wave, self.num_samples, self.pad, self.random_crop)
         if self.augment:
             wave = augment_waveform(wave)
         x = wave if self.frontend is None else self.frontend(wave.unsqueeze(0))[0]  # (N,) or (1, F, T)
         return x, e.label, e.utt_id, e.system, e.speaker
+
+
+# ----------------------------------------------------------------------------- unreadable audio: one policy
+
+
+@dataclass(frozen=True)
+class BadAudio:
+    """What a Dataset item is when its audio cannot be used: the utterance, its file and what is wrong.
+
+    Every loop (training, dev scoring, evaluate.py, explain.py) meets unreadable files the same way: the item is this
+    sentinel, `collate` moves it to batch["bad"], and `count_bad` either counts it (--skip-bad) or stops the run
+    with one line naming the file. No exception crosses a DataLoader worker, so no traceback text is parsed.
+    """
+
+    utt_id: str
+    path: str
+    problem: str
+
+    @classmethod
+    def of(cls, utt_id: str, path: str | os.PathLike, error: Exception) -> BadAudio:
+        return cls(utt_id, str(path), str(error).removeprefix(f"{path}: "))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class BadAudioError(RuntimeError):
+    """An unreadable, truncated, empty or non-finite audio file met without --skip-bad."""
+
+
+def count_bad(bad: Sequence[BadAudio], skip_bad: bool) -> int:
+    """The one bad-file policy: with `skip_bad` return how many files are unusable (the caller adds them to its
+    count); without it raise BadAudioError naming the first, with the way out."""
+    if bad and not skip_bad:
+        raise BadAudioError(f"{bad[0]}; pass --skip-bad to skip unusable files (they are counted)")
+    return len(bad)
 
 
 def decode_all(
@@ -742,11 +839,12 @@ def decode_all(
     return pcms, problems
 
 
-def collate(batch: list) -> dict | None:
-    """Stack dataset items into a batch dict, dropping the None items of unreadable files (`n_bad` counts them)."""
-    good = [b for b in batch if b is not None]
+def collate(batch: list) -> dict:
+    """Stack dataset items into a batch dict; `BadAudio` items go to batch["bad"] (x is None when none is usable)."""
+    good = [b for b in batch if not isinstance(b, BadAudio)]
+    bad = [b for b in batch if isinstance(b, BadAudio)]
     if not good:
-        return {"n_bad": len(batch), "x": None}
+        return {"x": None, "bad": bad, "n_bad": len(bad)}
     xs, labels, utt_ids, systems, speakers = zip(*good)
     return {
         "x": torch.stack(xs),  # (B, N) or (B, 1, F, T)
@@ -754,7 +852,8 @@ def collate(batch: list) -> dict | None:
         "utt_id": list(utt_ids),
         "system": list(systems),
         "speaker": list(speakers),
-        "n_bad": len(batch) - len(good),
+        "bad": bad,
+        "n_bad": len(bad),
     }
 
 
@@ -1139,25 +1238,29 @@ def summarize_vocv4(root: Path) -> str:
 # ----------------------------------------------------------------------------- progress and shared CLI
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w"):
-    """Open a temporary file beside `path`; when the block ends without error, fsync it and rename it over `path`.
+def check_output_path(path: str | os.PathLike, flag: str, folder: bool = False) -> Path:
+    """Make sure an output can be written before any work is done; returns the path.
 
-    A crash or Ctrl-C never leaves half a checkpoint, score file or plot behind; the file gets the umask's
-    permissions, like a plain `open`. Use: `with atomic_write(p, "wb") as f: torch.save(obj, f)`.
+    Creates the parent folder (or the folder itself with `folder`) and writes and removes a probe file there.
+
+    Raises:
+        ValueError: a file path that is a folder, or a folder path that is a file. OSError: one line naming the flag
+            and the path when the folder cannot be created or written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    if not folder and path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; expected a file path (e.g. {path / 'scores.txt'})")
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file; expected a folder")
+    where = path if folder else path.parent
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".write-probe.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"{flag} {path}: cannot write in {where} ({e.strerror or e}); choose another {flag}") from None
+    return path
 
 
 class Progress:
@@ -1265,14 +1368,33 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `except BaseException` / `finally` runs (evaluate.py keeps
+    its `.partial`, atomic writes remove their temporaries), as Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a script's main(); a user error ends as one line on stderr and exit status 1 (--debug: traceback)."""
+    """Run a script's main(); a user error ends as one line on stderr and exit status 1 (--debug: traceback).
+
+    Ctrl-C exits 130, SIGTERM 143, both after the script's own clean-up ran.
+    """
+    import signal
+
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(143)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         if debug:
             traceback.print_exc()

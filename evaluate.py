@@ -41,13 +41,17 @@ import metrics
 from data import (
     SPLITS,
     ASVspoof2019LA,
+    BadAudio,
     LALayout,
     Progress,
     ProtocolEntry,
     add_common_args,
     add_model_args,
     atomic_write,
+    audio_info,
+    check_output_path,
     collate,
+    count_bad,
     find_la_root,
     fix_length,
     load_audio,
@@ -119,7 +123,7 @@ class Scorer:
         """Score one whole utterance: the mean logits of consecutive `num_samples` windows covering it.
 
         A file shorter than one window is padded as in training; the last window is aligned to the file's end.
-        Windows go through the model `batch_size` at a time, so memory does not grow with the file's length.
+        Windows go through the model `batch_size` at a time.
 
         Args:
             wave: (N,) waveform.
@@ -129,14 +133,40 @@ class Scorer:
         n, w = wave.shape[-1], self.num_samples
         if n <= w:
             return self.logits(fix_length(wave, w, self.pad).unsqueeze(0))[0]
-        starts = list(range(0, n - w + 1, w))
-        if starts[-1] + w < n:
-            starts.append(n - w)
+        starts = window_starts(n, w)
         total = torch.zeros(2)
         for k in range(0, len(starts), max(1, batch_size)):
-            chunk = starts[k : k + batch_size]
-            total += self.logits(torch.stack([wave[s : s + w] for s in chunk])).sum(0)  # (K, w) -> (2,)
+            total += self.logits(torch.stack([wave[s : s + w] for s in starts[k : k + batch_size]])).sum(0)
         return total / len(starts)
+
+    def logits_file(self, path: str | os.PathLike, batch_size: int = 8) -> tuple[torch.Tensor, float]:
+        """`logits_full` of an audio file read a batch of windows at a time, so memory stays flat in the file's
+        length (a 16 kHz file; a file at another rate is decoded whole and resampled first).
+
+        Returns:
+            ((2,) float32 logits, the file's duration in seconds).
+        Raises:
+            FileNotFoundError / RuntimeError / ValueError naming the file (`data.load_audio`).
+        """
+        frames, sr = audio_info(path)
+        w = self.num_samples
+        if sr != self.frontend.sample_rate or frames <= w:
+            wave = load_audio(path)
+            return self.logits_full(wave, batch_size), wave.shape[0] / self.frontend.sample_rate
+        starts = window_starts(frames, w)
+        total = torch.zeros(2)
+        for k in range(0, len(starts), max(1, batch_size)):
+            waves = [load_audio(path, num_samples=w, offset=s) for s in starts[k : k + batch_size]]
+            total += self.logits(torch.stack(waves)).sum(0)
+        return total / len(starts), frames / sr
+
+
+def window_starts(n: int, w: int) -> list[int]:
+    """Starts of consecutive windows of w samples covering n > w samples, the last one aligned to the end."""
+    starts = list(range(0, n - w + 1, w))
+    if starts[-1] + w < n:
+        starts.append(n - w)
+    return starts
 
 
 def load_scorer(
@@ -243,20 +273,21 @@ def write_scores(path: Path, entries: Sequence[ProtocolEntry], scores: dict[str,
 
 
 def check_score_file(path: Path, expected: Sequence[ProtocolEntry]) -> metrics.ScoreFile:
-    """Read a score file back and check it line by line against the trial list (utt id, system, key, order).
+    """Read a score file back and check it against the trial list: every trial once with its key and system
+    (`metrics.check_trials`), then line by line in protocol order.
 
     Raises:
-        ValueError: naming the first line that differs, or the line counts.
+        ValueError: counts and first utterances of what is missing, extra or contradicts the list; or the first line
+            out of protocol order.
     """
     scores = metrics.read_score_file(path)
+    metrics.check_trials(scores, expected, "the trial list")
     for i, (e, utt, system, key) in enumerate(zip(expected, scores.utt_id, scores.system, scores.key), 1):
         if (e.utt_id, e.system, e.key) != (utt, system, key):
             raise ValueError(
                 f"{path.name} line {i}: expected '{e.utt_id} {e.system} {e.key}' (protocol order), "
                 f"got '{utt} {system} {key}'"
             )
-    if len(scores) != len(expected):
-        raise ValueError(f"{path.name} has {len(scores):,} lines, the trial list {len(expected):,}")
     return scores
 
 
@@ -268,17 +299,8 @@ def _first(batch: list):
     return batch[0]
 
 
-def raise_unreadable(ds: ASVspoof2019LA, i: int) -> None:
-    """Raise the error of item i's audio again in this process, naming the file and the way out."""
-    try:
-        load_audio(ds.path(i))
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
-        raise type(e)(f"{e} (pass --skip-bad to score the other files)") from e
-    raise RuntimeError(f"{ds.path(i)}: could not be read in a DataLoader worker (pass --skip-bad to go on)")
-
-
 class _WholeFiles(Dataset):
-    """Items of an ASVspoof2019LA as whole waveforms (for --full-length): (wave (N,), utt_id) or None."""
+    """Items of an ASVspoof2019LA as whole waveforms (for --full-length): (wave (N,), utt_id), or `BadAudio`."""
 
     def __init__(self, ds: ASVspoof2019LA):
         self.ds = ds
@@ -287,8 +309,24 @@ class _WholeFiles(Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int):
-        wave = self.ds.waveform(i)
-        return None if wave is None else (wave, self.ds.entries[i].utt_id)
+        e = self.ds.entries[i]
+        try:
+            return self.ds.waveform(i), e.utt_id
+        except (RuntimeError, ValueError, FileNotFoundError) as err:
+            return BadAudio.of(e.utt_id, self.ds.path(i), err)
+
+
+class NonFiniteScoreError(RuntimeError):
+    """The model gave a NaN / inf score on finite audio."""
+
+
+def check_finite_scores(utt_ids: Sequence[str], values: Sequence[float]) -> None:
+    """A NaN / inf score never reaches a score file or a verdict: the audio was checked finite, so it comes from the
+    model (damaged or diverged weights). RuntimeError naming the first utterance."""
+    bad = [u for u, v in zip(utt_ids, values) if not np.isfinite(v)]
+    if bad:
+        raise NonFiniteScoreError(f"the model gave {len(bad)} non-finite score(s) (first: {bad[0]}) on finite audio: the "
+                           "checkpoint's weights are damaged or the run diverged; score with another checkpoint")  # fmt: skip
 
 
 def score_dataset(
@@ -302,49 +340,55 @@ def score_dataset(
     skip_bad: bool = False,
     full_length: bool = False,
     progress: str | None = None,
-) -> None:
+) -> list[BadAudio]:
     """Score the items of a waveform dataset (frontend=None) in order into `scores` {utt_id: score}.
 
     DataLoader workers decode and crop/pad; `scorer` makes features and logits per batch on its device. `save()`
-    runs every `save_every` batches. Unreadable files come back as None (dropped by `collate`) rather than as an
-    exception re-raised from a worker with its traceback in the message; without `skip_bad` the first one stops
-    the run with the file's own error. `progress` labels the progress line (None: no progress line).
+    runs every `save_every` batches. Unusable files are `data.BadAudio` items under the one policy
+    (`data.count_bad`): skipped and returned with `skip_bad`, else the first stops the run naming the file.
+    `progress` labels the progress line (None: no progress line).
+
+    Returns:
+        The files skipped as unusable.
     """
-    ds.skip_bad = True
     loader = DataLoader(
         _WholeFiles(ds) if full_length else ds,
         batch_size=1 if full_length else batch_size,
         shuffle=False,  # protocol order
         num_workers=num_workers,
-        collate_fn=_first if full_length else collate,
+        collate_fn=(lambda b: collate_whole(b[0])) if full_length else collate,
         pin_memory=scorer.device.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None,
     )
     bar = Progress(len(ds), progress, unit="files") if progress else None
-    pos = 0  # items of ds consumed so far (batches come in order)
+    skipped: list[BadAudio] = []
     try:
         for n_batch, batch in enumerate(loader, 1):
-            if full_length:
-                n = 1
-                if batch is not None:
-                    wave, utt = batch
-                    scores[utt] = float(bonafide_score(scorer.logits_full(wave, batch_size)))
-            else:
-                n = len(batch.get("utt_id", ())) + batch["n_bad"]
-                if batch["x"] is not None:
-                    for utt, score in zip(batch["utt_id"], scorer.scores(batch["x"])):
-                        scores[utt] = score
-            bad = [i for i in range(pos, pos + n) if ds.entries[i].utt_id not in scores]
-            pos += n
-            if bad and not skip_bad:
-                raise_unreadable(ds, bad[0])
+            if batch["x"] is not None:
+                if full_length:
+                    values = [float(bonafide_score(scorer.logits_full(batch["x"], batch_size)))]
+                else:
+                    values = scorer.scores(batch["x"])
+                check_finite_scores(batch["utt_id"], values)
+                scores.update(zip(batch["utt_id"], values))
+            count_bad(batch["bad"], skip_bad)  # after the batch's good files are scored: they are kept
+            skipped += batch["bad"]
             if bar:
-                bar.update(n)
+                bar.update(len(batch.get("utt_id", ())) + batch["n_bad"])
             if n_batch % save_every == 0:
                 save()
     finally:
         if bar:
             bar.close()
+    return skipped
+
+
+def collate_whole(item) -> dict:
+    """One --full-length item as a batch dict of `collate`'s keys: x is the whole (N,) waveform."""
+    if isinstance(item, BadAudio):
+        return {"x": None, "bad": [item], "n_bad": 1}
+    wave, utt = item
+    return {"x": wave, "utt_id": [utt], "bad": [], "n_bad": 0}
 
 
 @dataclass
@@ -397,8 +441,7 @@ def score_split(
         ValueError: a partial file from another run, or a score file that does not match the protocol.
     """
     layout = data_root if isinstance(data_root, LALayout) else find_la_root(data_root)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_path(out, "--out")  # before any scoring: a bad path must not cost a whole split
     entries = layout.protocol(split)
     by_id = {e.utt_id: e for e in entries}
     run_info = {
@@ -420,23 +463,23 @@ def score_split(
 
     start = time.monotonic()
     skipped: list[str] = []
-    if todo:
-        ds = ASVspoof2019LA(layout, split, scorer.num_samples, frontend=None, pad=scorer.pad,
-                            skip_bad=skip_bad, entries=todo)  # fmt: skip
-        skipped += [Path(p).stem for p in ds.skipped]  # missing audio (skip_bad)
-        try:
-            score_dataset(scorer, ds, scores, batch_size, num_workers, save_every, save_partial, skip_bad,
-                          full_length, f"score {split}" if progress else None)  # fmt: skip
-        except BaseException:
-            save_partial()  # Ctrl-C or a bad file: what was scored is kept for the next run
-            raise
-        skipped += [e.utt_id for e in ds.entries if e.utt_id not in scores]  # unreadable (skip_bad)
-    seconds = time.monotonic() - start
-    expected = [e for e in entries if e.utt_id in scores]
-    if not expected:
-        raise RuntimeError(f"no {split} file could be scored ({len(skipped):,} missing or unreadable)")
-    write_scores(out, entries, scores)
-    checked = check_score_file(out, expected)
+    try:
+        if todo:
+            ds = ASVspoof2019LA(layout, split, scorer.num_samples, frontend=None, pad=scorer.pad,
+                                skip_bad=skip_bad, entries=todo)  # fmt: skip
+            skipped += [Path(p).stem for p in ds.skipped]  # missing audio (skip_bad)
+            bad = score_dataset(scorer, ds, scores, batch_size, num_workers, save_every, save_partial, skip_bad,
+                                full_length, f"score {split}" if progress else None)  # fmt: skip
+            skipped += [b.utt_id for b in bad]  # unusable audio (skip_bad)
+        seconds = time.monotonic() - start
+        expected = [e for e in entries if e.utt_id in scores]
+        if not expected:
+            raise RuntimeError(f"no {split} file could be scored ({len(skipped):,} missing or unusable)")
+        write_scores(out, entries, scores)
+        checked = check_score_file(out, expected)
+    except BaseException:
+        save_partial()  # Ctrl-C, SIGTERM, a bad file or a failed write: what was scored is kept for the next run
+        raise
     partial.unlink(missing_ok=True)
     meta_path.unlink(missing_ok=True)
     return SplitResult(out, checked, len(scores) - n_resumed, n_resumed, skipped, seconds)
@@ -498,49 +541,61 @@ def score_files(
 ) -> list[dict]:
     """Bona fide probability and verdict of each audio file soundfile reads (resampled to 16 kHz, downmixed).
 
+    Only the window the model scores is read from a 16 kHz file (all windows, a batch at a time, with
+    `full_length`), so memory does not grow with a file's length. Unusable files follow the one policy
+    (`data.count_bad`): an "error" row with `skip_bad`, else one error naming the file.
+
     Args:
         scorer: from `load_scorer`.
         paths: audio files, any rate and channel count.
         threshold: verdict "bonafide" when the bona fide probability is at least this.
-        batch_size: files scored together.
-        skip_bad: an unreadable file gets an "error" entry instead of stopping everything.
-        full_length: score whole files (see `Scorer.logits_full`) instead of the training crop.
+        batch_size: files (or, with `full_length`, windows of one file) scored together.
+        skip_bad: an unusable file gets an "error" entry instead of stopping everything.
+        full_length: score whole files (see `Scorer.logits_file`) instead of the training crop.
 
     Returns:
         One dict per file, in order: {"file", "duration_s", "p_bonafide", "score", "verdict"}, or
-        {"file", "error"} for an unreadable file when skip_bad.
+        {"file", "error"} for an unusable file when skip_bad.
 
     Raises:
-        FileNotFoundError / RuntimeError / ValueError naming the file (without skip_bad).
+        BadAudioError naming the file (without skip_bad); RuntimeError for a non-finite score.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold must be a probability in [0, 1], got {threshold}")
     results: list[dict] = []
     pending: list[tuple[dict, torch.Tensor]] = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        if full_length:
-            logits = torch.stack([scorer.logits_full(w, batch_size) for _, w in pending])
-        else:
-            logits = scorer.logits(torch.stack([fix_length(w, scorer.num_samples, scorer.pad) for _, w in pending]))
+    def finish(rows: list[dict], logits: torch.Tensor) -> None:
+        values = bonafide_score(logits).tolist()
+        check_finite_scores([r["file"] for r in rows], values)
         p_bona = torch.softmax(logits.double(), dim=1)[:, 1]  # (B,) softmax of the two logits, bona fide column
-        for (row, _), s, p in zip(pending, bonafide_score(logits).tolist(), p_bona.tolist()):
+        for row, s, p in zip(rows, values, p_bona.tolist()):
             row.update(p_bonafide=p, score=s, verdict="bonafide" if p >= threshold else "spoof")
-        pending.clear()
+
+    def flush() -> None:
+        if pending:
+            waves = torch.stack([fix_length(w, scorer.num_samples, scorer.pad) for _, w in pending])
+            finish([row for row, _ in pending], scorer.logits(waves))
+            pending.clear()
 
     for path in paths:
         row = {"file": str(path)}
         results.append(row)
         try:
-            wave = load_audio(path)  # (N,) mono, 16 kHz
+            if full_length:
+                logits, row["duration_s"] = scorer.logits_file(path, batch_size)
+                finish([row], logits.unsqueeze(0))
+                continue
+            frames, sr = audio_info(path)
+            wave = load_audio(path, num_samples=scorer.num_samples)  # (<= num_samples,) mono, 16 kHz
+        except NonFiniteScoreError:
+            raise
         except (FileNotFoundError, RuntimeError, ValueError) as e:
-            if not skip_bad:
-                raise type(e)(f"{e} (pass --skip-bad to score the other files)") from e
-            row["error"] = str(e)
+            bad = BadAudio.of(Path(path).stem, path, e)
+            count_bad([bad], skip_bad)
+            row["error"] = bad.problem
             continue
-        row["duration_s"] = wave.shape[0] / scorer.frontend.sample_rate
+        row["duration_s"] = frames / sr
         pending.append((row, wave))
         if len(pending) >= batch_size:
             flush()
@@ -611,7 +666,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.files:
         rows = score_files(scorer, args.files, args.threshold, args.batch_size, args.skip_bad, args.full_length)
         if args.json:
-            print(json.dumps({"checkpoint": str(args.ckpt), "threshold": args.threshold, "files": rows}))
+            print(
+                json.dumps({"checkpoint": str(args.ckpt), "threshold": args.threshold, "files": rows}, allow_nan=False)
+            )
         else:
             print(format_files_table(rows, args.threshold))
         return 0
@@ -632,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(res.seconds, 3), "files_per_s": round(res.files_per_s, 2), **result,
     }  # fmt: skip
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, allow_nan=False))
         return 0
     if result["asv_note"]:
         print(result["asv_note"], file=sys.stderr)

@@ -156,22 +156,21 @@ def read_vocv4_protocol(path: str | os.PathLike) -> list[Vocv4Entry]:
     if not path.is_file():
         raise FileNotFoundError(f"vocv4 protocol not found: {path}")
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 5:
-                raise ValueError(f"{path.name} line {number}: expected 5 fields (speaker name - vocoder key), "
-                                 f"got {len(fields)}: {line.strip()!r}")  # fmt: skip
-            speaker, name, _, vocoder, key = fields
-            if key != "spoof":
-                continue
-            m = re.search(r"(LA_[TDE]_\d{7})$", name)
-            if m is None:
-                raise ValueError(f"{path.name} line {number}: {name!r} does not end in an LA utterance id "
-                                 "(expected <vocoder>_LA_T_1234567)")  # fmt: skip
-            entries.append(Vocv4Entry(speaker, name, vocoder, m.group(1)))
+    for number, line in data.text_lines(path, "vocv4 protocol"):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise ValueError(f"{path.name} line {number}: expected 5 fields (speaker name - vocoder key), "
+                             f"got {len(fields)}: {line.strip()!r}")  # fmt: skip
+        speaker, name, _, vocoder, key = fields
+        if key != "spoof":
+            continue
+        m = re.search(r"(LA_[TDE]_\d{7})$", name)
+        if m is None:
+            raise ValueError(f"{path.name} line {number}: {name!r} does not end in an LA utterance id "
+                             "(expected <vocoder>_LA_T_1234567)")  # fmt: skip
+        entries.append(Vocv4Entry(speaker, name, vocoder, m.group(1)))
     return entries
 
 

@@ -49,6 +49,23 @@ ASV_SCORES_DIR = "ASVspoof2019_LA_asv_scores"
 ASV_SCORES_FILE = "ASVspoof2019.LA.asv.{split}.gi.trl.scores.txt"
 
 
+# --- text files -----------------------------------------------------------------------------------
+
+
+def text_lines(path: Path, what: str):
+    """(line number, line) of a UTF-8 text file (a BOM is dropped); a line that is not UTF-8 is one ValueError
+    naming the file and the line -- never a UnicodeDecodeError's byte offset. Used for every protocol, score and
+    ASV file of the project (data.py and explain.py read theirs through it too)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path.name} line {n}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                 f"{e.start + 1}); expected a plain-text {what}") from None  # fmt: skip
+            yield n, line.removeprefix("\ufeff") if n == 1 else line
+
+
 # --- input checks -------------------------------------------------------------------------------
 
 
@@ -286,21 +303,20 @@ def read_asv_scores(path: str | Path) -> AsvScores:
     if not path.is_file():
         raise FileNotFoundError(f"ASV score file {path} not found")
     columns: dict[str, list[float]] = {k: [] for k in ASV_KEYS}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3:
-                raise ValueError(
-                    f"{path.name} line {n}: expected 3 fields (source key score), got {len(fields)}: {line.strip()!r}"
-                )
-            if fields[1] not in columns:
-                raise ValueError(f"{path.name} line {n}: key {fields[1]!r} is not one of {', '.join(ASV_KEYS)}")
-            try:
-                columns[fields[1]].append(float(fields[2]))
-            except ValueError:
-                raise ValueError(f"{path.name} line {n}: score {fields[2]!r} is not a number") from None
+    for n, line in text_lines(path, "ASV score file"):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            raise ValueError(
+                f"{path.name} line {n}: expected 3 fields (source key score), got {len(fields)}: {line.strip()!r}"
+            )
+        if fields[1] not in columns:
+            raise ValueError(f"{path.name} line {n}: key {fields[1]!r} is not one of {', '.join(ASV_KEYS)}")
+        try:
+            columns[fields[1]].append(float(fields[2]))
+        except ValueError:
+            raise ValueError(f"{path.name} line {n}: score {fields[2]!r} is not a number") from None
     for key, values in columns.items():
         if not values:
             raise ValueError(f"{path.name} has no {key} trials; the t-DCF needs target, nontarget and spoof ASV scores")
@@ -483,12 +499,18 @@ class ScoreFile:
 
 
 @contextlib.contextmanager
-def _atomic_write(path: Path, mode: str):
-    """A temporary file beside `path`, fsynced and renamed over it when the block succeeds (umask permissions).
+def atomic_write(path: str | os.PathLike, mode: str = "w"):
+    """Open a temporary file beside `path`; when the block ends without error, fsync it and rename it over `path`.
 
-    The same as data.atomic_write; repeated here because metrics.py imports nothing of the project's.
+    The project's one atomic write (data.py, train.py, evaluate.py, explain.py and bench.py import it): a crash,
+    Ctrl-C or SIGTERM never leaves half a checkpoint, score file or plot behind; the file gets the umask's
+    permissions, like a plain `open`. A kill -9 in the middle leaves the temporary `.NAME.PID.TID.tmp`; the next
+    write of the same file removes those whose process is gone. Use:
+    `with atomic_write(p, "wb") as f: torch.save(obj, f)`.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
@@ -499,6 +521,35 @@ def _atomic_write(path: Path, mode: str):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the `.NAME.PID.TID.tmp` files of `atomic_write`s to `path` whose process no longer runs (killed
+    mid-write); returns them. Temporaries of live processes (another rank, another thread) are left alone."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """A file name with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (signal 0: permission errors mean it does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_score_file(path: str | Path, utt_ids: Any, systems: Any, keys: Any, scores: Any) -> Path:
@@ -541,7 +592,7 @@ def write_score_file(path: str | Path, utt_ids: Any, systems: Any, keys: Any, sc
             raise ValueError(f"entry {i}: duplicate utt_id {utt} (first at entry {seen[utt]})")
         seen[utt] = i
         lines.append(f"{utt} {system} {key} {score!r}\n")
-    with _atomic_write(path, "w") as f:
+    with atomic_write(path, "w") as f:
         f.writelines(lines)
     return path
 
@@ -566,38 +617,76 @@ def read_score_file(path: str | Path) -> ScoreFile:
         raise FileNotFoundError(f"score file {path} not found")
     utts, systems, keys, scores = [], [], [], []
     first_line: dict[str, int] = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) == 4:
-                utt, system, key, score = fields
-            elif len(fields) == 6:
-                _, utt, _, system, key, score = fields
-            else:
-                raise ValueError(
-                    f"{path.name} line {n}: expected 4 fields (utt_id system key score) or 6 "
-                    f"(speaker utt_id - system key score), got {len(fields)}: {line.strip()!r}"
-                )
-            if key not in KEYS:
-                raise ValueError(f"{path.name} line {n}: key {key!r} is not bonafide or spoof: {line.strip()!r}")
-            try:
-                scores.append(float(score))
-            except ValueError:
-                raise ValueError(f"{path.name} line {n}: score {score!r} is not a number: {line.strip()!r}") from None
-            if utt in first_line:
-                raise ValueError(f"{path.name} line {n}: duplicate utt_id {utt} (first on line {first_line[utt]})")
-            first_line[utt] = n
-            utts.append(utt)
-            systems.append(system)
-            keys.append(key)
+    for n, line in text_lines(path, "score file"):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 4:
+            utt, system, key, score = fields
+        elif len(fields) == 6:
+            _, utt, _, system, key, score = fields
+        else:
+            raise ValueError(
+                f"{path.name} line {n}: expected 4 fields (utt_id system key score) or 6 "
+                f"(speaker utt_id - system key score), got {len(fields)}: {line.strip()!r}"
+            )
+        if key not in KEYS:
+            raise ValueError(f"{path.name} line {n}: key {key!r} is not bonafide or spoof: {line.strip()!r}")
+        try:
+            scores.append(float(score))
+        except ValueError:
+            raise ValueError(f"{path.name} line {n}: score {score!r} is not a number: {line.strip()!r}") from None
+        if utt in first_line:
+            raise ValueError(f"{path.name} line {n}: duplicate utt_id {utt} (first on line {first_line[utt]})")
+        first_line[utt] = n
+        utts.append(utt)
+        systems.append(system)
+        keys.append(key)
     if not scores:
         raise ValueError(f"{path.name} has no score lines")
     return ScoreFile(np.array(utts), np.array(systems), np.array(keys), np.array(scores, dtype=np.float64), path)
 
 
 # --- evaluation and report ----------------------------------------------------------------------
+
+
+def check_trials(scores: ScoreFile, trials: Any, protocol: str = "the protocol") -> None:
+    """Every trial of the protocol exactly once in the score file, with the protocol's key and system.
+
+    Args:
+        scores: a read score file (duplicates were already refused by `read_score_file`).
+        trials: (utt_id, system, key) per protocol line (data.py's ProtocolEntry works: it has the three fields).
+        protocol: its name, for the message.
+
+    Raises:
+        ValueError: one message with the counts of trials missing, lines not in the protocol and lines whose key or
+            system contradicts it, each with its first few utterances -- an EER over a third of the trials, or with
+            keys that disagree with the protocol, is not the split's EER.
+    """
+    expected = {}
+    for t in trials:
+        utt, system, key = (t.utt_id, t.system, t.key) if hasattr(t, "utt_id") else t
+        expected[str(utt)] = (str(system), str(key))
+    got = {str(u): (str(s), str(k)) for u, s, k in zip(scores.utt_id, scores.system, scores.key)}
+    missing = [u for u in expected if u not in got]
+    extra = [u for u in got if u not in expected]
+    wrong = [u for u, sk in got.items() if u in expected and expected[u] != sk]
+    if not (missing or extra or wrong):
+        return
+    name = scores.path.name if scores.path else "the score file"
+
+    def first(us: list[str], show) -> str:
+        return ", ".join(show(u) for u in us[:3]) + (", ..." if len(us) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing):,} of its {len(expected):,} trials missing (first: {first(missing, str)})")
+    if extra:
+        parts.append(f"{len(extra):,} line(s) not in it (first: {first(extra, str)})")
+    if wrong:
+        show = lambda u: f"{u} has {' '.join(got[u])}, protocol {' '.join(expected[u])}"  # noqa: E731
+        parts.append(f"{len(wrong):,} line(s) whose system/key contradict it (first: {first(wrong, show)})")
+    raise ValueError(f"{name} does not match {protocol}: " + "; ".join(parts))
 
 
 def evaluate_scores(scores: ScoreFile, asv: AsvScores | None = None) -> dict[str, Any]:
@@ -705,7 +794,7 @@ def plot_det(curves: dict[str, tuple[Any, Any]], path: str | Path, title: str | 
     # below the axes: good systems fill the lower left and systems near chance the upper right
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
-    with _atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")
     return path
 
@@ -723,6 +812,24 @@ def _infer_split(utt_ids: np.ndarray) -> str:
             "pass --split dev or --split eval"
         )
     return split
+
+
+def check_against_protocol(scores: ScoreFile, data_root: Path, split: str) -> bool:
+    """`check_trials` against the split's CM protocol under --data-root, when there is one (False when not found).
+
+    The protocol is read by data.py's parser (the project's one), imported here only when needed: metrics.py
+    itself stays numpy-only.
+    """
+    try:
+        import data  # noqa: PLC0415  (torch comes with it; only the CLI with --data-root needs it)
+
+        layout = data.find_la_root(data_root)
+    except (FileNotFoundError, ImportError):
+        return False  # e.g. --data-root is the ASV scores' own folder
+    if not layout.protocol_path(split).is_file():
+        return False
+    check_trials(scores, layout.protocol(split), layout.protocol_path(split).name)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -749,7 +856,9 @@ def main(argv: list[str] | None = None) -> None:
         scores = read_score_file(args.scores)
         asv_path = args.asv_scores
         if args.data_root is not None:
-            asv_path = find_asv_scores(args.data_root, args.split or _infer_split(scores.utt_id))
+            split = args.split or _infer_split(scores.utt_id)
+            check_against_protocol(scores, args.data_root, split)
+            asv_path = find_asv_scores(args.data_root, split)
         asv = read_asv_scores(asv_path) if asv_path is not None else None
         result = evaluate_scores(scores, asv)
         if args.det is not None:

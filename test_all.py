@@ -466,11 +466,16 @@ def test_data_dataset_lists_every_problem_or_skips_and_counts(tmp_path, capsys):
         assert "skipped 2 of 3 files" in capsys.readouterr().err
         assert ds[0][0].shape == (8000,)
     ds = data.ASVspoof2019LA(la, "train", 8000, skip_bad=True)  # no verify: the truncated file is met later
-    assert len(ds) == 2 and ds[1] is None
+    assert len(ds) == 2 and isinstance(ds[1], data.BadAudio) and ds[1].utt_id == "LA_T_0000003"
+    assert ds[1].path.endswith("LA_T_0000003.flac") and "cannot decode audio" in ds[1].problem
     batch = data.collate([ds[0], ds[1], ds[0]])
     assert batch["x"].shape == (2, 8000) and batch["n_bad"] == 1 and batch["label"].tolist() == [1, 1]
-    assert batch["utt_id"] == ["LA_T_0000001"] * 2 and batch["system"] == ["-", "-"]
-    assert data.collate([None, None]) == {"n_bad": 2, "x": None}
+    assert batch["utt_id"] == ["LA_T_0000001"] * 2 and batch["system"] == ["-", "-"] and batch["bad"] == [ds[1]]
+    assert data.collate([ds[1], ds[1]]) == {"n_bad": 2, "x": None, "bad": [ds[1], ds[1]]}
+    # the one policy: counted with --skip-bad, else one line naming the file and the way out
+    assert data.count_bad(batch["bad"], skip_bad=True) == 1 and data.count_bad([], skip_bad=False) == 0
+    with pytest.raises(data.BadAudioError, match=r"^\S+LA_T_0000003\.flac: cannot decode audio .*--skip-bad"):
+        data.count_bad(batch["bad"], skip_bad=False)
 
 
 def test_data_dataset_fails_on_missing_folder_even_when_skipping(tmp_path):
@@ -617,6 +622,106 @@ def test_data_kaggle_with_a_fake_tool_gives_the_la_la_nesting(tmp_path, monkeypa
     assert (to / "LA" / "LA" / data.PROTOCOL_DIR).is_dir() and not (to / ".kaggle-download").exists()
     assert data.find_la_root(to).root == to / "LA" / "LA"
     assert "no problems found" in capsys.readouterr().out
+
+
+# --- bad audio, text files and writes (the faults of issue 10) ---
+
+
+def data_nonfinite_wav(path: Path, where: str = "end", value: float = float("nan"), seconds: float = 1.0) -> Path:
+    """A float32 WAV of a tone with one NaN/inf sample near its start or in its last 100 samples."""
+    x = data_tone(seconds).astype(np.float32)
+    x[100 if where == "start" else -50] = value
+    sf.write(path, x, 16000, format="WAV", subtype="FLOAT")  # (even when named .flac: soundfile reads the header)
+    return path
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_data_non_finite_audio_is_a_problem_named_by_file_and_sample(tmp_path, value):
+    path = data_nonfinite_wav(tmp_path / "x.wav", "start", value)
+    with pytest.raises(ValueError, match=r"x\.wav: 1 sample\(s\) are NaN or inf \(first at sample 100, 0\.006 s\)"):
+        data.load_audio(path)
+    assert data.load_audio(path, num_samples=50).shape == (50,)  # a window before it is fine: only what is read counts
+    # the default check decodes the file's end: NaN there is found; --deep finds it anywhere
+    end = data_nonfinite_wav(tmp_path / "end.wav", "end", value)
+    assert data.check_audio_file(end)[1][0].startswith("non-finite: 1 NaN/inf sample(s) (in the last")
+    assert data.check_audio_file(path, deep=True)[1] == ["non-finite: 1 NaN/inf sample(s); expected finite audio"]
+
+
+def test_data_check_names_a_non_finite_file_and_exits_1(tmp_path, capsys):
+    la = data_small_tree(tmp_path / "LA")
+    target = la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000002.flac"
+    x = data_tone().astype(np.float32)
+    x[-10] = np.nan
+    sf.write(target.with_suffix(".wav"), x, 16000, subtype="FLOAT")
+    target.unlink()
+    target.with_suffix(".wav").rename(target)  # a float WAV named .flac: soundfile reads it by its header
+    capsys.readouterr()
+    assert data.main(["--data-root", str(la), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "LA_T_0000002.flac: non-finite: 1 NaN/inf sample(s)" in out and "1 problem(s)" in out
+
+
+def test_data_dataset_turns_non_finite_audio_into_bad_audio_and_cache_into_a_problem(tmp_path, capsys):
+    la = data_small_tree(tmp_path / "LA")
+    target = la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000003.flac"
+    target.unlink()
+    data_nonfinite_wav(target, "start")
+    ds = data.ASVspoof2019LA(la, "train", 8000)
+    item = ds[2]
+    assert isinstance(item, data.BadAudio) and "NaN or inf" in item.problem and item.utt_id == "LA_T_0000003"
+    with pytest.raises(RuntimeError, match=r"LA_T_0000003\.flac: .*NaN or inf"):
+        data.ASVspoof2019LA(la, "train", 8000, cache=True)  # never a silent zero in the cache
+    cached = data.ASVspoof2019LA(la, "train", 8000, cache=True, skip_bad=True)
+    assert [e.utt_id for e in cached.entries] == ["LA_T_0000001", "LA_T_0000002"]
+    assert "skipped 1 of 3" in capsys.readouterr().err
+
+
+def test_data_long_file_reads_only_the_window_it_needs(tmp_path, monkeypatch):
+    long = tmp_path / "long.flac"
+    sf.write(long, data_tone(30.0), 16000, format="FLAC")
+    whole = data.load_audio(long)
+    torch.manual_seed(3)
+    window = data.load_audio(long, num_samples=8000, random_crop=True)
+    torch.manual_seed(3)
+    assert torch.equal(window, data.fix_length(whole, 8000, random_crop=True))  # the same draw, the same samples
+    assert torch.equal(data.load_audio(long, num_samples=8000, offset=16000), whole[16000:24000])
+    sf.write(tmp_path / "r.wav", data_tone(3.0, sr=22050), 22050)  # another rate: resampled whole, then cut
+    assert torch.equal(
+        data.load_audio(tmp_path / "r.wav", num_samples=4000), data.load_audio(tmp_path / "r.wav")[:4000]
+    )
+
+
+def test_data_text_files_that_are_not_utf8_name_the_line(tmp_path):
+    la = data_small_tree(tmp_path / "LA")
+    protocol = find_la_root(la).protocol_path("train")
+    protocol.write_bytes(protocol.read_bytes() + b"LA_0079 LA_T_\xff000009 - - bonafide\n")
+    with pytest.raises(ValueError, match=r"^ASVspoof2019\.LA\.cm\.train\.trn\.txt line 4: not UTF-8 text \(byte 0xff"):
+        data.read_cm_protocol(protocol)
+    protocol.write_bytes(b"\xef\xbb\xbf" + protocol.read_bytes().splitlines(keepends=True)[0])  # a BOM is fine
+    assert data.read_cm_protocol(protocol)[0].speaker == "LA_0079"
+
+
+def test_data_atomic_write_removes_temporaries_of_killed_writers_only(tmp_path):
+    target = tmp_path / "last.pt"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".last.pt.{dead.pid}.1234.tmp"
+    live = tmp_path / f".last.pt.{os.getppid()}.1234.tmp"  # another live process writing the same file
+    other = tmp_path / f".best.pt.{dead.pid}.1.tmp"  # another file's: not ours to touch now
+    for p in (stale, live, other):
+        p.write_text("half a checkpoint")
+    with data.atomic_write(target) as f:
+        f.write("whole")
+    assert target.read_text() == "whole" and not stale.exists() and live.exists() and other.exists()
+
+
+def test_data_check_output_path_refuses_folders_and_unwritable_places(tmp_path):
+    assert data.check_output_path(tmp_path / "new" / "s.txt", "--out") == tmp_path / "new" / "s.txt"
+    with pytest.raises(ValueError, match=r"--out .* is a folder; expected a file path"):
+        data.check_output_path(tmp_path, "--out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match=r"^--out .*file/s\.txt: cannot write in"):
+        data.check_output_path(tmp_path / "file" / "s.txt", "--out")
 
 
 # --- progress line ---
@@ -1120,6 +1225,43 @@ def test_cli_data_root_with_mixed_splits_asks_for_split(tmp_path):
     assert run.returncode == 1 and "pass --split dev or --split eval" in run.stderr
 
 
+@pytest.mark.skipif(MINI is None, reason="../shared/data/asvspoof2019_la_mini is absent")
+@pytest.mark.parametrize("fault", ["a third", "foreign utt", "wrong key", "wrong system"])
+def test_cli_score_file_is_checked_against_the_protocol_under_data_root(tmp_path, fault):
+    trials = find_la_root(MINI).protocol("dev")
+    rows = [[e.utt_id, e.system, e.key, f"{i / 7:.3f}"] for i, e in enumerate(trials)]
+    expected = {"a third": r"67 of its 101 trials missing \(first: ", "foreign utt": r"1 line\(s\) not in it \(first: LA_D_9999999",
+                "wrong key": r"1 line\(s\) whose system/key contradict it \(first: \S+ has - spoof, protocol - bonafide",
+                "wrong system": r"1 line\(s\) whose system/key contradict it \(first: \S+ has A06 spoof, protocol A0[1-5] spoof"}[fault]  # fmt: skip
+    if fault == "a third":
+        rows = rows[::3]
+    elif fault == "foreign utt":
+        rows.append(["LA_D_9999999", "A01", "spoof", "0.5"])
+    elif fault == "wrong key":
+        rows[0][2] = "spoof"  # the first dev line is bona fide
+    else:
+        first_spoof = next(r for r in rows if r[1] not in ("-", "A06"))
+        first_spoof[1] = "A06"
+    (tmp_path / "s.txt").write_text("".join(" ".join(r) + "\n" for r in rows))
+    run = _run_cli("--scores", str(tmp_path / "s.txt"), "--data-root", str(MINI), "--split", "dev", cwd=tmp_path)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert re.search(r"s\.txt does not match ASVspoof2019\.LA\.cm\.dev\.trl\.txt: " + expected, run.stderr), run.stderr
+    # the whole split in any order is accepted
+    (tmp_path / "ok.txt").write_text(
+        "".join(f"{e.utt_id} {e.system} {e.key} {i}\n" for i, e in enumerate(trials[::-1]))
+    )
+    assert _run_cli("--scores", str(tmp_path / "ok.txt"), "--data-root", str(MINI), cwd=tmp_path).returncode == 0
+
+
+def test_score_and_asv_files_that_are_not_utf8_name_the_line(tmp_path):
+    (tmp_path / "s.txt").write_bytes(b"LA_E_1 - bonafide 0.5\nLA_E_2 A07 sp\xe9of 0.1\n")
+    with pytest.raises(ValueError, match=r"^s\.txt line 2: not UTF-8 text \(byte 0xe9 at column 14\)"):
+        metrics.read_score_file(tmp_path / "s.txt")
+    (tmp_path / "asv.txt").write_bytes(b"\x00\xff\xfe\n")
+    with pytest.raises(ValueError, match=r"^asv\.txt line 1: not UTF-8 text"):
+        metrics.read_asv_scores(tmp_path / "asv.txt")
+
+
 # --- speed (printed, not asserted) ---
 
 
@@ -1496,26 +1638,32 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert len(_train_metrics(run)) == 1
 
 
-def _train_tree_with_a_corrupt_file(tmp_path: Path) -> tuple[Path, str]:
-    """A copy of a few mini-tree entries (symlinked audio) plus one train file that is not audio."""
+def _train_tree_with_a_corrupt_file(tmp_path: Path, split: str = "train", kind: str = "garbage") -> tuple[Path, str]:
+    """A copy of a few mini-tree entries (symlinked audio) plus one bona fide file of `split` that is not audio
+    ("garbage") or a float WAV with a NaN sample ("nan"); returns (LA root, the bad file's name)."""
     src, dst = MINI, tmp_path / "LA"
     protocols = dst / "ASVspoof2019_LA_cm_protocols"
     protocols.mkdir(parents=True)
-    for split, n in (("train", 12), ("dev", 10)):
-        name = lcnn_train.find_la_root(src).protocol_path(split).name
+    bad = {"train": "LA_T_9999999", "dev": "LA_D_9999999"}[split]
+    for part, n in (("train", 12), ("dev", 10)):
+        name = lcnn_train.find_la_root(src).protocol_path(part).name
         lines = (src / "ASVspoof2019_LA_cm_protocols" / name).read_text().splitlines()
         lines = lcnn_train.spread(lines, n)
-        (dst / f"ASVspoof2019_LA_{split}" / "flac").mkdir(parents=True)
+        (dst / f"ASVspoof2019_LA_{part}" / "flac").mkdir(parents=True)
         for line in lines:
             utt = line.split()[1]
-            (dst / f"ASVspoof2019_LA_{split}" / "flac" / f"{utt}.flac").symlink_to(
-                src / f"ASVspoof2019_LA_{split}" / "flac" / f"{utt}.flac"
+            (dst / f"ASVspoof2019_LA_{part}" / "flac" / f"{utt}.flac").symlink_to(
+                src / f"ASVspoof2019_LA_{part}" / "flac" / f"{utt}.flac"
             )
-        if split == "train":
-            lines.append("LA_0079 LA_T_9999999 - - bonafide")
-            (dst / "ASVspoof2019_LA_train" / "flac" / "LA_T_9999999.flac").write_bytes(b"not audio" * 100)
+        if part == split:
+            lines.append(f"LA_0079 {bad} - - bonafide")
+            path = dst / f"ASVspoof2019_LA_{part}" / "flac" / f"{bad}.flac"
+            if kind == "nan":
+                data_nonfinite_wav(path, "start", seconds=2.0)
+            else:
+                path.write_bytes(b"not audio" * 100)
         (protocols / name).write_text("\n".join(lines) + "\n")
-    return dst, "LA_T_9999999.flac"
+    return dst, f"{bad}.flac"
 
 
 @needs_mini
@@ -1527,6 +1675,159 @@ def test_corrupt_file_is_skipped_and_counted_with_skip_bad_and_an_error_without(
     assert (h["n_bad"], h["n_train"], h["n_dev"]) == (1, 12, 10)
     with pytest.raises(RuntimeError, match=rf"{bad}: cannot decode audio.*pass --skip-bad"):
         lcnn_train.main([*flags, "--out", str(tmp_path / "fail"), "--num-workers", "1"])  # error from a worker
+
+
+def _train_tree_flags(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--recipe", "tiny", "--data-root", str(root), "--num-frames", "64", "--device", "cpu", "--epochs", "1",
+            "--num-workers", "0", "--out", str(out), *extra]  # fmt: skip
+
+
+@needs_mini
+def test_non_finite_training_file_is_named_or_skipped_and_counted_never_zeroed(tmp_path):
+    root, bad = _train_tree_with_a_corrupt_file(tmp_path, "train", "nan")
+    with pytest.raises(data.BadAudioError, match=rf"{bad}: 1 sample\(s\) are NaN or inf .*pass --skip-bad"):
+        lcnn_train.main(_train_tree_flags(root, tmp_path / "fail"))
+    lcnn_train.main(_train_tree_flags(root, tmp_path / "skip", "--skip-bad"))
+    (h,) = _train_metrics(tmp_path / "skip")
+    assert (h["n_bad"], h["n_train"]) == (1, 12) and np.isfinite(h["train_loss"])
+    lcnn_train.main(_train_tree_flags(root, tmp_path / "cache", "--skip-bad", "--cache-audio"))
+    (h,) = _train_metrics(tmp_path / "cache")
+    assert h["n_train"] == 12 and np.isfinite(h["train_loss"])  # left out at decoding, not cached as zeros
+    with pytest.raises(RuntimeError, match=rf"{bad}: .*NaN or inf"):
+        lcnn_train.main(_train_tree_flags(root, tmp_path / "cache2", "--cache-audio"))
+
+
+@needs_mini
+def test_failed_dev_scoring_keeps_the_trained_epoch_and_resume_scores_it_without_retraining(tmp_path, monkeypatch):
+    root, bad = _train_tree_with_a_corrupt_file(tmp_path, "dev", "nan")
+    run = tmp_path / "run"
+    with pytest.raises(data.BadAudioError, match=rf"{bad}: 1 sample\(s\) are NaN"):
+        lcnn_train.main(_train_tree_flags(root, run, "--epochs", "2"))
+    kept = torch.load(run / "last.pt", weights_only=True)
+    assert kept["epoch"] == 1 and kept["dev_pending"]["n_files"] == 12 and kept["history"] == []
+    # fix the file; the resumed run scores epoch 1's dev without training it again, then trains epoch 2
+    good = next((root / "ASVspoof2019_LA_dev" / "flac").glob("LA_D_1*.flac")).resolve()
+    (root / "ASVspoof2019_LA_dev" / "flac" / bad).unlink()
+    (root / "ASVspoof2019_LA_dev" / "flac" / bad).symlink_to(good)
+    calls = []
+    real = lcnn_train.train_one_epoch
+    monkeypatch.setattr(lcnn_train, "train_one_epoch", lambda *a, **k: calls.append(a[6]) or real(*a, **k))
+    lcnn_train.main(["--resume", str(run)])
+    assert calls == [2]
+    lcnn_train.main(_train_tree_flags(root, tmp_path / "ref", "--epochs", "2"))  # uninterrupted, on the fixed tree
+    keys = ("epoch", "train_loss", "dev_loss", "dev_eer", "best_epoch", "n_dev")
+    assert [{k: h[k] for k in keys} for h in _train_metrics(run)] == [
+        {k: h[k] for k in keys} for h in _train_metrics(tmp_path / "ref")
+    ]
+
+
+@needs_mini
+def test_flags_changed_on_resume_take_effect_visibly_or_are_refused(train_small_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
+    for flag, value in (("--seed", "7"), ("--limit-train", "40"), ("--limit-dev", "20"), ("--no-augment", None)):
+        with pytest.raises(
+            ValueError, match=rf"cannot resume .*trained with {flag.replace('no-', '')} .*start a new run"
+        ):
+            lcnn_train.parse_args(["--resume", str(run), flag, *([value] if value else [])])
+    capsys.readouterr()
+    lcnn_train.main(["--resume", str(run), "--epochs", "3", "--lr", "0.01", "--lr-step", "1", "--batch-size", "16"])
+    out = capsys.readouterr().out
+    assert "changed on resume: " in out and "--lr 0.001 -> 0.01 (the optimiser and StepLR are set to it)" in out
+    assert "--batch-size 32 -> 16 (batches differ from here" in out and "--epochs 1 -> 3" in out
+    history = _train_metrics(run)
+    # StepLR as if the run had started with lr 0.01 and step 1: 0.01 x 0.5^1 for epoch 2, x 0.5^2 for epoch 3
+    assert [h["lr"] for h in history] == [pytest.approx(1e-3), pytest.approx(5e-3), pytest.approx(2.5e-3)]
+    saved = torch.load(run / "last.pt", weights_only=True)["args"]
+    assert (saved["lr"], saved["lr_step"], saved["batch_size"]) == (0.01, 1, 16)
+    assert json.loads((run / "args.json").read_text())["lr"] == 0.01
+
+
+@needs_mini
+@pytest.mark.parametrize("flags,message", [
+    (("--limit-train", "-5"), "--limit-train must be 0 .every file. or at least 2"),
+    (("--limit-train", "1"), "--limit-train must be 0 .every file. or at least 2"),
+    (("--limit-dev", "2", "--limit-train", "48"), None),  # spread over a sorted protocol: both classes, accepted
+    (("--lr", "0"), "--lr must be a positive number"),
+])  # fmt: skip
+def test_impossible_flag_values_are_refused_before_any_work(tmp_path, flags, message):
+    argv = _train_small_flags(tmp_path / "run", "--epochs", "1", *flags)
+    if message is None:
+        lcnn_train.main(argv)
+        return
+    with pytest.raises(ValueError, match=message):
+        lcnn_train.parse_args(argv)
+    assert not (tmp_path / "run").exists()
+
+
+@needs_mini
+def test_a_subset_with_one_class_is_refused_before_any_decoding(tmp_path, monkeypatch):
+    root, _ = _train_tree_with_a_corrupt_file(tmp_path)
+    protocol = find_la_root(root).protocol_path("dev")
+    protocol.write_text("".join(ln + "\n" for ln in protocol.read_text().splitlines() if "bonafide" in ln))
+    monkeypatch.setattr(data, "decode_all", lambda *a, **k: pytest.fail("decoded before refusing"))
+    with pytest.raises(
+        ValueError, match=r"--limit-dev 0 leaves 5 bonafide in the dev set: it needs bona fide and spoof"
+    ):
+        lcnn_train.main(_train_tree_flags(root, tmp_path / "run", "--cache-audio", "--skip-bad"))
+
+
+@needs_mini
+@pytest.mark.parametrize("failing", ["last.pt", "best.pt"])
+def test_best_state_survives_a_failed_checkpoint_write(tmp_path, monkeypatch, failing):
+    run = tmp_path / "run"
+    real, writes = lcnn_train.save_atomic, []
+
+    def fail_second_epoch(obj, path):
+        writes.append(path.name)
+        if path.name == failing and obj["epoch"] == 2:
+            raise OSError(28, "No space left on device")
+        real(obj, path)
+
+    monkeypatch.setattr(lcnn_train, "save_atomic", fail_second_epoch)
+    scored = []  # every dev scoring beats the last one: each epoch is a new best
+    monkeypatch.setattr(
+        lcnn_train, "dev_metrics", lambda s: scored.append(1) or {"dev_loss": 1.0, "dev_eer": 50.0 - len(scored)}
+    )
+    with pytest.raises(OSError, match="No space left"):
+        lcnn_train.main(_train_small_flags(run, "--epochs", "3"))
+    last = torch.load(run / "last.pt", weights_only=True)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] >= last["best_epoch"] and (run / "best.pt").is_file()  # never a best epoch without its file
+    monkeypatch.setattr(lcnn_train, "save_atomic", real)
+    lcnn_train.main(["--resume", str(run)])
+    final = torch.load(run / "last.pt", weights_only=True)
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == final["best_epoch"] == 3
+
+
+def test_checkpoint_with_stored_arguments_of_the_wrong_type_is_one_clear_line(tmp_path):
+    good = _evaluate_save_ckpt(tmp_path / "good.pt")
+    for where, key, value, message in (
+        ("model_args", "dropout", "x", r"stored model_args\['dropout'\] = 'x' is not a number"),
+        ("model_args", "num_frames", 3.5, r"stored model_args\['num_frames'\] = 3\.5 is not an integer"),
+        ("args", "pad", "middle", r"stored args\['pad'\] = 'middle'; expected one of repeat, zeros"),
+        ("args", "frontend", "cqt", r"stored args\['frontend'\] = 'cqt': --frontend must be one of"),
+    ):  # fmt: skip
+        ckpt = torch.load(good, weights_only=True)
+        ckpt[where][key] = value
+        torch.save(ckpt, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=message) as err:
+            evaluate.load_scorer(tmp_path / "bad.pt")
+        assert "\n" not in str(err.value) and str(tmp_path / "bad.pt") in str(err.value)
+
+
+@needs_mini
+def test_resume_of_a_checkpoint_with_a_mistyped_flag_is_refused(train_small_run, tmp_path):
+    ckpt = torch.load(train_small_run / "last.pt", weights_only=True)
+    ckpt["args"]["lr"] = "abc"
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"last\.pt: stored flag lr = 'abc' is not a number"):
+        lcnn_train.parse_args(["--resume", str(tmp_path / "last.pt")])
+    (tmp_path / "trunc.pt").write_bytes((train_small_run / "last.pt").read_bytes()[:1000])
+    with pytest.raises(ValueError) as err:
+        lcnn_train.parse_args(["--resume", str(tmp_path / "trunc.pt")])
+    assert "not a readable train.py checkpoint" in str(err.value) and "\n" not in str(err.value)
+    assert "weights_only=False" not in str(err.value)
 
 
 @needs_mini
@@ -1759,7 +2060,7 @@ def test_score_file_out_of_protocol_order_names_the_line(evaluate_mini, tmp_path
     path.write_text("".join(f"{e.utt_id} {e.system} {e.key} 0.{i}\n" for i, e in enumerate(order)))
     with pytest.raises(ValueError, match=rf"s.txt line 2: expected '{protocol[1].utt_id} "):
         evaluate.check_score_file(path, protocol)
-    with pytest.raises(ValueError, match="has 3 lines, the trial list 2"):
+    with pytest.raises(ValueError, match="does not match the trial list: 1 line.s. not in it"):
         evaluate.check_score_file(path, order[:2])
 
 
@@ -1841,6 +2142,109 @@ def test_unreadable_file_names_it_and_exits_1_unless_skip_bad(evaluate_ckpt, tmp
     proc = subprocess.run([sys.executable, str(EVALUATE_PY), "--ckpt", str(evaluate_ckpt), "--files", str(bad)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 1 and "broken.flac" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN / Infinity, which are not JSON."""
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+
+
+def test_non_finite_audio_file_never_gets_a_score_or_a_verdict(evaluate_ckpt, tmp_path, capsys):
+    nan = data_nonfinite_wav(tmp_path / "nan.wav", "start")
+    good = tmp_path / "ok.wav"
+    sf.write(good, data_tone(1.0), 16000)
+    with pytest.raises(data.BadAudioError, match=r"nan\.wav: 1 sample\(s\) are NaN or inf .*--skip-bad"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(nan)])
+    for extra in ([], ["--full-length"]):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(good), str(nan), "--skip-bad", "--json", *extra])
+        rows = _strict_json(capsys.readouterr().out)["files"]
+        assert set(rows[1]) == {"file", "error"} and "NaN or inf" in rows[1]["error"] and "verdict" in rows[0]
+
+
+def test_a_model_that_gives_nan_is_refused_not_scored(evaluate_ckpt, evaluate_tree, tmp_path):
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    with torch.no_grad():
+        scorer.model.classifier.fc32.bias.fill_(float("nan"))  # damaged weights
+    with pytest.raises(evaluate.NonFiniteScoreError, match=r"non-finite score\(s\) \(first: LA_E_1000000\)"):
+        evaluate.score_split(scorer, evaluate_tree, "eval", tmp_path / "s.txt", 4, 0, progress=False)
+    assert not (tmp_path / "s.txt").exists()
+    sf.write(tmp_path / "a.wav", data_tone(1.0), 16000)
+    with pytest.raises(evaluate.NonFiniteScoreError):
+        evaluate.score_files(scorer, [tmp_path / "a.wav"])
+
+
+def test_full_length_memory_is_flat_in_the_file_length(evaluate_ckpt, tmp_path):
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    long = tmp_path / "long.flac"
+    sf.write(long, data_tone(60.0), 16000, format="FLAC")
+    seen, real = [], scorer.logits
+    scorer.logits = lambda waves: seen.append(waves.shape[0]) or real(waves)
+    logits, seconds = scorer.logits_file(long, batch_size=8)
+    windows = -(-data.load_audio(long).numel() // scorer.num_samples)
+    assert seconds == pytest.approx(60.0) and sum(seen) == windows and max(seen) == 8  # never all windows at once
+    torch.testing.assert_close(logits, scorer.logits_full(data.load_audio(long), batch_size=1000), atol=1e-5, rtol=0)
+    rows = evaluate.score_files(scorer, [long], batch_size=8, full_length=True)
+    assert rows[0]["duration_s"] == pytest.approx(60.0) and rows[0]["score"] == pytest.approx(
+        float(logits[1] - logits[0])
+    )
+    seen.clear()
+    evaluate.score_files(scorer, [long], batch_size=8)  # the training crop: one window, read from the start
+    assert seen == [1]
+
+
+def test_output_path_is_checked_before_any_scoring(evaluate_ckpt, evaluate_tree, tmp_path):
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    scorer.model = _EvaluateCounting(scorer.model)
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match=r"--out .*a_dir is a folder; expected a file path"):
+        evaluate.score_split(scorer, evaluate_tree, "eval", tmp_path / "a_dir", 4, 0, progress=False)
+    with pytest.raises(OSError, match=r"--out .*a_file/s\.txt: cannot write in"):
+        evaluate.score_split(scorer, evaluate_tree, "eval", tmp_path / "a_file" / "s.txt", 4, 0, progress=False)
+    assert scorer.model.items == 0
+
+
+def test_failed_final_write_keeps_the_partial_scores(evaluate_ckpt, evaluate_tree, tmp_path, monkeypatch):
+    out = tmp_path / "s.txt"
+    real = evaluate.write_scores
+
+    def fail_final(path, entries, scores):
+        if path == out:
+            raise OSError(28, "No space left on device")
+        return real(path, entries, scores)
+
+    monkeypatch.setattr(evaluate, "write_scores", fail_final)
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate.score_split(scorer, evaluate_tree, "eval", out, 4, 0, progress=False)
+    assert len(evaluate.partial_paths(out)[0].read_text().splitlines()) == 12  # all 12 kept for the next run
+    monkeypatch.setattr(evaluate, "write_scores", real)
+    scorer.model = _EvaluateCounting(scorer.model)
+    res = evaluate.score_split(scorer, evaluate_tree, "eval", out, 4, 0, progress=False)
+    assert (res.n_resumed, scorer.model.items) == (12, 0)
+
+
+@pytest.mark.slow
+def test_sigterm_during_split_scoring_keeps_the_partial_and_exits_143(evaluate_ckpt, tmp_path):
+    layout = bench.generate_la_files(tmp_path / "gen", 400, "eval", workers=1)
+    out = tmp_path / "s.txt"
+    cmd = [sys.executable, str(EVALUATE_PY), "--ckpt", str(evaluate_ckpt), "--data-root", str(layout.root), "--out",
+           str(out), "--batch-size", "2", "--save-every", "1", "--num-workers", "0", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = evaluate.partial_paths(out)[0]
+    deadline = time.monotonic() + 120
+    while not partial.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err
+    kept = len(partial.read_text().splitlines())
+    assert 0 < kept < 400 and not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = _strict_json(done.stdout)
+    assert summary["n_resumed"] == kept and summary["n_scored"] == 400 - kept
 
 
 # --- evaluate.py: checkpoints and flags ---
@@ -2333,6 +2737,16 @@ def test_explain_cli_rejects_contradictory_flags(tmp_path):
         explain.main(["--real", "x.flac", "--vocv4-root", str(tmp_path)])
     with pytest.raises(ValueError, match="--mask-quantile must be in"):
         explain.main(["--real", "x.flac", "--mask-quantile", "1.5"])
+
+
+def test_explain_non_finite_audio_is_one_error_naming_the_file(tmp_path):
+    ckpt = explain_tiny_checkpoint(tmp_path / "tiny.pt")
+    nan = data_nonfinite_wav(tmp_path / "real.wav", "start")
+    sf.write(tmp_path / "fake.wav", data_tone(1.0), 16000)
+    for real, fake in ((nan, tmp_path / "fake.wav"), (tmp_path / "fake.wav", nan)):
+        with pytest.raises(ValueError, match=rf"{real.name if real == nan else fake.name}: 1 sample\(s\) are NaN"):
+            explain.main(["--real", str(real), "--fake", str(fake), "--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o" / "metrics.json").exists()
 
 
 @explain_needs_nii

@@ -27,7 +27,9 @@ import json
 import math
 import os
 import random
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,7 @@ from data import (
     add_model_args,
     atomic_write,
     collate,
+    count_bad,
     find_la_root,
     format_seconds,
     make_frontend,
@@ -83,8 +86,13 @@ RECIPES: dict[str, dict] = {
     "tiny": dict(frontend="mel", dropout=0.1, epochs=3, batch_size=32, lr=1e-3, num_workers=2, patience=0),
 }  # fmt: skip
 
-# flags that fix the architecture or the features: a checkpoint is only resumed with the same values
+# What a flag changed on --resume does. Architecture and features: refused (the weights would not fit, or would see
+# other inputs). Data: refused (they decide what every epoch trained and was selected on; another value is another
+# run). The schedule: set on the optimiser and scheduler, as if the run had started with it. Every other flag
+# (epochs, batch size, workers, device, precision, paths, patience, ...) simply takes effect. Each change is printed.
 ARCH_FLAGS = ("recipe", "frontend", "num_frames", "pad", "dropout", "loss", "margin")
+DATA_FLAGS = ("seed", "limit_train", "limit_dev", "augment", "random_crop")
+SCHEDULE_FLAGS = ("lr", "lr_step", "lr_gamma")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     saved, resume_path = None, None
     if first.resume:
         resume_path = resume_checkpoint_path(first.resume)
-        saved = read_resume_checkpoint(resume_path)["args"]
+        saved = check_saved_flags(read_resume_checkpoint(resume_path)["args"], parser, resume_path)
         if "amp" in saved:  # runs written before --precision replaced --amp
             amp = saved.pop("amp")
             saved.setdefault("precision", {"off": "fp32"}.get(amp, amp))
@@ -158,14 +166,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("epochs", "batch_size", "lr_step", "num_frames"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    for flag in ("limit_train", "limit_dev"):
+        if getattr(args, flag) < 0 or getattr(args, flag) == 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be 0 (every file) or at least 2 (a file of each class), "
+                             f"got {getattr(args, flag)}")  # fmt: skip
+    for flag in ("lr", "lr_gamma"):
+        if not getattr(args, flag) > 0 or not math.isfinite(getattr(args, flag)):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got {getattr(args, flag)}")
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    args.resume_changes = {}
     if saved:
-        for key in ARCH_FLAGS:
+        for key in ARCH_FLAGS + DATA_FLAGS:
             if saved.get(key) != getattr(args, key):
                 flag = "--" + key.replace("_", "-")
-                raise ValueError(
-                    f"cannot resume {resume_path}: trained with {flag} {saved.get(key)}, flags say {getattr(args, key)}"
-                )
+                why = "" if key in ARCH_FLAGS else ("; it decides what every epoch trained on: start a new run "
+                                                    "(another --out) for another value")  # fmt: skip
+                raise ValueError(f"cannot resume {resume_path}: trained with {flag} {saved.get(key)}, flags say "
+                                 f"{getattr(args, key)}{why}")  # fmt: skip
+        args.resume_changes = {k: (saved[k], v) for k, v in vars(args).items()
+                               if k in saved and k not in ("resume", "out", "resume_changes") and saved[k] != v}  # fmt: skip
     return args
+
+
+def check_saved_flags(saved, parser: argparse.ArgumentParser, path: Path) -> dict:
+    """A checkpoint's stored flags with the types and choices the parser gives them (one ValueError naming the key):
+    a damaged or hand-edited checkpoint must not start a run with lr = "abc"."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: stored args is a {type(saved).__name__}, expected the dict of train.py's flags")
+    actions = {a.dest: a for a in parser._actions}
+    for key, value in saved.items():
+        a = actions.get(key)
+        if a is None or value is None:
+            continue
+        if a.choices is not None and value not in a.choices:
+            raise ValueError(f"{path}: stored flag {key} = {value!r} is not one of {', '.join(map(str, a.choices))}")
+        kinds = {int: int, float: (int, float)}.get(a.type)
+        if kinds and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise ValueError(
+                f"{path}: stored flag {key} = {value!r} is not {'an integer' if a.type is int else 'a number'}"
+            )
+        if isinstance(a, argparse._StoreTrueAction | argparse.BooleanOptionalAction) and not isinstance(value, bool):
+            raise ValueError(f"{path}: stored flag {key} = {value!r} is not true/false")
+    return saved
 
 
 # ----------------------------------------------------------------------------- distributed helpers (one process too)
@@ -239,6 +282,17 @@ def spread(entries: list, limit: int) -> list:
     return [entries[i * len(entries) // limit] for i in range(limit)]
 
 
+def check_both_classes(entries, what: str, flag: str, limit: int) -> None:
+    """Training needs both classes, the dev EER too: ValueError before any work when a subset lacks one."""
+    keys = Counter(e.key for e in entries)
+    if keys["bonafide"] and keys["spoof"]:
+        return
+    have = ", ".join(f"{n} {k}" for k, n in keys.items()) or "no files"
+    cause = f"{flag} {limit} leaves" if flag != "--skip-bad" else "after --skip-bad left files out there are"
+    raise ValueError(f"{cause} {have} in the {what} set: it needs bona fide and spoof files"
+                     + (f"; give {flag} 0 (all) or a larger number" if flag != "--skip-bad" else ""))  # fmt: skip
+
+
 def make_loaders(
     args: argparse.Namespace, frontend, device: torch.device
 ) -> tuple[DataLoader, DataLoader, torch.Generator]:
@@ -251,16 +305,15 @@ def make_loaders(
     layout = find_la_root(args.data_root)
     num_samples = frontend.num_samples(args.num_frames)
     common = dict(num_samples=num_samples, pad=args.pad, cache=args.cache_audio, skip_bad=args.skip_bad)
-    train_set = ASVspoof2019LA(
-        layout,
-        "train",
-        entries=spread(layout.protocol("train"), args.limit_train),
-        random_crop=args.random_crop,
-        augment=args.augment,
-        **common,
-    )
+    train_entries = spread(layout.protocol("train"), args.limit_train)
     dev_entries = spread(layout.protocol("dev"), args.limit_dev)
+    check_both_classes(train_entries, "training", "--limit-train", args.limit_train)  # before any decoding
+    check_both_classes(dev_entries, "dev", "--limit-dev", args.limit_dev)
+    train_set = ASVspoof2019LA(layout, "train", entries=train_entries, random_crop=args.random_crop,
+                               augment=args.augment, **common)  # fmt: skip
+    check_both_classes(train_set.entries, "training", "--skip-bad", args.limit_train)  # after files were left out
     dev_set = ASVspoof2019LA(layout, "dev", entries=dev_entries[rank() :: world_size()], **common)
+    check_both_classes(sum(gather_objects(dev_set.entries), []), "dev", "--skip-bad", args.limit_dev)
     # the sampler shuffles with (seed, epoch); the generator (re-seeded every epoch) seeds the workers
     sampler = DistributedSampler(train_set, num_replicas=world_size(), rank=rank(), shuffle=True, seed=args.seed)
     generator = torch.Generator()
@@ -287,22 +340,13 @@ def pin_memory_for(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def batches(loader: DataLoader):
-    """Iterate a loader; a file error from a worker comes back as one line that names the file."""
+def batches(loader: DataLoader, skip_bad: bool = False):
+    """Iterate a loader under the one bad-file policy: each batch's unusable files (`data.BadAudio` items) are
+    counted in batch["n_bad"] with `skip_bad`, or stop the run with one line naming the file (`data.count_bad`)."""
     if loader.num_workers:
         release_cpu_memory()  # before the workers fork (model.release_cpu_memory)
-    iterator = iter(loader)
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except (RuntimeError, ValueError, FileNotFoundError) as e:
-            lines = [line for line in str(e).splitlines() if line.strip()]
-            last = lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(e)  # worker errors end with the original
-            if "audio" in last:
-                raise type(e)(f"{last}; pass --skip-bad to skip unreadable files (they are counted)") from e
-            raise
+    for batch in loader:
+        count_bad(batch["bad"], skip_bad)
         yield batch
 
 
@@ -339,7 +383,7 @@ def train_one_epoch(model, frontend, loader, optimizer, device, args, epoch: int
         Progress(total, f"epoch {epoch}/{args.epochs}", unit="files", every=args.log_every) if is_main() else None
     )
     loss_sum, n_files, n_bad, start = 0.0, 0, 0, time.monotonic()
-    for i, batch in enumerate(batches(loader), 1):
+    for i, batch in enumerate(batches(loader, args.skip_bad), 1):
         n_bad += batch["n_bad"]
         if batch["x"] is None:  # every file of the batch was unreadable (--skip-bad)
             continue
@@ -370,7 +414,9 @@ def train_one_epoch(model, frontend, loader, optimizer, device, args, epoch: int
 
 
 @torch.no_grad()
-def evaluate(model, frontend, loader, device, precision: str = "fp32", channels_last: bool = False) -> dict:
+def evaluate(
+    model, frontend, loader, device, precision: str = "fp32", channels_last: bool = False, skip_bad: bool = False
+) -> dict:
     """Score one loader (this rank's dev shard) with the plain model (not the DDP wrapper: shards are uneven).
 
     Returns:
@@ -380,7 +426,7 @@ def evaluate(model, frontend, loader, device, precision: str = "fp32", channels_
     model.eval()
     bf16 = use_bf16(precision, device)
     out = {"utt_id": [], "system": [], "key": [], "score": [], "loss": [], "n_bad": 0}
-    for batch in batches(loader):
+    for batch in batches(loader, skip_bad):
         out["n_bad"] += batch["n_bad"]
         if batch["x"] is None:
             continue
@@ -499,9 +545,11 @@ def open_tensorboard(run_dir: Path):
 def write_epoch(run_dir: Path, checkpoint: dict, scores: dict, title: str, writer=None) -> None:
     """Everything an epoch leaves in RUN: last.pt (and best.pt), metrics.jsonl, dev_scores.txt, curves.png, tb/."""
     metrics = checkpoint["history"][-1]
-    save_atomic(checkpoint, run_dir / "last.pt")
+    # best.pt before last.pt: if either write fails, last.pt still names a best epoch whose best.pt exists (a
+    # failed best.pt write leaves the previous last.pt, and --resume trains this epoch again)
     if checkpoint["best_epoch"] == checkpoint["epoch"]:
         save_atomic(checkpoint, run_dir / "best.pt")
+    save_atomic(checkpoint, run_dir / "last.pt")
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(metrics) + "\n")
     write_score_file(run_dir / "dev_scores.txt", scores["utt_id"], scores["system"], scores["key"], scores["score"])
@@ -513,6 +561,29 @@ def write_epoch(run_dir: Path, checkpoint: dict, scores: dict, title: str, write
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def set_schedule(optimizer, scheduler, args: argparse.Namespace, epochs_done: int) -> None:
+    """Put --lr / --lr-step / --lr-gamma given on --resume into effect: StepLR as if the run had started with them
+    (lr after `epochs_done` epochs = lr x gamma^(epochs_done // step))."""
+    scheduler.step_size, scheduler.gamma = args.lr_step, args.lr_gamma
+    scheduler.base_lrs = [args.lr for _ in optimizer.param_groups]
+    now = args.lr * args.lr_gamma ** (epochs_done // args.lr_step)
+    for group in optimizer.param_groups:
+        group["lr"], group["initial_lr"] = now, args.lr
+    scheduler._last_lr = [now for _ in optimizer.param_groups]
+
+
+def describe_changes(changes: dict) -> str:
+    """'--lr 0.0003 -> 0.1 (...)' for each flag changed on --resume, with what the change does."""
+    notes = {"batch_size": "batches differ from here: no longer bit-identical to an uninterrupted run",
+             "data_root": "the same protocol lines are read from the new place",
+             "epochs": "the run's length", "patience": "early stopping from here"}  # fmt: skip
+    out = []
+    for key, (old, new) in changes.items():
+        note = "the optimiser and StepLR are set to it" if key in SCHEDULE_FLAGS else notes.get(key, "takes effect")
+        out.append(f"--{key.replace('_', '-')} {old} -> {new} ({note})")
+    return "; ".join(out)
 
 
 def make_model(args: argparse.Namespace, n_bins: int, device: torch.device):
@@ -528,7 +599,8 @@ def make_model(args: argparse.Namespace, n_bins: int, device: torch.device):
 
 def train(args: argparse.Namespace) -> list[dict]:
     """Train as the flags say; returns the history (one metrics dict per epoch)."""
-    flags = dict(vars(args))  # as given (device "auto", channels_last None): what args.json and checkpoints keep
+    flags = {k: v for k, v in vars(args).items() if k != "resume_changes"}  # as given: args.json, checkpoints
+    changes = getattr(args, "resume_changes", {})
     device = setup_distributed(args.device)
     args.channels_last = use_channels_last(args.channels_last, device)
     use_bf16(args.precision, device)  # a bad --precision fails here, before any work
@@ -560,6 +632,14 @@ def train(args: argparse.Namespace) -> list[dict]:
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
         best = (ckpt["best_dev_eer"], ckpt["best_epoch"])
+        if any(k in changes for k in SCHEDULE_FLAGS):
+            set_schedule(optimizer, scheduler, args, start_epoch)
+        if is_main() and changes:
+            print(f"resuming {args.resume} after epoch {start_epoch}; changed on resume: " + describe_changes(changes),
+                  flush=True)  # fmt: skip
+        if is_main() and best[1] and not (run_dir / "best.pt").is_file():
+            print(f"warning: {run_dir / 'best.pt'} (epoch {best[1]}, dev EER {best[0]:.2f} %) is missing; the run "
+                  "goes on and writes best.pt at its next best epoch", file=sys.stderr)  # fmt: skip
         if len(ckpt["rng"]) == world_size():
             set_rng_state(ckpt["rng"][rank()])
         elif is_main():
@@ -577,38 +657,60 @@ def train(args: argparse.Namespace) -> list[dict]:
               f"train {len(train_loader.dataset):,} / dev {n_dev:,} files, {world_size()} process(es) on {device}", flush=True)  # fmt: skip
     writer = open_tensorboard(run_dir) if is_main() else None
 
-    if is_main() and start_epoch >= args.epochs:
+    pending = ckpt.get("dev_pending") if ckpt else None  # an epoch trained, its dev scoring not done
+    if is_main() and start_epoch >= args.epochs and not pending:
         print(f"{args.resume} already holds {start_epoch} epochs (--epochs {args.epochs}): nothing to train")
     run_start = time.monotonic()
-    for epoch in range(start_epoch + 1, args.epochs + 1):
-        train_loader.sampler.set_epoch(epoch)
-        generator.manual_seed(args.seed * 1_000_003 + epoch * 1009 + rank())  # this epoch's worker seeds
-        lr = optimizer.param_groups[0]["lr"]
-        result = train_one_epoch(model, frontend, train_loader, optimizer, device, args, epoch, step)
-        step = result["steps"]
-        scheduler.step()
-        sync_buffers(raw_model)
-        scores = gather_scores(evaluate(raw_model, frontend, dev_loader, device, args.precision, args.channels_last))
-        metrics = dict(epoch=epoch, train_loss=result["train_loss"], **dev_metrics(scores), lr=lr,
+    title = f"{run_dir.name}: LCNN, recipe {args.recipe}, {args.frontend} {frontend.n_bins} x {args.num_frames}"
+
+    def checkpoint_now(epoch: int, **extra) -> dict:
+        return {
+            "model": raw_model.state_dict(), "model_args": raw_model.model_args(), "args": flags,
+            "epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "dev_eer": history[-1]["dev_eer"] if history else None, "best_dev_eer": best[0], "best_epoch": best[1],
+            "history": history, "rng": gather_objects(rng_state()), **extra,
+        }  # fmt: skip
+
+    for epoch in range(start_epoch + (0 if pending else 1), args.epochs + 1):
+        if pending:  # resume of an epoch whose dev scoring failed: its training is in the checkpoint
+            result, pending = pending, None
+            if is_main():
+                print(f"epoch {epoch}: trained before the interruption; scoring dev now", flush=True)
+        else:
+            train_loader.sampler.set_epoch(epoch)
+            generator.manual_seed(args.seed * 1_000_003 + epoch * 1009 + rank())  # this epoch's worker seeds
+            lr = optimizer.param_groups[0]["lr"]
+            result = train_one_epoch(model, frontend, train_loader, optimizer, device, args, epoch, step)
+            result = dict(result, lr=lr, seconds=round(result["seconds"], 2))
+            step = result["steps"]
+            scheduler.step()
+            sync_buffers(raw_model)
+        try:
+            scores = gather_scores(
+                evaluate(raw_model, frontend, dev_loader, device, args.precision, args.channels_last, args.skip_bad)
+            )
+            dev = dev_metrics(scores)
+        except BaseException:
+            if is_main() and world_size() == 1:  # (under torchrun the other ranks may be gone: no collective here)
+                save_atomic(checkpoint_now(epoch, dev_pending=result), run_dir / "last.pt")
+                print(f"epoch {epoch} is trained and kept in {run_dir / 'last.pt'}; its dev scoring failed (below). "
+                      f"Fix the cause and pass --resume {run_dir}: dev is scored again, nothing is retrained",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            raise
+        metrics = dict(epoch=epoch, train_loss=result["train_loss"], **dev, lr=result["lr"],
                        n_bad=result["n_bad"] + scores["n_bad"], n_train=result["n_files"], n_dev=len(scores["score"]),
-                       seconds=round(result["seconds"], 2), files_per_s=round(result["n_files"] / result["seconds"], 2))  # fmt: skip
+                       seconds=result["seconds"], files_per_s=round(result["n_files"] / max(result["seconds"], 1e-9), 2))  # fmt: skip
         if metrics["dev_eer"] < best[0]:
             best = (metrics["dev_eer"], epoch)
         metrics.update(best_dev_eer=best[0], best_epoch=best[1])
         history.append(metrics)
-        checkpoint = {
-            "model": raw_model.state_dict(), "model_args": raw_model.model_args(), "args": flags,
-            "epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "dev_eer": metrics["dev_eer"], "best_dev_eer": best[0], "best_epoch": best[1], "history": history,
-            "rng": gather_objects(rng_state()),
-        }  # fmt: skip
+        checkpoint = checkpoint_now(epoch)
         if is_main():
-            title = f"{run_dir.name}: LCNN, recipe {args.recipe}, {args.frontend} {frontend.n_bins} x {args.num_frames}"
             write_epoch(run_dir, checkpoint, scores, title, writer)
-            left = (time.monotonic() - run_start) / (epoch - start_epoch) * (args.epochs - epoch)
+            left = (time.monotonic() - run_start) / max(epoch - start_epoch, 1) * (args.epochs - epoch)
             print(f"epoch {epoch}/{args.epochs}: train loss {metrics['train_loss']:.4f}, dev loss "
                   f"{metrics['dev_loss']:.4f}, dev EER {metrics['dev_eer']:.2f} % (best {best[0]:.2f} % @ {best[1]}), "
-                  f"lr {lr:.2e}, {metrics['files_per_s']:.1f} files/s, {format_seconds(result['seconds'])}, "
+                  f"lr {metrics['lr']:.2e}, {metrics['files_per_s']:.1f} files/s, {format_seconds(result['seconds'])}, "
                   f"bad files {metrics['n_bad']}, run ETA {format_seconds(left)}", flush=True)  # fmt: skip
         if args.patience and epoch - best[1] >= args.patience:
             if is_main():

@@ -2,7 +2,8 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-DATA    ?= ../shared/data/asvspoof2019_la_mini/LA
+DATA    ?= demo_data/LA
+RUN     ?= runs/demo
 DEMO    ?= demo
 
 .PHONY: demo test lint venv clean
@@ -18,16 +19,17 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(BIN)/.installed
 
-# The main job, offline, on the real mini LA tree: check it, draw one item, train the tiny recipe (about a minute on
-# a CPU), score the dev split (score file, EER, min t-DCF, per-attack table, DET plot), explain LA_T_4179989.
+# The main job, offline, on the embedded real demo set (demo_data/, 222 ASVspoof 2019 LA files; DATA=... for another
+# tree): check it, draw one item, train the tiny recipe (about a minute on 2 CPU cores), score the dev split (score
+# file, EER, min t-DCF, per-attack table, DET plot), explain LA_T_4179989.
 demo: venv
 	$(BIN)/python data.py --data-root $(DATA) --check
 	$(BIN)/python data.py --data-root $(DATA) --show LA_T_4179989 --out $(DEMO)/LA_T_4179989.png
-	rm -rf $(DEMO)/tiny
-	$(BIN)/python train.py --data-root $(DATA) --recipe tiny --out $(DEMO)/tiny
-	$(BIN)/python evaluate.py --ckpt $(DEMO)/tiny/best.pt --data-root $(DATA) --split dev --out $(DEMO)/scores_dev.txt
-	$(BIN)/python explain.py --data-root $(DATA) --utt LA_T_4179989 --ckpt $(DEMO)/tiny/best.pt --out $(DEMO)/explain
-	@echo "demo outputs in $(DEMO)/: LA_T_4179989.png, tiny/curves.png, scores_dev.txt, scores_dev_det.png, explain/"
+	rm -rf $(RUN)
+	$(BIN)/python train.py --data-root $(DATA) --recipe tiny --out $(RUN)
+	$(BIN)/python evaluate.py --ckpt $(RUN)/best.pt --data-root $(DATA) --split dev --out $(DEMO)/scores_dev.txt
+	$(BIN)/python explain.py --data-root $(DATA) --utt LA_T_4179989 --ckpt $(RUN)/best.pt --out $(DEMO)/explain
+	@echo "demo outputs: $(RUN)/ (checkpoints, curves.png), $(DEMO)/: LA_T_4179989.png, scores_dev.txt, scores_dev_det.png, explain/"
 
 # pytest exits 5 when it collects nothing: that must fail CI, and it does (any non-zero status fails make).
 test: venv

@@ -673,7 +673,11 @@ def main(argv: list[str] | None = None) -> int:
             print(format_files_table(rows, args.threshold))
         return 0
     if args.data_root is None:
-        raise ValueError("give --data-root (the LA tree) to score a split, or --files to score audio files")
+        args.data_root = scorer.ckpt.data_root
+        if args.data_root is None:
+            raise ValueError("give --data-root (the LA tree) to score a split, or --files to score audio files")
+        print(f"--data-root not given ($ASVSPOOF_ROOT unset): the tree {args.ckpt} was trained on, {args.data_root}",
+              file=sys.stderr)  # fmt: skip
     layout = find_la_root(args.data_root)
     out = args.out or args.ckpt.parent / f"scores_{args.split}.txt"
     det = args.det or out.with_name(f"{out.stem}_det.png")

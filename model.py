@@ -492,6 +492,15 @@ class Checkpoint:
         """Waveform length of one input."""
         return self.frontend.num_samples(self.num_frames)
 
+    @property
+    def data_root(self) -> str | None:
+        """The LA tree the model was trained on: the absolute path train.py stored, else --data-root as given."""
+        for value in (self.raw.get("data_root_abs"), self.args.get("data_root")):
+            if isinstance(value, str) and Path(value).exists():
+                return value
+        value = self.args.get("data_root")
+        return value if isinstance(value, str) else None
+
     def describe(self) -> str:
         """One line naming the model: file, recipe, front-end, epoch, dev EER."""
         eer = self.raw.get("best_dev_eer", self.raw.get("dev_eer"))

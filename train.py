@@ -668,7 +668,8 @@ def train(args: argparse.Namespace) -> list[dict]:
             "model": raw_model.state_dict(), "model_args": raw_model.model_args(), "args": flags,
             "epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "dev_eer": history[-1]["dev_eer"] if history else None, "best_dev_eer": best[0], "best_epoch": best[1],
-            "history": history, "rng": gather_objects(rng_state()), **extra,
+            "history": history, "rng": gather_objects(rng_state()), "data_root_abs": str(Path(args.data_root).resolve()),
+            **extra,
         }  # fmt: skip
 
     for epoch in range(start_epoch + (0 if pending else 1), args.epochs + 1):

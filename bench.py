@@ -49,6 +49,7 @@ from data import (
     add_model_args,
     atomic_write,
     collate,
+    default_num_workers,
     find_la_root,
     format_seconds,
     make_frontend,
@@ -341,22 +342,23 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int
 # ----------------------------------------------------------------------------- measurements (each in a child process)
 
 
-def _train_args(root: str, n: int, batch_size: int, device: str, frontend: str, num_frames: int, num_workers: int,
+def _train_args(root: str, n: int, batch_size: int, device: str, frontend: str, num_frames: int, num_workers: int | None,
                 precision: str, channels_last: bool | None, cache: bool, out: str, recipe: str = "stc"):  # fmt: skip
     """train.py's flags for a benchmark run: the recipe, n training files, the benchmark's loader settings."""
     import train
 
     argv = ["--data-root", root, "--recipe", recipe, "--frontend", frontend, "--num-frames", str(num_frames),
-            "--batch-size", str(batch_size), "--num-workers", str(num_workers), "--limit-train", str(n),
+            "--batch-size", str(batch_size), "--limit-train", str(n),
             "--limit-dev", "2", "--device", device, "--precision", precision, "--out", out, "--log-every", "1e9",
             "--seed", "0"]  # fmt: skip
     argv += ["--cache-audio"] if cache else []
+    argv += [] if num_workers is None else ["--num-workers", str(num_workers)]  # None: data.default_num_workers
     argv += [] if channels_last is None else (["--channels-last"] if channels_last else ["--no-channels-last"])
     return train.parse_args(argv)
 
 
 def task_train_ours(root: str, n: int, batch_size: int, device: str, frontend: str = "stft", num_frames: int = 600,
-                    num_workers: int = 2, precision: str = "auto", channels_last: bool | None = None,
+                    num_workers: int | None = None, precision: str = "auto", channels_last: bool | None = None,
                     cache: bool = False, compile: bool = False, epochs: int = 2, recipe: str = "stc") -> dict:  # fmt: skip
     """`train.train_one_epoch` as train.py runs it: `epochs` epochs over n files, the last one timed (the first
     ones warm up workers, cuDNN autotuning and the allocator)."""
@@ -435,7 +437,7 @@ def save_bench_checkpoint(path: Path, num_frames: int, frontend: str = "stft", r
 
 
 def task_score_ours(ckpt: str, root: str, out: str, device: str, batch_size: int | None = None,
-                    num_workers: int = 2, precision: str = "auto", split: str = "eval", report: bool = True) -> dict:  # fmt: skip
+                    num_workers: int | None = None, precision: str = "auto", split: str = "eval", report: bool = True) -> dict:  # fmt: skip
     """evaluate.py end to end: load the checkpoint, score the split, write and check the score file, EER, min
     t-DCF when ASV scores are there, per-attack table, DET plot. Wall time from loading to the written plot."""
     import evaluate
@@ -445,6 +447,7 @@ def task_score_ours(ckpt: str, root: str, out: str, device: str, batch_size: int
         stale.unlink(missing_ok=True)  # time a full run, not a resume
     dev = resolve_device(device)
     batch_size = batch_size or (64 if dev.type == "cuda" else 8)  # evaluate.py's defaults
+    num_workers = default_num_workers(num_workers, dev)
     with PeakMemory(dev) as mem:
         t0 = time.monotonic()
         scorer = evaluate.load_scorer(ckpt, dev, precision)
@@ -507,13 +510,13 @@ def task_datasets(root: str) -> dict:
     return {"samples": sum(map(len, sets)), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
 
 
-def task_train_epoch(root: str, num_workers: int = 2, device: str = "cpu") -> dict:
+def task_train_epoch(root: str, num_workers: int | None = None, device: str = "cpu") -> dict:
     """One training epoch of the tiny recipe over the whole train split (`train.train_one_epoch`, no dev scoring)."""
     n = len(read_cm_protocol(find_la_root(root).protocol_path("train")))
     return task_train_ours(root, n, 32, device, "mel", 600, num_workers, epochs=1, recipe="tiny")
 
 
-def task_loader(root: str, n: int, batch_size: int, num_workers: int, cache: bool, device: str) -> dict:
+def task_loader(root: str, n: int, batch_size: int, num_workers: int | None, cache: bool, device: str) -> dict:
     """The training loader alone (decode, crop, collate, copy to the device): files/s the model could be fed."""
     import train
 
@@ -656,8 +659,9 @@ def bench_train_and_score(args, device: torch.device, folder: Path) -> list[dict
         generate_la_files(pool, max(2, min(n, args.train_pool)), "train")
         generate_la_files(pool, 2, "dev")
         root = str(pool / "LA")
+        naive = {**common, "num_workers": args.num_workers if args.num_workers is not None else os.cpu_count() or 1}
         rows.append(dict(pipeline="naive", what="train", **run_task("train_naive", root=root, n=n, batch_size=batch,
-                                                                     **common)))  # fmt: skip
+                                                                     **naive)))  # fmt: skip
         print(format_row(rows[-1]), file=sys.stderr)
         variants = [("ours", {})]
         if not cuda:
@@ -677,7 +681,8 @@ def bench_train_and_score(args, device: torch.device, folder: Path) -> list[dict
         root = str(score / "LA")
         rows.append(dict(pipeline="naive", what="score", **run_task(
             "score_naive", ckpt=str(ckpt), root=root, n=naive_n, out=str(score / "naive_scores.txt"),
-            device=str(device), batch_size=args.batch_size or (64 if cuda else 8), num_workers=args.num_workers)))  # fmt: skip
+            device=str(device), batch_size=args.batch_size or (64 if cuda else 8),
+            num_workers=args.num_workers if args.num_workers is not None else os.cpu_count() or 1)))  # fmt: skip
         print(format_row(rows[-1]), file=sys.stderr)
         rows.append(dict(pipeline="ours", what="score", **run_task(
             "score_ours", ckpt=str(ckpt), root=root, out=str(score / "scores_eval.txt"), device=str(device),
@@ -756,7 +761,7 @@ def bench_gpu(args, device: torch.device, folder: Path) -> str:
     batch = args.batch_size or (64 if not quick else 2)
     frames = args.num_frames if not quick else 32
     fe_name = args.frontend if not quick else "mel"
-    workers = args.num_workers
+    workers = default_num_workers(args.num_workers, device)
     n_eval = args.gpu_eval_files or (LA_EVAL_FILES if not quick else 40)
     pool = folder / "gpu_pool"
     generate_la_files(pool, 512 if not quick else 8, "train")
@@ -838,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     add_model_args(parser)
-    parser.set_defaults(batch_size=None, num_workers=os.cpu_count() or 1)
+    parser.set_defaults(batch_size=None)  # --num-workers None: ours follows data.default_num_workers, naive uses cores
     g = parser.add_argument_group("bench.py")
     g.add_argument("--what", choices=("train", "score", "all", "scale", "gpu"), default="all", help="which benchmark")
     g.add_argument(

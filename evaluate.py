@@ -52,6 +52,7 @@ from data import (
     check_output_path,
     collate,
     count_bad,
+    default_num_workers,
     find_la_root,
     fix_length,
     load_audio,
@@ -657,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_every < 1:
         raise ValueError(f"--save-every must be at least 1, got {args.save_every}")
     device = resolve_device(args.device)
+    args.num_workers = default_num_workers(args.num_workers, device)
     args.batch_size = args.batch_size or (64 if device.type == "cuda" else 8)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")

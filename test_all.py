@@ -1413,6 +1413,14 @@ def test_waves_to_logits_makes_features_outside_autocast_and_logits_in_float32()
     assert (logits - fp32).abs().max() < 0.1 and not torch.equal(logits, fp32)  # bf16 really ran
 
 
+def test_num_workers_rule_is_in_process_on_the_cpu_and_parallel_with_a_gpu():
+    assert data.default_num_workers(None, torch.device("cpu")) == 0
+    assert data.default_num_workers(None, torch.device("cuda")) == min(16, os.cpu_count() or 1)
+    assert data.default_num_workers(3, torch.device("cpu")) == 3
+    with pytest.raises(ValueError, match="--num-workers must be 0 or more"):
+        data.default_num_workers(-1, torch.device("cpu"))
+
+
 def test_cpu_backend_tunes_the_allocator_and_fused_adam_runs_on_the_cpu():
     lcnn_model.configure_backend(torch.device("cpu"))
     if sys.platform.startswith("linux"):

@@ -46,6 +46,7 @@ from data import (
     atomic_write,
     collate,
     count_bad,
+    default_num_workers,
     find_la_root,
     format_seconds,
     make_frontend,
@@ -81,9 +82,9 @@ RECIPES: dict[str, dict] = {
                  patience=0),
     # Trains on the real mini tree (279 train / 101 dev files) in well under a minute on 2 CPU cores, for tests
     # and quick checks. The STC input (863 x 600) trains at ~0.5 files/s on such a CPU; the seed recipe's
-    # 20-band mel input (20 x 600, 0.35 M parameters) at ~40 files/s, so tiny is the seed model without
+    # 20-band mel input (20 x 600, 0.35 M parameters) at ~80 files/s, so tiny is the seed model without
     # augmentation, with lr 1e-3 and batch 32 so that 3 epochs visibly lower the loss (0.69 -> ~0.3).
-    "tiny": dict(frontend="mel", dropout=0.1, epochs=3, batch_size=32, lr=1e-3, num_workers=2, patience=0),
+    "tiny": dict(frontend="mel", dropout=0.1, epochs=3, batch_size=32, lr=1e-3, patience=0),
 }  # fmt: skip
 
 # What a flag changed on --resume does. Architecture and features: refused (the weights would not fit, or would see
@@ -317,20 +318,20 @@ def make_loaders(
     # the sampler shuffles with (seed, epoch); the generator (re-seeded every epoch) seeds the workers
     sampler = DistributedSampler(train_set, num_replicas=world_size(), rank=rank(), shuffle=True, seed=args.seed)
     generator = torch.Generator()
-    pin = pin_memory_for(device)
+    pin, workers = pin_memory_for(device), default_num_workers(args.num_workers, device)
     # BatchNorm cannot train on a batch of one: drop a last batch that would hold a single file
     drop_last = len(sampler) % args.batch_size == 1
     train_loader = DataLoader(
         train_set,
         args.batch_size,
         sampler=sampler,
-        num_workers=args.num_workers,
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=pin,
         drop_last=drop_last,
         generator=generator,
     )
-    dev_loader = DataLoader(dev_set, args.batch_size, shuffle=False, num_workers=args.num_workers,
+    dev_loader = DataLoader(dev_set, args.batch_size, shuffle=False, num_workers=workers,
                             collate_fn=collate, pin_memory=pin, generator=torch.Generator().manual_seed(0))  # fmt: skip
     return train_loader, dev_loader, generator  # fmt: skip
 

@@ -43,11 +43,13 @@ from torch.utils.data import DataLoader
 from data import (
     SAMPLE_RATE,
     SPLITS,
+    ArgumentParser,
     ASVspoof2019LA,
     LALayout,
     add_common_args,
     add_model_args,
     atomic_write,
+    check_output_path,
     collate,
     default_num_workers,
     find_la_root,
@@ -840,7 +842,7 @@ def bench_gpu(args, device: torch.device, folder: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     add_model_args(parser)
     parser.set_defaults(batch_size=None)  # --num-workers None: ours follows data.default_num_workers, naive uses cores
@@ -874,6 +876,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.task:
         return child_main(args.task, args.task_args)
     device = resolve_device(args.device)
+    if args.json_out:
+        check_output_path(args.json_out, "--json-out")  # before minutes of benchmarking
+    if args.n is not None and args.n < (10 if args.what == "score" else 2):
+        raise ValueError(f"--n must be at least {10 if args.what == 'score' else 2} (an EER needs both classes and "
+                         f"several distinct scores), got {args.n}")  # fmt: skip
     folder = args.files_dir or Path(tempfile.mkdtemp(prefix="lcnn_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
     try:

@@ -42,10 +42,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from metrics import atomic_write, text_lines  # noqa: F401  (the one atomic write and text reader; re-exported)
+from metrics import ArgumentParser, atomic_write, text_lines  # noqa: F401  (one of each; re-exported)
 
 SAMPLE_RATE = 16_000
 LABEL_SPOOF, LABEL_BONAFIDE = 0, 1
@@ -69,8 +70,9 @@ class ProtocolEntry:
 
     speaker: str  # LA_0079
     utt_id: str  # LA_T_1138215
-    system: str  # "-" for bona fide, A01..A19 for spoofs
+    system: str  # "-" for bona fide, A01..A19 for spoofs (a vocoder's name for copy-synthesised training spoofs)
     key: str  # "bonafide" | "spoof"
+    path: str | None = None  # audio outside the split's flac/ folder (vocoded copies); None: the official place
 
     @property
     def label(self) -> int:
@@ -184,57 +186,111 @@ def find_la_root(data_root: str | os.PathLike | None) -> LALayout:
 # ----------------------------------------------------------------------------- audio
 
 
+def sound_file(path: Path):
+    """soundfile.SoundFile of a path, also when its name is not valid UTF-8 (libsndfile takes bytes; soundfile
+    encodes str paths as UTF-8, so such a name is opened through a Python file object)."""
+    import soundfile as sf
+
+    try:
+        return sf.SoundFile(str(path))
+    except UnicodeEncodeError:
+        return sf.SoundFile(open(path, "rb"))  # noqa: SIM115  (closed with the SoundFile)
+
+
+AUDIO_BLOCK = 1 << 16  # frames decoded at a time when a file is scanned
+
+
+def resample(wave: torch.Tensor, sr: int, target: int = SAMPLE_RATE) -> torch.Tensor:
+    """torchaudio's band-limited resampling, with bounded memory for any rate.
+
+    Its kernel grows with sr / gcd(sr, target): 16,001 Hz -> 16 kHz asked for 6-12 GB. A rate that is not a ratio
+    of small integers to the target (sr / gcd > 1000) is first taken as the nearest multiple of 100 Hz: 16,001 Hz
+    is read as 16,000 Hz, a 0.006 % change of speed and pitch, far below what a listener or the model resolves.
+    """
+    import math
+
+    import torchaudio.functional as AF
+
+    if sr // math.gcd(sr, target) > 1000:
+        sr = max(100, round(sr / 100) * 100)
+    return wave if sr == target else AF.resample(wave, sr, target)
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = SAMPLE_RATE,
     num_samples: int | None = None,
     random_crop: bool = False,
     offset: int = 0,
+    verify: bool = True,
 ) -> torch.Tensor:
     """Read any file soundfile can (FLAC, WAV, ...) as a mono float32 waveform at `sample_rate`.
 
     With `num_samples`, only a window of that length is returned (shorter when the file is shorter): from `offset`,
     or at a random offset when `random_crop` (the draw `fix_length` makes, from torch's global generator). A file
-    at `sample_rate` is then read from that offset only, so a long file costs what the window costs; a file at
-    another rate is decoded whole and resampled first.
+    at `sample_rate` then keeps only that window in memory; a file at another rate is decoded whole and resampled
+    first (`resample`). With `verify` (the default) the whole file is decoded either way -- in blocks, so memory
+    stays flat -- and a file truncated, damaged or non-finite anywhere is refused, not scored on its first seconds.
 
     Returns:
         (N,) float32 tensor in [-1, 1].
 
     Raises:
-        FileNotFoundError, RuntimeError (unreadable or truncated), ValueError (empty, or NaN / inf samples in what was
-        read: a float file can hold them, and one would turn every score and loss it touches into NaN) -- each
-        naming the file.
+        FileNotFoundError, RuntimeError (unreadable or truncated), ValueError (empty, or NaN / inf samples: a float
+        file can hold them, and one would turn every score and loss it touches into NaN) -- each naming the file.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
+
+    def check_finite(block: np.ndarray, at: int, sr: int) -> None:
+        bad = ~np.isfinite(block)
+        if bad.any():
+            first = int(np.argmax(bad.any(axis=1))) + at
+            raise ValueError(f"{path}: {int(bad.sum()):,} sample(s) are NaN or inf (first at sample {first:,}, "
+                             f"{first / sr:.3f} s); expected finite audio in [-1, 1]")  # fmt: skip
+
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sound_file(path) as f:
             sr, total = f.samplerate, f.frames
-            start, count = 0, -1
-            if num_samples is not None and sr == sample_rate and total > 0:
-                if total > num_samples:
-                    start = int(torch.randint(0, total - num_samples + 1, ())) if random_crop else offset
-                    f.seek(min(start, total - 1))
-                count = num_samples
-            audio = f.read(count, dtype="float32", always_2d=True)  # (N, C)
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with libsndfile's text
+            window = num_samples is not None and sr == sample_rate and total > num_samples
+            if not window:
+                audio = f.read(dtype="float32", always_2d=True)  # (N, C)
+                start = 0
+                check_finite(audio, 0, sr)
+                if total and audio.shape[0] < total:
+                    raise RuntimeError(f"truncated: decoding stops {total - audio.shape[0]:,} samples short of the "
+                                       f"{total:,} the header promises")  # fmt: skip
+            else:
+                start = int(torch.randint(0, total - num_samples + 1, ())) if random_crop else min(offset, total - 1)
+                if verify:  # every block decoded and checked, only the window kept
+                    parts, pos = [], 0
+                    while pos < total:
+                        block = f.read(AUDIO_BLOCK, dtype="float32", always_2d=True)
+                        if block.shape[0] == 0:
+                            raise RuntimeError(f"truncated: decoding stops {total - pos:,} samples short of the "
+                                               f"{total:,} the header promises")  # fmt: skip
+                        check_finite(block, pos, sr)
+                        lo, hi = max(start - pos, 0), min(start + num_samples - pos, block.shape[0])
+                        if lo < hi:
+                            parts.append(block[lo:hi])
+                        pos += block.shape[0]
+                    audio = np.concatenate(parts)
+                else:
+                    f.seek(start)
+                    audio = f.read(num_samples, dtype="float32", always_2d=True)
+                    check_finite(audio, start, sr)
+    except (ValueError, RuntimeError) as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise RuntimeError(f"{path}: cannot decode audio ({e})") from e
+    except Exception as e:  # soundfile raises LibsndfileError with libsndfile's text
         raise RuntimeError(f"{path}: cannot decode audio ({e})") from e
     if audio.shape[0] == 0:
         raise ValueError(f"{path}: the file holds no samples")
-    bad = ~np.isfinite(audio)
-    if bad.any():
-        first = int(np.argmax(bad.any(axis=1))) + start
-        raise ValueError(f"{path}: {int(bad.sum()):,} sample(s) are NaN or inf (first at sample {first:,}, "
-                         f"{first / sr:.3f} s); expected finite audio in [-1, 1]")  # fmt: skip
-    wave = torch.from_numpy(audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0])
+    wave = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]))
     if sr != sample_rate:
-        import torchaudio.functional as AF
-
-        wave = AF.resample(wave, sr, sample_rate)
+        wave = resample(wave, sr, sample_rate)
         if num_samples is not None:
             if offset and not random_crop:
                 wave = wave[offset:]
@@ -248,16 +304,14 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int]:
     Raises:
         FileNotFoundError, RuntimeError (not an audio file soundfile reads), each naming the file.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
-        info = sf.info(str(path))
+        with sound_file(path) as f:
+            return f.frames, f.samplerate
     except Exception as e:
         raise RuntimeError(f"{path}: cannot decode audio ({e})") from e
-    return info.frames, info.samplerate
 
 
 def fix_window(wave: torch.Tensor, num_samples: int, random_crop: bool = False) -> torch.Tensor:
@@ -410,6 +464,311 @@ def make_frontend(name: str) -> STFTFrontEnd:
     return FRONTENDS[name]()
 
 
+# ----------------------------------------------------------------------------- copy-synthesis: local vocoders
+
+# Analysis grid of the local vocoders: n_fft 1024 / hop 256 / Hann, the grid of HiFi-GAN's and WaveGlow's mel
+# front-ends (and of the published mask reproduction). It is deliberately NOT the LCNN's 1724/130 Blackman grid:
+# a real vocoder knows nothing of the detector, and re-synthesis on the detector's own grid would be a
+# near-perfect inverse of exactly the representation the model sees.
+VOCODER_N_FFT, VOCODER_HOP, VOCODER_N_MELS = 1024, 256, 80
+
+
+def vocode_griffinlim(
+    wave: torch.Tensor, n_fft: int = VOCODER_N_FFT, hop_length: int = VOCODER_HOP, n_iter: int = 64
+) -> torch.Tensor:
+    """Griffin-Lim re-synthesis from the STFT magnitude: the magnitude is kept, the phase is estimated.
+
+    Deterministic (`rand_init=False`: the iterations start from zero phase).
+
+    Args:
+        wave: (N,) waveform.
+    Returns:
+        (N,) waveform.
+    """
+    import torchaudio.transforms as T
+
+    spec = T.Spectrogram(n_fft=n_fft, hop_length=hop_length, power=1.0)(wave)  # (F, frames) magnitude
+    gl = T.GriffinLim(n_fft=n_fft, hop_length=hop_length, n_iter=n_iter, power=1.0, length=wave.numel(),
+                      rand_init=False)  # fmt: skip
+    return gl(spec).float()
+
+
+def vocode_melgl(
+    wave: torch.Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    n_fft: int = VOCODER_N_FFT,
+    hop_length: int = VOCODER_HOP,
+    n_mels: int = VOCODER_N_MELS,
+    n_iter: int = 64,
+) -> torch.Tensor:
+    """Mel-spectrogram inversion then Griffin-Lim: what a mel-conditioned vocoder cannot recover.
+
+    80 Slaney mel bands up to 8 kHz on magnitude (HiFi-GAN's and WaveGlow's conditioning) -> least-squares
+    inverse of the filterbank (torchaudio's InverseMelScale, clipped at zero) -> Griffin-Lim. The harmonic
+    fine structure between mel bands and the phase are lost; the spectral envelope survives.
+
+    Args:
+        wave: (N,) waveform.
+    Returns:
+        (N,) waveform.
+    """
+    import torchaudio.transforms as T
+
+    mel = T.MelSpectrogram(
+        sample_rate,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
+        power=1.0,
+        f_min=0.0,
+        f_max=sample_rate / 2,
+        norm="slaney",
+        mel_scale="slaney",
+    )(wave)  # (M, frames)
+    lin = T.InverseMelScale(
+        n_fft // 2 + 1, n_mels, sample_rate, f_min=0.0, f_max=sample_rate / 2, norm="slaney", mel_scale="slaney"
+    )(mel)  # (F, frames)
+    gl = T.GriffinLim(n_fft=n_fft, hop_length=hop_length, n_iter=n_iter, power=1.0, length=wave.numel(),
+                      rand_init=False)  # fmt: skip
+    return gl(lin).float()
+
+
+def optional_package(name: str, what: str):
+    """Import an optional extra (requirements-extras.txt) or raise one line saying how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise RuntimeError(f"{what} needs the optional package {name} (pip install {name}, or pip install -r "
+                           "requirements-extras.txt); the other vocoders need nothing more") from None  # fmt: skip
+
+
+def vocode_world(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE, frame_period: float = 5.0) -> torch.Tensor:
+    """WORLD analysis/synthesis (Morise et al., IEICE 2016): F0 by DIO + StoneMask, CheapTrick spectral envelope,
+    D4C aperiodicity, re-synthesised -- the vocoder of many VC and TTS systems. Needs the optional `pyworld`."""
+    pyworld = optional_package("pyworld", "the WORLD vocoder")
+    x = wave.double().numpy()
+    f0, t = pyworld.dio(x, sample_rate, frame_period=frame_period)
+    f0 = pyworld.stonemask(x, f0, t, sample_rate)
+    sp = pyworld.cheaptrick(x, f0, t, sample_rate)
+    ap = pyworld.d4c(x, f0, t, sample_rate)
+    y = torch.from_numpy(pyworld.synthesize(f0, sp, ap, sample_rate, frame_period)).float()
+    return F.pad(y, (0, max(0, wave.numel() - y.numel())))[: wave.numel()]
+
+
+def vocode_mlsa(
+    wave: torch.Tensor, sample_rate: int = SAMPLE_RATE, order: int = 24, alpha: float = 0.42, hop: int = 80
+) -> torch.Tensor:
+    """Mel-cepstral analysis and MLSA-filter synthesis (SPTK; Imai 1983, Tokuda et al. 1994), the classic HTS-era
+    vocoder: 24th-order mel-cepstrum (alpha 0.42 for 16 kHz), F0 by SWIPE', pulse/noise excitation. Needs the
+    optional `pysptk`."""
+    pysptk = optional_package("pysptk", "the MLSA vocoder")
+    from pysptk.synthesis import MLSADF, Synthesizer
+
+    x = wave.double().numpy()
+    n_fft = 512
+    padded = np.pad(x, (n_fft // 2, n_fft // 2))
+    count = 1 + (len(padded) - n_fft) // hop
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:count] * pysptk.blackman(n_fft)
+    mc = pysptk.mcep(frames + 1e-8 * np.random.default_rng(0).standard_normal(frames.shape), order, alpha,
+                     etype=1, eps=1e-8)  # fmt: skip
+    f0 = pysptk.swipe(x, fs=sample_rate, hopsize=hop, min=60, max=400, otype="f0")[:count]
+    pitch = np.where(f0 > 0, sample_rate / np.maximum(f0, 1e-8), 0.0)  # period in samples, 0 = unvoiced
+    excitation = pysptk.excite(pitch.astype(np.float64), hop)
+    y = Synthesizer(MLSADF(order=order, alpha=alpha), hop).synthesis(excitation, pysptk.mc2b(mc, alpha))
+    y = torch.from_numpy(np.ascontiguousarray(y)).float()
+    return F.pad(y, (0, max(0, wave.numel() - y.numel())))[: wave.numel()]
+
+
+VOCODERS = {"griffinlim": vocode_griffinlim, "melgl": vocode_melgl, "world": vocode_world, "mlsa": vocode_mlsa}
+
+
+def vocode(wave: torch.Tensor, name: str) -> torch.Tensor:
+    """Copy-synthesis of a (N,) waveform by the local vocoder `name` (a key of VOCODERS); returns (N,), finite.
+
+    Raises:
+        ValueError: an unknown name. RuntimeError: an optional package is missing, or the vocoder gave NaN/inf.
+    """
+    if name not in VOCODERS:
+        raise ValueError(f"unknown vocoder {name!r}; expected one of {', '.join(VOCODERS)}")
+    y = VOCODERS[name](wave)
+    if not torch.isfinite(y).all():
+        raise RuntimeError(f"the {name} vocoder gave non-finite samples")
+    return y
+
+
+# ----------------------------------------------------------------------------- vocv4 (project09-voc.v4) and vocoded data
+
+
+@dataclass(frozen=True)
+class Vocv4Entry:
+    """One vocv4 protocol line: `LA_0079 hifigan_LA_T_1703395 - hifigan spoof`."""
+
+    speaker: str  # LA_0079
+    name: str  # hifigan_LA_T_1703395 (the wav's stem)
+    vocoder: str  # hifigan
+    utt_id: str  # LA_T_1703395, the ASVspoof 2019 bona fide original
+
+
+def read_vocv4_protocol(path: str | os.PathLike) -> list[Vocv4Entry]:
+    """Read vocv4's protocol.txt; lines that are not vocoded spoofs (bona fide lines) are skipped.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a malformed line, naming file, line number and the line.
+    """
+    import re
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"vocv4 protocol not found: {path}")
+    entries = []
+    for number, line in text_lines(path, "vocv4 protocol"):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise ValueError(f"{path.name} line {number}: expected 5 fields (speaker name - vocoder key), "
+                             f"got {len(fields)}: {line.strip()!r}")  # fmt: skip
+        speaker, name, _, vocoder, key = fields
+        if key != "spoof":
+            continue
+        m = re.search(r"(LA_[TDE]_\d{7})$", name)
+        if m is None:
+            raise ValueError(f"{path.name} line {number}: {name!r} does not end in an LA utterance id "
+                             "(expected <vocoder>_LA_T_1234567)")  # fmt: skip
+        entries.append(Vocv4Entry(speaker, name, vocoder, m.group(1)))
+    return entries
+
+
+def vocv4_files(
+    root: str | os.PathLike, vocoders: Sequence[str] | None = None, utt_ids: set[str] | None = None
+) -> list[tuple[Vocv4Entry, Path]]:
+    """Every vocoded file of an extracted vocv4 folder (optionally only some vocoders, or copies of some
+    utterances), with its wav path.
+
+    Args:
+        root: the `voc.v4` folder, or a folder above it that `find_vocv4_root` accepts.
+    Raises:
+        FileNotFoundError: no voc.v4 folder, or a listed wav missing. ValueError: a vocoder it does not list.
+    """
+    folder = find_vocv4_root(root)
+    entries = read_vocv4_protocol(folder / "protocol.txt")
+    if vocoders:
+        listed = sorted({e.vocoder for e in entries})
+        unknown = [v for v in vocoders if v not in listed]
+        if unknown:
+            raise ValueError(f"{folder / 'protocol.txt'} lists no {', '.join(unknown)} files (vocoders: "
+                             f"{', '.join(listed)})")  # fmt: skip
+        entries = [e for e in entries if e.vocoder in vocoders]
+    if utt_ids is not None:
+        entries = [e for e in entries if e.utt_id in utt_ids]
+    out = []
+    for e in entries:
+        path = folder / "wav" / f"{e.name}.wav"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is listed in {folder / 'protocol.txt'} but missing")
+        out.append((e, path))
+    return out
+
+
+def find_vocv4_files(root: str | os.PathLike, utt_id: str, vocoders: Sequence[str]) -> dict[str, Path]:
+    """Paths of `utt_id`'s vocoded copies in a vocv4 folder, one per vocoder, in the order of `vocoders`.
+
+    Raises:
+        FileNotFoundError / ValueError as `vocv4_files`; ValueError: the utterance has no copy by a vocoder.
+    """
+    folder = find_vocv4_root(root)
+    listed = {e.vocoder for e in read_vocv4_protocol(folder / "protocol.txt") if e.utt_id == utt_id}
+    mine = {e.vocoder: p for e, p in vocv4_files(folder, [v for v in vocoders if v in listed], {utt_id})}
+    missing = [v for v in vocoders if v not in mine]
+    if missing:
+        raise ValueError(f"{folder / 'protocol.txt'} lists no {missing[0]} copy of {utt_id} (vocoders listed for it: "
+                         f"{', '.join(sorted(listed)) or 'none'})")  # fmt: skip
+    return {v: mine[v] for v in vocoders}
+
+
+VOCODED_CACHE = "cache/vocoded"  # default --vocoded-cache
+
+
+def _vocode_job(job: tuple[str, str, str]) -> str | None:
+    """Make one cached vocoded copy (a worker task of `prepare_vocoded`); returns an error text or None."""
+    src, name, dst = job
+    try:
+        y = vocode(load_audio(src), name)  # float WAV: a copy louder than full scale is kept, not clipped
+        tmp = f"{dst}.{os.getpid()}.tmp"
+        import soundfile as sf
+
+        sf.write(tmp, y.numpy(), SAMPLE_RATE, format="WAV", subtype="FLOAT")
+        os.replace(tmp, dst)
+    except (RuntimeError, ValueError, FileNotFoundError, OSError) as e:
+        return f"{src}: {name}: {e}"
+    return None
+
+
+def prepare_vocoded(
+    layout: LALayout,
+    split: str,
+    entries: Sequence[ProtocolEntry],
+    vocoders: Sequence[str],
+    cache: str | os.PathLike = VOCODED_CACHE,
+    workers: int | None = None,
+) -> list[ProtocolEntry]:
+    """Copy-synthesised spoofs of the bona fide `entries` (the vocv4 recipe, arXiv:2210.10570, with local vocoders),
+    made once into `cache/<vocoder>/<vocoder>_<utt>.wav` and reused by every later run.
+
+    Returns:
+        One spoof entry per (bona fide entry, vocoder): utt_id `<vocoder>_<utt>`, system the vocoder's name, the
+        original's speaker, `path` the cached file.
+
+    Raises:
+        ValueError: an unknown vocoder. RuntimeError: an optional package is missing, or copies failed (listed).
+    """
+    for name in vocoders:
+        if name not in VOCODERS:
+            raise ValueError(f"--vocoded: unknown vocoder {name!r}; expected some of {', '.join(VOCODERS)}")
+        if name in ("world", "mlsa"):
+            optional_package({"world": "pyworld", "mlsa": "pysptk"}[name], f"--vocoded {name}")
+    bona = [e for e in entries if e.key == "bonafide"]
+    out, jobs = [], []
+    for name in vocoders:
+        folder = Path(cache) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for e in bona:
+            dst = folder / f"{name}_{e.utt_id}.wav"
+            out.append(ProtocolEntry(e.speaker, f"{name}_{e.utt_id}", name, "spoof", str(dst)))
+            if not dst.is_file():
+                src = Path(e.path) if e.path else layout.audio_path(split, e.utt_id)
+                jobs.append((str(src), name, str(dst)))
+    if jobs:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        print(f"vocoded copies: making {len(jobs):,} of {len(out):,} into {cache} (once; later runs reuse them)",
+              file=sys.stderr)  # fmt: skip
+        bar, errors = Progress(len(jobs), "vocode", every=5.0), []
+        workers = workers or os.cpu_count() or 1
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        # one thread each: a forked child must not use the parent's OpenMP pool (it hangs), and the workers share cores
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for err in pool.map(_vocode_job, jobs, chunksize=4):
+                bar.update(1)
+                if err:
+                    errors.append(err)
+        bar.close()
+        if errors:
+            raise RuntimeError(f"{len(errors):,} vocoded copies failed, first: {errors[0]}")
+    return out
+
+
+def vocv4_training_entries(root: str | os.PathLike, entries: Sequence[ProtocolEntry],
+                           vocoders: Sequence[str] | None = None) -> list[ProtocolEntry]:  # fmt: skip
+    """vocv4's vocoded copies of the bona fide `entries` as spoof entries (system = vocoder, `path` = the wav)."""
+    keep = {e.utt_id for e in entries if e.key == "bonafide"}
+    return [ProtocolEntry(v.speaker, v.name, v.vocoder, "spoof", str(p)) for v, p in vocv4_files(root, vocoders, keep)]
+
+
 # ----------------------------------------------------------------------------- checking a tree
 
 
@@ -445,6 +804,12 @@ def find_missing(layout: LALayout, split: str, entries: Sequence[ProtocolEntry])
     sizes = {d.name: d.stat().st_size for d in os.scandir(audio_dir) if d.name.endswith(".flac")}
     problems = []
     for e in entries:
+        if e.path:  # a vocoded copy in the cache
+            if not Path(e.path).is_file() or Path(e.path).stat().st_size == 0:
+                problems.append(
+                    Problem(e.utt_id, e.path, "missing or empty vocoded copy (delete the cache to remake it)")
+                )
+            continue
         size = sizes.get(f"{e.utt_id}.flac")
         if size is None:
             problems.append(Problem(e.utt_id, str(audio_dir / f"{e.utt_id}.flac"), f"missing: listed in {protocol}"))
@@ -542,7 +907,7 @@ def check_audio_files(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    paths = [str(layout.audio_path(split, e.utt_id)) for e in entries]
+    paths = [e.path or str(layout.audio_path(split, e.utt_id)) for e in entries]
     bar = Progress(len(paths), label) if progress and len(paths) > 1000 else None
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(paths[k : k + CHECK_CHUNK], deep) for k in range(0, len(paths), CHECK_CHUNK)]
@@ -713,7 +1078,8 @@ class ASVspoof2019LA(Dataset):
             problems += check_audio_files(self.layout, self.split, todo, label=f"verify {self.split}")[0]
         pcm_of = {}
         if cache:
-            pcms, failed = decode_all([self.layout.audio_path(self.split, e.utt_id) for e in todo], skip_bad=True)
+            paths = [Path(e.path) if e.path else self.layout.audio_path(self.split, e.utt_id) for e in todo]
+            pcms, failed = decode_all(paths, skip_bad=True)
             pcm_of = {e.utt_id: pcm for e, pcm in zip(todo, pcms) if pcm is not None}
             problems += failed
         return problems, pcm_of
@@ -743,7 +1109,8 @@ class ASVspoof2019LA(Dataset):
         return len(self.entries)
 
     def path(self, i: int) -> Path:
-        return self.layout.audio_path(self.split, self.entries[i].utt_id)
+        e = self.entries[i]
+        return Path(e.path) if e.path else self.layout.audio_path(self.split, e.utt_id)
 
     def waveform(self, i: int) -> torch.Tensor:
         """Item i's whole decoded file (N,). The whole file, not only the item's window: a file truncated, damaged or
@@ -1364,7 +1731,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
     return device
@@ -1432,7 +1802,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Check, show or download ASVspoof 2019 LA (and the voc.v4 vocoded set).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1468,8 +1838,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2) if args.json else format_check_report(report))
         return 1 if report["problems"] else 0
     if args.show:
-        if not args.out:
-            raise ValueError("--show needs --out FILE.png")
+        if not args.out or not args.out.lower().endswith(".png"):
+            raise ValueError(f"--show needs --out FILE.png (a PNG picture), got {args.out!r}")
         print(f"wrote {plot_item(args.data_root, args.show, args.out, args.frontend, args.num_frames, args.pad)}")
         return 0
     if not args.to:

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 import metrics
 from data import (
     SPLITS,
+    ArgumentParser,
     ASVspoof2019LA,
     BadAudio,
     LALayout,
@@ -157,7 +158,9 @@ class Scorer:
         starts = window_starts(frames, w)
         total = torch.zeros(2)
         for k in range(0, len(starts), max(1, batch_size)):
-            waves = [load_audio(path, num_samples=w, offset=s) for s in starts[k : k + batch_size]]
+            # the first window's read decodes and checks the whole file once (in blocks); the others seek to theirs
+            waves = [load_audio(path, num_samples=w, offset=s, verify=(k + j == 0))
+                     for j, s in enumerate(starts[k : k + batch_size])]  # fmt: skip
             total += self.logits(torch.stack(waves)).sum(0)
         return total / len(starts), frames / sr
 
@@ -246,7 +249,16 @@ def read_partial(out: Path, run_info: dict, by_id: dict[str, ProtocolEntry]) -> 
     partial, meta_path = partial_paths(out)
     if not partial.is_file():
         return {}
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{meta_path}: not the JSON an interrupted run writes ({e}); delete it and {partial.name} "
+                             "to start over") from None  # fmt: skip
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: holds a {type(meta).__name__}, not the JSON object an interrupted run "
+                             f"writes; delete it and {partial.name} to start over")  # fmt: skip
     differ = [k for k in run_info if meta.get(k) != run_info[k]]
     if differ:
         raise ValueError(
@@ -622,7 +634,7 @@ def format_files_table(rows: list[dict], threshold: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, type=Path, help="train.py checkpoint (e.g. runs/stc/best.pt)")
     parser.add_argument(
         "--files",
@@ -659,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--save-every must be at least 1, got {args.save_every}")
     device = resolve_device(args.device)
     args.num_workers = default_num_workers(args.num_workers, device)
-    args.batch_size = args.batch_size or (64 if device.type == "cuda" else 8)
+    args.batch_size = args.batch_size if args.batch_size is not None else (64 if device.type == "cuda" else 8)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     scorer = load_scorer(

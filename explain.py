@@ -1,35 +1,50 @@
-"""explain.py -- where does the LCNN look? Ground-truth masks from real/vocoded pairs vs Grad-CAM and InputXGradient.
+"""explain.py -- where does the LCNN look? Ground-truth masks from real/vocoded pairs vs Grad-CAM and InputXGradient,
+measured over many pairs, with a faithfulness test.
 
-    python explain.py --utt LA_T_4179989                                  # local vocoders, newest runs/*/best.pt
-    python explain.py --utt LA_T_4179989 --ckpt runs/xai/best.pt --vocode griffinlim melgl --out explain_out/x
+    python explain.py --utt LA_T_4179989                       # the newest runs/*/best.pt; local vocoders
     python explain.py --utt LA_T_4179989 --vocv4-root DIR/voc.v4 --vocoders hifigan waveglow
-    python explain.py --real real.flac --fake vocoded.flac [other_vocoded.flac ...]
+    python explain.py --real real.flac --fake vocoded.flac [more.flac ...]
+    python explain.py --real-dir ../shared/data/asvspoof2019_la_enrollment --vocode world melgl --ckpt runs/xai/best.pt
+    python explain.py --split dev --data-root /data/LA --vocode griffinlim melgl --limit 200
+    python explain.py --vocv4-root DIR/voc.v4 --data-root /data/LA --vocoders hifigan waveglow --speakers LA_0079
 
 One *pair* is a bona fide waveform and a vocoded copy of the same utterance. For each pair:
-  1. the fake side comes from vocv4 (project09-voc.v4, Zenodo 7314976, arXiv:2210.10570) or from a local
-     torch-only vocoder (`--vocode`); the two are aligned by cross-correlation and trimmed to equal length;
-  2. both are cropped/padded to the checkpoint's input (`num_frames`, `pad`) and go through its front-end:
-     the model input x is (1, 1, F, T), e.g. (1, 1, 863, 600) for the STC STFT;
+  1. the fake side comes from vocv4 (project09-voc.v4, Zenodo 7314976, arXiv:2210.10570), from files given on the
+     command line, or from a local vocoder (`--vocode`: griffinlim, melgl, world, mlsa; data.VOCODERS); the two are
+     aligned by cross-correlation and trimmed to equal length;
+  2. both are cropped/padded to the checkpoint's input (`num_frames`, `pad`) and go through its front-end: the
+     model input x is (1, 1, F, T), e.g. (1, 1, 863, 256) for an STFT model on 256 frames;
   3. the ground-truth mask (Eq. 2 of arXiv:2506.03425) is computed from the front-end's magnitude on that same
      (F, T) grid, so mask and attributions compare pixel for pixel;
   4. Grad-CAM (Selvaraju et al., ICCV 2017) and InputXGradient (Shrikumar et al., 2016), both written here by
-     hand, for the spoof class and for the predicted class;
+     hand (equal to pytorch-grad-cam and Captum in test_all.py), for the spoof class and for the predicted class;
   5. agreement with the mask: IoU, precision, recall, relevance mass and rank accuracy (Arras et al., "CLEVR-XAI",
      Information Fusion 2022), the same numbers for random maps (the floor), and the model-parameter
-     randomisation sanity check (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018).
-Outputs in --out: pair_<name>.png, maps_<name>.png, sanity_<name>.png, metrics.json, and a printed table.
+     randomisation sanity check (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018);
+  6. faithfulness (Samek et al., IEEE TNNLS 2017; Petsiuk et al., BMVC 2018): on the vocoded input, the real
+     recording's pixels are restored at the top k % of each map (and of the ground-truth difference, and at random),
+     and the bona fide score is read at each k; the reverse inserts vocoded pixels into the real input. The area
+     over that curve (AOPC) says how much of the decision the pixels a map points at carry.
+Over many pairs every number is aggregated per vocoder x method x target with bootstrap 95 % confidence intervals,
+as a paired difference to the random floor, and the detection EER between the real and the vocoded sides.
+
+Outputs in --out: pairs/<vocoder>__<name>.json (one result per pair, written as it finishes: a rerun skips them),
+summary.json and the printed summary table, summary_agreement.png, summary_faithfulness.png, and for the first
+--figures pairs pair_*.png, maps_*.png, sanity_*.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import hashlib
 import json
 import math
-import os
 import re
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,168 +53,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import data
+import metrics
 import model as model_lib
 
 HERE = Path(__file__).resolve().parent
-
-# ----------------------------------------------------------------------------- local vocoders (torch/torchaudio only)
-
-# Analysis grid of the local vocoders: n_fft 1024 / hop 256 / Hann, the grid of HiFi-GAN's and WaveGlow's mel
-# front-ends (and of the published mask reproduction). It is deliberately NOT the LCNN's 1724/130 Blackman grid:
-# a real vocoder knows nothing of the detector, and re-synthesis on the detector's own grid would be a
-# near-perfect inverse of exactly the representation the model sees.
-VOCODER_N_FFT, VOCODER_HOP, VOCODER_N_MELS = 1024, 256, 80
-
-
-def vocode_griffinlim(
-    wave: torch.Tensor, n_fft: int = VOCODER_N_FFT, hop_length: int = VOCODER_HOP, n_iter: int = 64
-) -> torch.Tensor:
-    """Griffin-Lim re-synthesis from the STFT magnitude: the magnitude is kept, the phase is estimated.
-
-    Deterministic (`rand_init=False`: the iterations start from zero phase).
-
-    Args:
-        wave: (N,) waveform.
-    Returns:
-        (N,) waveform.
-    """
-    import torchaudio.transforms as T
-
-    spec = T.Spectrogram(n_fft=n_fft, hop_length=hop_length, power=1.0)(wave)  # (F, frames) magnitude
-    gl = T.GriffinLim(n_fft=n_fft, hop_length=hop_length, n_iter=n_iter, power=1.0, length=wave.numel(),
-                      rand_init=False)  # fmt: skip
-    return gl(spec).float()
-
-
-def vocode_melgl(
-    wave: torch.Tensor,
-    sample_rate: int = data.SAMPLE_RATE,
-    n_fft: int = VOCODER_N_FFT,
-    hop_length: int = VOCODER_HOP,
-    n_mels: int = VOCODER_N_MELS,
-    n_iter: int = 64,
-) -> torch.Tensor:
-    """Mel-spectrogram inversion then Griffin-Lim: what a mel-conditioned vocoder cannot recover.
-
-    80 Slaney mel bands up to 8 kHz on magnitude (HiFi-GAN's and WaveGlow's conditioning) -> least-squares
-    inverse of the filterbank (torchaudio's InverseMelScale, clipped at zero) -> Griffin-Lim. The harmonic
-    fine structure between mel bands and the phase are lost; the spectral envelope survives.
-
-    Args:
-        wave: (N,) waveform.
-    Returns:
-        (N,) waveform.
-    """
-    import torchaudio.transforms as T
-
-    mel = T.MelSpectrogram(
-        sample_rate,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        n_mels=n_mels,
-        power=1.0,
-        f_min=0.0,
-        f_max=sample_rate / 2,
-        norm="slaney",
-        mel_scale="slaney",
-    )(wave)  # (M, frames)
-    lin = T.InverseMelScale(
-        n_fft // 2 + 1, n_mels, sample_rate, f_min=0.0, f_max=sample_rate / 2, norm="slaney", mel_scale="slaney"
-    )(mel)  # (F, frames)
-    gl = T.GriffinLim(n_fft=n_fft, hop_length=hop_length, n_iter=n_iter, power=1.0, length=wave.numel(),
-                      rand_init=False)  # fmt: skip
-    return gl(lin).float()
-
-
-def vocode_world(wave: torch.Tensor, sample_rate: int = data.SAMPLE_RATE) -> torch.Tensor:
-    """WORLD analysis/synthesis (F0, spectral envelope, aperiodicity); needs the optional `pyworld` package."""
-    try:
-        import pyworld
-    except ImportError as e:
-        raise RuntimeError("--vocode world needs the optional pyworld package (pip install pyworld)") from e
-    x = wave.double().numpy()
-    f0, sp, ap = pyworld.wav2world(x, sample_rate)
-    y = torch.from_numpy(pyworld.synthesize(f0, sp, ap, sample_rate)).float()
-    return F.pad(y, (0, max(0, wave.numel() - y.numel())))[: wave.numel()]
-
-
-VOCODERS = {"griffinlim": vocode_griffinlim, "melgl": vocode_melgl, "world": vocode_world}
-
-
-def vocode(wave: torch.Tensor, name: str) -> torch.Tensor:
-    """Run the local vocoder `name` (a key of VOCODERS) on a (N,) waveform; returns (N,)."""
-    if name not in VOCODERS:
-        raise ValueError(f"--vocode: unknown vocoder {name!r}; expected some of {', '.join(VOCODERS)}")
-    return VOCODERS[name](wave)
-
-
-# ----------------------------------------------------------------------------- vocv4 (project09-voc.v4)
-
-
-@dataclass(frozen=True)
-class Vocv4Entry:
-    """One vocv4 protocol line: `LA_0079 hifigan_LA_T_1703395 - hifigan spoof`."""
-
-    speaker: str  # LA_0079
-    name: str  # hifigan_LA_T_1703395 (the wav's stem)
-    vocoder: str  # hifigan
-    utt_id: str  # LA_T_1703395, the ASVspoof 2019 bona fide original
-
-
-def read_vocv4_protocol(path: str | os.PathLike) -> list[Vocv4Entry]:
-    """Read vocv4's protocol.txt; lines that are not vocoded spoofs (bona fide lines) are skipped.
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: a malformed line, naming file, line number and the line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocv4 protocol not found: {path}")
-    entries = []
-    for number, line in data.text_lines(path, "vocv4 protocol"):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 5:
-            raise ValueError(f"{path.name} line {number}: expected 5 fields (speaker name - vocoder key), "
-                             f"got {len(fields)}: {line.strip()!r}")  # fmt: skip
-        speaker, name, _, vocoder, key = fields
-        if key != "spoof":
-            continue
-        m = re.search(r"(LA_[TDE]_\d{7})$", name)
-        if m is None:
-            raise ValueError(f"{path.name} line {number}: {name!r} does not end in an LA utterance id "
-                             "(expected <vocoder>_LA_T_1234567)")  # fmt: skip
-        entries.append(Vocv4Entry(speaker, name, vocoder, m.group(1)))
-    return entries
-
-
-def find_vocv4_files(root: str | os.PathLike, utt_id: str, vocoders: list[str]) -> dict[str, Path]:
-    """Paths of `utt_id`'s vocoded copies in an extracted vocv4 folder, one per vocoder, via its protocol.
-
-    Args:
-        root: the `voc.v4` folder (holding protocol.txt and wav/), or a folder above it that
-            `data.find_vocv4_root` accepts (where `python data.py --download --source vocv4` extracted it).
-    Returns:
-        {vocoder: path of voc.v4/wav/<vocoder>_<utt_id>.wav}, in the order of `vocoders`.
-    Raises:
-        FileNotFoundError: no voc.v4 folder, or a listed wav missing. ValueError: utterance/vocoder not listed.
-    """
-    folder = data.find_vocv4_root(root)
-    entries = {(e.utt_id, e.vocoder): e for e in read_vocv4_protocol(folder / "protocol.txt")}
-    found = {}
-    for vocoder in vocoders:
-        e = entries.get((utt_id, vocoder))
-        if e is None:
-            have = sorted({v for (u, v) in entries if u == utt_id})
-            raise ValueError(f"{folder / 'protocol.txt'} lists no {vocoder} copy of {utt_id} "
-                             f"(vocoders listed for it: {', '.join(have) or 'none'})")  # fmt: skip
-        path = folder / "wav" / f"{e.name}.wav"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is listed in {folder / 'protocol.txt'} but missing")
-        found[vocoder] = path
-    return found
-
 
 # ----------------------------------------------------------------------------- alignment
 
@@ -498,12 +355,37 @@ def level_profile(binary: torch.Tensor, mag_real: torch.Tensor) -> dict[str, flo
             "all_db": float(level.mean())}  # fmt: skip
 
 
+def random_map(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniform random map as a random permutation of distinct values: (values, the pixel order, highest first).
+
+    Its order is known without sorting: every ranking of a uniform random map is a uniformly random permutation,
+    so this map has the distribution of torch.rand's while its top-k set is simply order[:k].
+    """
+    n = math.prod(shape)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    values = torch.empty(n, dtype=torch.float64)
+    values[order] = torch.linspace(1.0, 1.0 / n, n, dtype=torch.float64)
+    return values.view(shape), order
+
+
 def random_floor(mask: torch.Tensor, seeds: int = 20, map_quantile: float = 0.95) -> dict[str, dict[str, float]]:
-    """Agreement of uniform random maps with the mask, over `seeds` seeds: {metric: {"mean", "std"}}."""
+    """Agreement of uniform random maps (`random_map`) with the mask, over `seeds` seeds: {metric: {"mean", "std"}}.
+
+    The same numbers `agreement` gives for those maps, computed from their known order (no sort: 20 seeds cost
+    what one `agreement` does).
+    """
+    m = mask.cpu().bool().flatten()
+    n, k_mask = m.numel(), int(m.sum())
+    k_map = max(1, round((1 - map_quantile) * n))
     runs = []
     for seed in range(seeds):
-        g = torch.Generator().manual_seed(seed)
-        runs.append(agreement(torch.rand(mask.shape, generator=g, dtype=torch.float64), mask, map_quantile))
+        values, order = random_map(tuple(mask.shape), seed)
+        tp = float(m[order[:k_map]].sum())
+        union = k_map + k_mask - tp
+        v = values.flatten()
+        runs.append({"iou": tp / max(union, 1.0), "precision": tp / k_map, "recall": tp / max(k_mask, 1),
+                     "mass_accuracy": float(v[m].sum() / v.sum()),
+                     "rank_accuracy": float(m[order[:k_mask]].double().mean()) if k_mask else 0.0})  # fmt: skip
     return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))}
             for k in METRICS}  # fmt: skip
 
@@ -533,11 +415,185 @@ def spearman(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> floa
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
-# ----------------------------------------------------------------------------- model and inputs
+# ----------------------------------------------------------------------------- faithfulness: deletion / insertion
+
+FAITH_KS = (1, 2, 5, 10, 15, 20)  # percent of the explained pixels (default --faith-ks)
+FAITH_RANKINGS = ("gradcam", "ixg", "ixg_abs", "ground_truth", "random")
+
+
+def perturbation_curves(
+    model: nn.Module,
+    x_from: torch.Tensor,
+    x_to: torch.Tensor,
+    rankings: dict[str, torch.Tensor],
+    ks: tuple[float, ...],
+    valid: int,
+    bf16: bool = False,
+    batch_size: int = 8,
+) -> dict[str, list[float]]:
+    """The bona fide score of `x_from` with its top-k % pixels of each ranking taken from `x_to`, for k in `ks`.
+
+    Deletion / insertion in the sense of Samek et al. 2017 and Petsiuk et al. 2018, with the other recording of the
+    pair as the reference instead of a blur or zeros: a pixel is replaced by what the real (or the vocoded)
+    recording has there, so the input stays a spectrogram of speech.
+
+    Args:
+        x_from, x_to: (1, 1, F, T) model inputs of the two sides of the pair.
+        rankings: name -> (F, valid) map; higher = taken first (ties by position).
+        ks: percentages of the F x valid explained pixels.
+        valid: frames of real audio (the pixels a map covers; the rest of the input is left alone).
+    Returns:
+        name -> one bona fide score (`model.bonafide_score`) per k.
+    """
+    n_freq, n_time = x_from.shape[-2:]
+    n = n_freq * valid
+    base_from = x_from[0, 0, :, :valid].reshape(-1)
+    base_to = x_to[0, 0, :, :valid].reshape(-1)
+    inputs, names = [], []
+    for name, r in rankings.items():
+        order = torch.argsort(r.flatten().double().cpu(), descending=True, stable=True).to(x_from.device)
+        for k in ks:
+            region = base_from.clone()
+            idx = order[: round(k / 100 * n)]
+            region[idx] = base_to[idx]
+            x = x_from[0, 0].clone()
+            x[:, :valid] = region.view(n_freq, valid)
+            inputs.append(x)
+            names.append(name)
+    scores: list[float] = []
+    fmt = torch.channels_last if x_from.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    with torch.no_grad():
+        for b in range(0, len(inputs), batch_size):
+            x = torch.stack(inputs[b : b + batch_size])[:, None].contiguous(memory_format=fmt)  # (B, 1, F, T)
+            scores += model_lib.bonafide_score(model_lib.classify(model, x, bf16)).tolist()
+    out: dict[str, list[float]] = {name: [] for name in rankings}
+    for name, score in zip(names, scores):
+        out[name].append(score)
+    return out
+
+
+def aopc(curve: list[float], start: float, direction: str) -> float:
+    """Area over the perturbation curve (Samek et al. 2017): mean over k = 0, ks of the score's move away from its
+    start -- up for "restore" (real pixels put into the fake), down for "insert" (vocoded pixels into the real).
+    Higher = the pixels the ranking puts first carry more of the decision."""
+    moves = [(s - start) if direction == "restore" else (start - s) for s in curve]
+    return float(np.mean([0.0, *moves]))
+
+
+# ----------------------------------------------------------------------------- results of one pair (typed)
+
+
+@dataclass
+class Prediction:
+    """The model's decision on one input: logits, score (logit_bona - logit_spoof), softmax P(bona fide)."""
+
+    logit_spoof: float
+    logit_bonafide: float
+    score: float
+    p_bonafide: float
+    pred: int  # 1 bona fide, 0 spoof
+
+    @property
+    def label(self) -> str:
+        return "bonafide" if self.pred == data.LABEL_BONAFIDE else "spoof"
+
+
+@dataclass
+class Agreement:
+    """How a map agrees with the ground-truth mask (see `agreement`)."""
+
+    iou: float
+    precision: float
+    recall: float
+    mass_accuracy: float
+    rank_accuracy: float
+
+
+@dataclass
+class Faithfulness:
+    """Bona fide score against k % of the pixels swapped: "restore" puts real pixels into the vocoded input,
+    "insert" vocoded pixels into the real one; per ranking (FAITH_RANKINGS), one score per k of `ks`."""
+
+    ks: list[float]
+    start_fake: float  # the scores before any swap (k = 0)
+    start_real: float
+    restore: dict[str, list[float]]
+    insert: dict[str, list[float]]
+
+    def aopc(self, direction: str, ranking: str) -> float:
+        curve = (self.restore if direction == "restore" else self.insert)[ranking]
+        return aopc(curve, self.start_fake if direction == "restore" else self.start_real, direction)
+
+
+@dataclass
+class PairResult:
+    """Everything measured on one pair; one JSON file per pair (`to_json` / `from_json`), read by the summary."""
+
+    pair_id: str  # "<vocoder>__<name>"
+    name: str  # the bona fide recording (utterance id or file stem)
+    vocoder: str  # the vocoder, or the fake file's stem
+    source: str  # where the fake came from
+    speaker: str | None
+    lag: int  # samples of offset corrected by the alignment
+    start_s: float
+    seconds: float
+    frames: int  # frames explained (of real audio)
+    mask_pixels: int
+    mask_quantile: float
+    pred_real: Prediction
+    pred_fake: Prediction
+    agreement: dict[str, dict[str, Agreement]]  # target ("spoof", "predicted") -> method -> agreement
+    floor: Agreement  # random maps, mean over --random-seeds
+    floor_std: Agreement
+    sanity: dict[str, float | None]  # method -> mean Spearman(trained map, re-initialised model's map)
+    sanity_seeds: int
+    sanity_constant: dict[str, int]  # re-initialisations whose map was constant (Spearman undefined)
+    faithfulness: Faithfulness | None
+    level_profile: dict[str, dict[str, float]]  # mask / map -> loudness of its pixels
+    vs_input: dict[str, float | None]  # Spearman(map, input features)
+    between_maps: dict[str, float | None]  # Grad-CAM vs |x*grad|
+    compute_s: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(finite_or_none(dataclasses.asdict(self)), indent=1, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> PairResult:
+        d = json.loads(text)
+        d["pred_real"], d["pred_fake"] = Prediction(**d["pred_real"]), Prediction(**d["pred_fake"])
+        d["agreement"] = {t: {m: Agreement(**a) for m, a in per.items()} for t, per in d["agreement"].items()}
+        d["floor"], d["floor_std"] = Agreement(**d["floor"]), Agreement(**d["floor_std"])
+        d["faithfulness"] = Faithfulness(**d["faithfulness"]) if d.get("faithfulness") else None
+        return cls(**d)
+
+
+@dataclass
+class PairMaps:
+    """The tensors of one pair, for its figures (not saved): (F, frames) magnitudes, relative difference, mask, the
+    maps per target and method, and the maps of the first re-initialised model with a non-constant Grad-CAM."""
+
+    mag_real: torch.Tensor
+    mag_fake: torch.Tensor
+    rel: torch.Tensor
+    mask: torch.Tensor
+    maps: dict[str, dict[str, torch.Tensor]]
+    maps_random: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def finite_or_none(value):
+    """NaN/inf (a rank correlation of a constant map) -> None, recursively, so the JSON is valid JSON."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+# ----------------------------------------------------------------------------- the model and its inputs
 
 
 def find_default_checkpoint() -> Path | None:
-    """Newest runs/*/best.pt in the working folder, else next to this script."""
+    """Newest runs/*/best.pt in the working folder, else next to this script (what train.py wrote last)."""
     for base in dict.fromkeys([Path.cwd(), HERE]):
         found = sorted((base / "runs").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
         if found:
@@ -545,68 +601,203 @@ def find_default_checkpoint() -> Path | None:
     return None
 
 
-# data.add_common_args' defaults: a flag left at its default does not count as contradicting a checkpoint
-DEFAULT_INPUT = {"frontend": "stft", "num_frames": 600, "pad": "repeat"}
+@dataclass
+class ModelInfo:
+    """The model being explained and the input it takes."""
+
+    ckpt: str | None  # None: --random-model
+    trained: bool
+    frontend: str
+    num_frames: int
+    pad: str
+    epoch: int | None
+    dev_eer: float | None
+    recipe: str | None
+    data_root: str | None  # the tree it was trained on (the default --data-root)
+    bf16: bool
+    channels_last: bool
+    sha256: str | None = None
 
 
-def load_model(ckpt_path: str | None, args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict]:
-    """The model to explain and the input settings it was trained with (`model.load_checkpoint`, the one reader).
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, ModelInfo]:
+    """The model to explain (`model.load_checkpoint`, the one reader): --ckpt, else the newest runs/*/best.pt, else
+    (only with --random-model) a randomly initialised LCNN.
 
-    Returns:
-        (model in eval mode, info dict: ckpt, trained, frontend, num_frames, pad, epoch, dev_eer, recipe, bf16,
-        channels_last).
+    Raises:
+        FileNotFoundError: no --ckpt, no runs/*/best.pt and no --random-model (the message says how to get a model).
     """
-    path = Path(ckpt_path) if ckpt_path else find_default_checkpoint()
-    bf16, channels_last = (
-        model_lib.use_bf16(args.precision, device),
-        model_lib.use_channels_last(args.channels_last, device),
-    )
+    bf16 = model_lib.use_bf16(args.precision, device)
+    channels_last = model_lib.use_channels_last(args.channels_last, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    path = Path(args.ckpt) if args.ckpt else (None if args.random_model else find_default_checkpoint())
+    if path is None and not args.random_model:
+        raise FileNotFoundError(
+            "no --ckpt given and no runs/*/best.pt here: train a model first (e.g. python train.py --data-root "
+            "demo_data/LA --recipe tiny), pass --ckpt FILE, or --random-model to explain an untrained LCNN (its maps "
+            "explain nothing about spoofing)"
+        )
     if path is not None:
         ckpt = model_lib.load_checkpoint(path, device)
-        info = {"ckpt": str(path), "trained": True, "frontend": ckpt.frontend_name, "num_frames": ckpt.num_frames,
-                "pad": ckpt.pad, "epoch": ckpt.raw.get("epoch"),
-                "dev_eer": ckpt.raw.get("best_dev_eer", ckpt.raw.get("dev_eer")), "recipe": ckpt.args.get("recipe"),
-                "bf16": bf16, "channels_last": channels_last}  # fmt: skip
+        info = ModelInfo(str(path), True, ckpt.frontend_name, ckpt.num_frames, ckpt.pad, ckpt.raw.get("epoch"),
+                         ckpt.raw.get("best_dev_eer", ckpt.raw.get("dev_eer")), ckpt.args.get("recipe"),
+                         ckpt.data_root, bf16, channels_last,
+                         hashlib.sha256(path.read_bytes()).hexdigest())  # fmt: skip
         given = {"frontend": args.frontend, "num_frames": args.num_frames, "pad": args.pad}
-        differ = {k: v for k, v in given.items() if v != info[k] and v != DEFAULT_INPUT[k]}
+        differ = {k: v for k, v in given.items() if v is not None and v != getattr(info, k)}
         if differ:
             print(f"note: using the checkpoint's input settings, not {differ}", file=sys.stderr)
         print(f"model: {ckpt.describe()}")
         return ckpt.model.to(memory_format=fmt), info
-    frontend = data.make_frontend(args.frontend)
+    frontend = data.make_frontend(args.frontend or "stft")
+    num_frames = args.num_frames or 600
     torch.manual_seed(args.seed)
-    model = model_lib.LCNN(frontend.n_bins, args.num_frames).to(device, memory_format=fmt).eval()
-    print("WARNING: no --ckpt and no runs/*/best.pt: explaining a RANDOMLY INITIALISED LCNN. Its attributions "
-          "explain nothing about spoofing; train one (python train.py --recipe tiny) and pass --ckpt.",
-          file=sys.stderr)  # fmt: skip
-    info = {"ckpt": None, "trained": False, "frontend": args.frontend, "num_frames": args.num_frames,
-            "pad": args.pad, "epoch": None, "dev_eer": None, "recipe": None, "bf16": bf16,
-            "channels_last": channels_last}  # fmt: skip
+    model = model_lib.LCNN(frontend.n_bins, num_frames).to(device, memory_format=fmt).eval()
+    print("WARNING: --random-model: explaining a RANDOMLY INITIALISED LCNN. Its attributions explain nothing about "
+          "spoofing; they are a baseline for the sanity check.", file=sys.stderr)  # fmt: skip
+    info = ModelInfo(None, False, frontend.name, num_frames, args.pad or "repeat", None, None, None, None, bf16,
+                     channels_last)  # fmt: skip
     return model, info
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> dict:
-    """Score of one (1, 1, F, T) input: logits, score (`model.bonafide_score`), softmax P(bona fide), label."""
+def predict(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> Prediction:
+    """The decision on one (1, 1, F, T) input (`model.classify`, `model.bonafide_score`)."""
     logits = model_lib.classify(model, x, bf16)[0]
     p = torch.softmax(logits, 0)
-    return {"logit_spoof": float(logits[0]), "logit_bonafide": float(logits[1]),
-            "score": float(model_lib.bonafide_score(logits)), "p_bonafide": float(p[1]),
-            "pred": int(logits.argmax()), "label": "bonafide" if int(logits.argmax()) == 1 else "spoof"}  # fmt: skip
+    return Prediction(float(logits[0]), float(logits[1]), float(model_lib.bonafide_score(logits)), float(p[1]),
+                      int(logits.argmax()))  # fmt: skip
 
 
-@dataclass
-class Pair:
-    """A bona fide waveform and its vocoded copy, before alignment."""
-
-    name: str  # vocoder or file name, used in output file names
-    real: torch.Tensor  # (N1,)
-    fake: torch.Tensor  # (N2,)
-    source: str  # where the fake came from
+# ----------------------------------------------------------------------------- which pairs
 
 
-# ----------------------------------------------------------------------------- figures
+@dataclass(frozen=True)
+class PairSpec:
+    """One pair to explain, before any audio is read."""
+
+    name: str  # the bona fide recording's utterance id or file stem
+    vocoder: str  # local vocoder, vocv4 vocoder, or the fake file's stem
+    real: str  # bona fide audio file
+    fake: str | None  # vocoded audio file; None: made by the local vocoder `vocoder`
+    speaker: str | None
+    source: str
+
+    @property
+    def pair_id(self) -> str:
+        return re.sub(r"[^\w.-]", "_", f"{self.vocoder}__{self.name}")
+
+
+SPEAKER_RE = re.compile(r"(LA_\d{4})")
+
+
+def collect_pairs(args, info: ModelInfo) -> tuple[list[PairSpec], str]:
+    """The pairs the command line asks for, in a fixed order, and the stem naming the default output folder.
+
+    Exactly one source: --utt (one LA utterance), --real (one file), --split (every bona fide file of an LA split),
+    --real-dir (every audio file of a folder), or --vocv4-root alone (every vocv4 pair). --utt / --split / --real-dir
+    pair each real file with the --vocode local vocoders (default griffinlim melgl, unless vocv4 or --fake files are
+    given); --speakers and --limit filter.
+    """
+    sources = {"--utt": args.utt, "--real": args.real, "--split": args.split, "--real-dir": args.real_dir}
+    given = [k for k, v in sources.items() if v]
+    if len(given) > 1 or (not given and not args.vocv4_root):
+        raise ValueError("give exactly one of --utt UTT_ID, --real FILE, --split SPLIT, --real-dir DIR, or "
+                         "--vocv4-root DIR alone (every vocv4 pair)")  # fmt: skip
+    if args.fake and not args.real:
+        raise ValueError("--fake goes with --real (use --vocv4-root or --vocode with --utt)")
+    if args.vocv4_root and (args.real or args.split or args.real_dir):
+        raise ValueError("--vocv4-root pairs vocoded files with their LA original by utterance id: use it with --utt "
+                         "or alone")  # fmt: skip
+    local = (
+        args.vocode if args.vocode is not None else ([] if (args.fake or args.vocv4_root) else ["griffinlim", "melgl"])
+    )
+    specs: list[PairSpec] = []
+
+    def layout():
+        root = args.data_root or info.data_root
+        if root is None:
+            raise ValueError("give --data-root (the LA tree), or explain a checkpoint that names the tree it was "
+                             "trained on")  # fmt: skip
+        if args.data_root is None:
+            print(f"--data-root not given ($ASVSPOOF_ROOT unset): the tree the model was trained on, {root}")
+        return data.find_la_root(root)
+
+    def with_local(name: str, real: str, speaker: str | None, what: str) -> None:
+        specs.extend(PairSpec(name, v, real, None, speaker, f"local vocoder {v} of {what}") for v in local)
+
+    if args.utt:
+        la = layout()
+        split, entry = data.find_utterance(la, args.utt)
+        if entry.key != "bonafide":
+            print(f"warning: {args.utt} is a {entry.system} spoof, not bona fide: the 'real' side is itself fake",
+                  file=sys.stderr)  # fmt: skip
+        real = str(la.audio_path(split, args.utt))
+        if args.vocv4_root:
+            for vocoder, fp in data.find_vocv4_files(args.vocv4_root, args.utt, args.vocoders).items():
+                specs.append(PairSpec(args.utt, vocoder, real, str(fp), entry.speaker, f"vocv4 {fp}"))
+        with_local(args.utt, real, entry.speaker, real)
+        stem = args.utt
+    elif args.real:
+        real_path = Path(args.real)
+        if not real_path.is_file():
+            raise FileNotFoundError(f"--real {real_path}: no such audio file")
+        for fake in args.fake:
+            fp = Path(fake)
+            if not fp.is_file():
+                raise FileNotFoundError(f"--fake {fp}: no such audio file")
+            name = fp.stem if fp.stem != real_path.stem else fp.parent.name or "fake"
+            specs.append(PairSpec(real_path.stem, name, str(real_path), str(fp), None, str(fp)))
+        with_local(real_path.stem, str(real_path), None, str(real_path))
+        stem = real_path.stem
+    elif args.split:
+        la = layout()
+        for e in la.protocol(args.split):
+            if e.key == "bonafide":
+                with_local(e.utt_id, str(la.audio_path(args.split, e.utt_id)), e.speaker, f"{args.split} {e.utt_id}")
+        stem = f"{args.split}_bonafide"
+    elif args.real_dir:
+        folder = Path(args.real_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--real-dir {folder}: no such folder")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".flac", ".wav") and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"--real-dir {folder}: no .flac or .wav files in it")
+        for p in files:
+            m = SPEAKER_RE.match(p.stem)
+            with_local(p.stem, str(p), m.group(1) if m else None, str(p))
+        stem = folder.name
+    else:  # every vocv4 pair, originals from the LA train/dev trees
+        la = layout()
+        for v, fp in data.vocv4_files(args.vocv4_root, args.vocoders):
+            split = {"LA_T": "train", "LA_D": "dev", "LA_E": "eval"}[v.utt_id[:4]]
+            specs.append(PairSpec(v.utt_id, v.vocoder, str(la.audio_path(split, v.utt_id)), str(fp), v.speaker,
+                                  f"vocv4 {fp}"))  # fmt: skip
+        stem = "vocv4"
+    if args.speakers:
+        specs = [s for s in specs if s.speaker in set(args.speakers)]
+    if args.limit:
+        keep = list(dict.fromkeys(s.name for s in specs))[: args.limit]  # the first N recordings, all their fakes
+        specs = [s for s in specs if s.name in set(keep)]
+    ids = [s.pair_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"two pairs share a name ({', '.join(i for i in ids if ids.count(i) > 1)}): rename the files")
+    if not specs:
+        raise ValueError("no pair to explain: the filters (--speakers, --limit, --vocoders) leave none")
+    return specs, stem
+
+
+def load_pair(spec: PairSpec, keep_s: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real, fake) waveforms of a pair. A local vocoder copies only the first `keep_s` seconds of the real
+    recording (the explained window and a margin), so a 14 s segment costs what its 2 s window costs."""
+    real = data.load_audio(spec.real)
+    if spec.fake is not None:
+        return real, data.load_audio(spec.fake)
+    if keep_s is not None:
+        real = real[: round(keep_s * data.SAMPLE_RATE)]
+    return real, data.vocode(real, spec.vocoder)
+
+
+# ----------------------------------------------------------------------------- figures of one pair
 
 FIG_DPI = 80
 
@@ -634,33 +825,33 @@ def to_db(mag: torch.Tensor, ref: float, floor: float = -80.0) -> np.ndarray:
     return (20 * torch.log10(mag.double().clamp(min=1e-12) / ref)).clamp(min=floor).cpu().numpy()
 
 
-def plot_pair(path: Path, r: dict, frontend) -> None:
+def plot_pair(path: Path, res: PairResult, pm: PairMaps, frontend) -> None:
     """The manual comparison, dB re. the real's maximum, on the model's grid.
 
     Top: real | fake | long-term average spectra. Bottom: fake - real (dB) | fake (grey) with the ground-truth
     mask (red) | per-frame share of mask pixels with the real's level, over time.
     """
-    t0 = r["start_s"]
+    t0 = res.start_s
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ref = float(r["mag_real"].max())
-    real_db, fake_db = to_db(r["mag_real"], ref), to_db(r["mag_fake"], ref)
-    mask = r["mask"].numpy()
+    ref = float(pm.mag_real.max())
+    real_db, fake_db = to_db(pm.mag_real, ref), to_db(pm.mag_fake, ref)
+    mask = pm.mask.numpy()
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.2), constrained_layout=True,
                              gridspec_kw={"width_ratios": [1, 1, 0.55]})  # fmt: skip
     for ax, img, title in (
-        (axes[0, 0], real_db, f"real  (P(bona fide) = {r['pred_real']['p_bonafide']:.2f})"),
-        (axes[0, 1], fake_db, f"{r['name']}  (P(bona fide) = {r['pred_fake']['p_bonafide']:.2f})"),
+        (axes[0, 0], real_db, f"real  (P(bona fide) = {res.pred_real.p_bonafide:.2f})"),
+        (axes[0, 1], fake_db, f"{res.vocoder}  (P(bona fide) = {res.pred_fake.p_bonafide:.2f})"),
     ):
         im = _show(ax, img, frontend, t0, cmap="magma", vmin=-80, vmax=0)
         _spec_axes(ax, frontend, title)
     fig.colorbar(im, ax=axes[0, :2], shrink=0.9, label="dB re. real max")
     # long-term average spectrum: mean power over frames, in dB
     ltas = {k: 10 * np.log10(np.maximum((m.double() ** 2).mean(1).numpy(), 1e-20) / ref**2)
-            for k, m in (("real", r["mag_real"]), (r["name"], r["mag_fake"]))}  # fmt: skip
+            for k, m in (("real", pm.mag_real), (res.vocoder, pm.mag_fake))}  # fmt: skip
     bins = np.arange(real_db.shape[0])
     for (k, v), c in zip(ltas.items(), ("k", "tab:red")):
         axes[0, 2].plot(v, bins, color=c, lw=0.8, label=k)
@@ -668,16 +859,16 @@ def plot_pair(path: Path, r: dict, frontend) -> None:
     axes[0, 2].legend(fontsize=8)
     _spec_axes(axes[0, 2], frontend, "long-term average spectrum")
     axes[0, 2].set_xlabel("dB re. real max")
-    diff = to_db(r["mag_fake"], ref, floor=-140) - to_db(r["mag_real"], ref, floor=-140)  # silence too
+    diff = to_db(pm.mag_fake, ref, floor=-140) - to_db(pm.mag_real, ref, floor=-140)  # silence too
     im = _show(axes[1, 0], diff, frontend, t0, cmap="RdBu_r", vmin=-20, vmax=20)
     fig.colorbar(im, ax=axes[1, 0], label="fake - real (dB)")
-    _spec_axes(axes[1, 0], frontend, f"{r['name']} - real (red: louder in the fake)")
+    _spec_axes(axes[1, 0], frontend, f"{res.vocoder} - real (red: louder in the fake)")
     _show(axes[1, 1], fake_db, frontend, t0, cmap="gray", vmin=-80, vmax=0)
     _show(axes[1, 1], np.ma.masked_where(~mask, np.ones(mask.shape)), frontend, t0, cmap="autumn", vmin=1, vmax=2)
     _spec_axes(axes[1, 1], frontend,
-               f"{r['name']} (grey) + ground-truth mask (red, top {100 * (1 - r['mask_quantile']):.0f} %)")  # fmt: skip
+               f"{res.vocoder} (grey) + ground-truth mask (red, top {100 * (1 - res.mask_quantile):.0f} %)")  # fmt: skip
     times = t0 + frontend.frame_times(mask.shape[1])
-    level = 10 * np.log10(np.maximum((r["mag_real"].double() ** 2).mean(0).numpy(), 1e-20) / ref**2)
+    level = 10 * np.log10(np.maximum((pm.mag_real.double() ** 2).mean(0).numpy(), 1e-20) / ref**2)
     ax = axes[1, 2]
     ax.plot(times, mask.mean(0), color="tab:red", lw=0.8)
     ax.set_ylabel("share of the frame's bins in the mask", color="tab:red")
@@ -699,21 +890,21 @@ def _agreement_rgb(binary: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def plot_maps(path: Path, r: dict, frontend, map_quantile: float) -> None:
+def plot_maps(path: Path, res: PairResult, pm: PairMaps, frontend, map_quantile: float) -> None:
     """Mask vs Grad-CAM vs |InputXGradient|: continuous (top row) and binarised at the top 5 % (bottom row)."""
-    t0 = r["start_s"]
+    t0 = res.start_s
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    targets = [("spoof", r["maps"]["spoof"])]
-    if r["pred_fake"]["pred"] != data.LABEL_SPOOF:
-        targets.append(("bona fide (predicted)", r["maps"]["predicted"]))
+    targets = [("spoof", pm.maps["spoof"])]
+    if res.pred_fake.pred != data.LABEL_SPOOF:
+        targets.append(("bona fide (predicted)", pm.maps["predicted"]))
     cols = 1 + 2 * len(targets)
     fig, axes = plt.subplots(2, cols, figsize=(4.4 * cols, 6.6), sharex=True, sharey=True, constrained_layout=True)
-    mask = r["mask"].numpy()
-    rel = np.log10(r["rel"].clamp(min=1e-3).numpy())
+    mask = pm.mask.numpy()
+    rel = np.log10(pm.rel.clamp(min=1e-3).numpy())
     im = _show(axes[0, 0], rel, frontend, t0, cmap="viridis", vmin=-3, vmax=max(1.0, float(np.percentile(rel, 99.5))))
     fig.colorbar(im, ax=axes[0, 0], label="log10 relative difference")
     _spec_axes(axes[0, 0], frontend, "Eq. 2 relative difference |G(Mf)-G(Mr)|/G(Mr)")
@@ -729,23 +920,23 @@ def plot_maps(path: Path, r: dict, frontend, map_quantile: float) -> None:
             _spec_axes(axes[0, col], frontend, f"{name}, target {label}")
             binary = binarise_top(maps[key], map_quantile).numpy()
             _show(axes[1, col], _agreement_rgb(binary, mask), frontend, t0)
-            a = r["metrics"]["predicted" if label.startswith("bona") else "spoof"][key]
+            a = res.agreement["predicted" if label.startswith("bona") else "spoof"][key]
             _spec_axes(
                 axes[1, col],
                 frontend,
                 f"top {100 * (1 - map_quantile):.0f} %: green in mask, red outside, grey missed\n"
-                f"IoU {a['iou']:.3f}  mass {a['mass_accuracy']:.3f}  rank {a['rank_accuracy']:.3f}",
+                f"IoU {a.iou:.3f}  mass {a.mass_accuracy:.3f}  rank {a.rank_accuracy:.3f}",
             )
             col += 1
-    fig.suptitle(f"{r['name']}: where the model looks vs where the vocoder changed the spectrum "
-                 f"(random floor IoU {r['random_floor']['iou']['mean']:.3f})", fontsize=10)  # fmt: skip
+    fig.suptitle(f"{res.vocoder}: where the model looks vs where the vocoder changed the spectrum "
+                 f"(random floor IoU {res.floor.iou:.3f})", fontsize=10)  # fmt: skip
     fig.savefig(path, dpi=FIG_DPI)
     plt.close(fig)
 
 
-def plot_sanity(path: Path, r: dict, frontend) -> None:
+def plot_sanity(path: Path, res: PairResult, pm: PairMaps, frontend) -> None:
     """Trained vs re-initialised model maps (target spoof), with their Spearman rank correlation."""
-    t0 = r["start_s"]
+    t0 = res.start_s
     import matplotlib
 
     matplotlib.use("Agg")
@@ -753,14 +944,14 @@ def plot_sanity(path: Path, r: dict, frontend) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True, sharey=True, constrained_layout=True)
     for row, (key, name) in enumerate((("gradcam", "Grad-CAM"), ("ixg_abs", "|InputXGradient|"))):
-        for col, (maps, which) in enumerate(((r["maps"]["spoof"], "trained"), (r["maps_random"], "re-initialised"))):
+        for col, (maps, which) in enumerate(((pm.maps["spoof"], "trained"), (pm.maps_random, "re-initialised"))):
             m = maps[key].numpy()
             _show(axes[row, col], m, frontend, t0, cmap="inferno", vmin=0, vmax=float(np.percentile(m, 99.5)) or 1.0)
             _spec_axes(axes[row, col], frontend, f"{name}, {which} model")
-        mean, n = r["sanity"][key]["mean"], len(r["sanity"][key]["per_seed"])
+        mean, n = res.sanity[key], res.sanity_seeds
         text = "undefined (constant maps)" if mean is None else f"{mean:.2f}, mean of {n} re-initialisations"
         axes[row, 1].set_title(axes[row, 1].get_title() + f"\nSpearman with trained: {text}", fontsize=9)
-    fig.suptitle(f"{r['name']}: model-parameter randomisation check (Adebayo et al. 2018)", fontsize=10)
+    fig.suptitle(f"{res.vocoder}: model-parameter randomisation check (Adebayo et al. 2018)", fontsize=10)
     fig.savefig(path, dpi=FIG_DPI)
     plt.close(fig)
 
@@ -768,7 +959,7 @@ def plot_sanity(path: Path, r: dict, frontend) -> None:
 # ----------------------------------------------------------------------------- one pair end to end
 
 
-def pair_inputs(pair: Pair, frontend, info: dict, args, device) -> dict:
+def pair_inputs(real: torch.Tensor, fake: torch.Tensor, frontend, info: ModelInfo, args, device) -> dict:
     """Align the pair and make the model inputs and the magnitudes for the mask, on the same frames.
 
     The window starts at --start-s rounded to whole hops, so its frames are frames of the whole aligned pair;
@@ -777,16 +968,21 @@ def pair_inputs(pair: Pair, frontend, info: dict, args, device) -> dict:
     phase differs, which would put the crop's edges in the mask although the vocoder did not change them.
     """
     sr, hop = frontend.sample_rate, frontend.hop_length
-    real, fake, lag = align_pair(pair.real, pair.fake, round(args.max_lag_s * sr), args.align)
+    shortest = max(args.freq_size, args.time_size) * hop  # the smoothing needs a few frames of the pair
+    for side, w in (("real", real), ("vocoded", fake)):
+        if w.numel() < shortest:
+            raise ValueError(f"the {side} side is {w.numel()} samples long; a pair needs at least {shortest} "
+                             f"({shortest / sr:.2f} s)")  # fmt: skip
+    real, fake, lag = align_pair(real, fake, round(args.max_lag_s * sr), args.align)
     first = round(args.start_s * sr / hop)  # first frame of the window
     if first * hop >= real.numel():
         raise ValueError(f"--start-s {args.start_s} is past the end of the {real.numel() / sr:.2f} s pair")
-    num_samples = frontend.num_samples(info["num_frames"])
-    waves = torch.stack([data.fix_length(w[first * hop :], num_samples, info["pad"]) for w in (real, fake)])
+    num_samples = frontend.num_samples(info.num_frames)
+    waves = torch.stack([data.fix_length(w[first * hop :], num_samples, info.pad) for w in (real, fake)])
     # mask, maps and metrics cover the frames of real audio; a short clip is repeat-padded to the model's input
-    valid = min(info["num_frames"], (real.numel() - first * hop - 1) // hop + 1)
+    valid = min(info.num_frames, (real.numel() - first * hop - 1) // hop + 1)
     with torch.no_grad():
-        x_real, x_fake = model_lib.featurize(frontend, waves.to(device), info["channels_last"]).split(1)  # (1, 1, F, T)
+        x_real, x_fake = model_lib.featurize(frontend, waves.to(device), info.channels_last).split(1)  # (1, 1, F, T)
         mag = frontend.power(torch.stack([real, fake]).to(device)).sqrt()[:, :, first : first + valid].cpu()
     return {"lag": lag, "seconds": (real.numel() - first * hop) / sr, "start_s": first * hop / sr, "frames": valid,
             "x_real": x_real, "x_fake": x_fake, "mag_real": mag[0], "mag_fake": mag[1]}  # fmt: skip
@@ -794,63 +990,30 @@ def pair_inputs(pair: Pair, frontend, info: dict, args, device) -> dict:
 
 def sanity_check(
     model: nn.Module, x: torch.Tensor, layer: nn.Module, trained: dict, seeds: int, valid: int, bf16: bool = False
-):
+) -> tuple[dict[str, float | None], dict[str, int], dict[str, torch.Tensor]]:
     """Spearman(trained map, map of a re-initialised model) over `seeds` re-initialisations, target spoof.
 
     A re-initialised model's Grad-CAM can be all zero (every weighted sum negative before the ReLU); its rank
-    correlation is then undefined and that seed is counted in "constant" rather than averaged.
+    correlation is then undefined and that seed is counted as constant rather than averaged.
 
     Returns:
-        ({map: {"mean", "per_seed", "constant"}}, the maps of the first re-initialised model with a non-constant
-        Grad-CAM, for the figure).
+        (map -> mean Spearman or None, map -> constant seeds, the maps of the first re-initialised model with a
+        non-constant Grad-CAM, for the figure).
     """
-    per_seed, shown = {k: [] for k in trained}, None
+    per_seed: dict[str, list[float]] = {k: [] for k in trained}
+    shown: dict[str, torch.Tensor] = {}
     for seed in range(1000, 1000 + seeds):  # away from the small seeds a training run may have started from
         reinit = randomised_copy(model, seed)
         maps = attribution_maps(reinit, x, data.LABEL_SPOOF, layer_of(reinit, model, layer), bf16)
         maps = {k: v[:, :valid].cpu() for k, v in maps.items()}
         for k in trained:
             per_seed[k].append(spearman(trained[k], maps[k]))
-        if shown is None or (shown["gradcam"].max() == 0 and maps["gradcam"].max() > 0):
+        if not shown or (shown["gradcam"].max() == 0 and maps["gradcam"].max() > 0):
             shown = maps
-    summary = {}
-    for k, values in per_seed.items():
-        finite = [v for v in values if math.isfinite(v)]
-        summary[k] = {"mean": float(np.mean(finite)) if finite else None,
-                      "per_seed": [v if math.isfinite(v) else None for v in values],
-                      "constant": len(values) - len(finite)}  # fmt: skip
-    return summary, shown
-
-
-def explain_pair(pair: Pair, model: nn.Module, frontend, info: dict, layer: nn.Module, args) -> dict:
-    """Align, featurise, mask, attribute and score one pair; returns a dict of tensors and numbers."""
-    r = {"name": pair.name, "source": pair.source, "mask_quantile": args.mask_quantile}
-    r.update(pair_inputs(pair, frontend, info, args, next(model.parameters()).device))
-    valid, x_fake = r["frames"], r["x_fake"]
-    smooth = {k: getattr(args, k) for k in ("time_size", "freq_size", "time_var", "freq_var")}
-    r["rel"], mask = ground_truth_mask(r["mag_real"], r["mag_fake"], args.mask_quantile, args.eps, **smooth)
-    r["mask"] = mask
-    bf16 = info["bf16"]
-    r["pred_real"], r["pred_fake"] = predict(model, r["x_real"], bf16), predict(model, x_fake, bf16)
-    maps, metrics = {}, {}
-    for tname, target in (("spoof", data.LABEL_SPOOF), ("predicted", r["pred_fake"]["pred"])):
-        if tname == "predicted" and target == data.LABEL_SPOOF:  # the same maps: no second backward pass
-            maps[tname], metrics[tname] = maps["spoof"], metrics["spoof"]
-            continue
-        maps[tname] = {k: v[:, :valid].cpu() for k, v in attribution_maps(model, x_fake, target, layer, bf16).items()}
-        metrics[tname] = {k: agreement(v, mask, args.map_quantile) for k, v in maps[tname].items()}
-    r["maps"], r["metrics"] = maps, metrics
-    r["random_floor"] = random_floor(mask, args.random_seeds, args.map_quantile)
-    r["sanity"], r["maps_random"] = sanity_check(model, x_fake, layer, maps["spoof"], args.reinit_seeds, valid, bf16)
-    r["level_profile"] = {"mask": level_profile(mask, r["mag_real"])}
-    r["level_profile"].update({k: level_profile(binarise_top(maps["spoof"][k], args.map_quantile), r["mag_real"])
-                               for k in ("gradcam", "ixg_abs")})  # fmt: skip
-    x_valid = x_fake[0, 0, :, :valid].cpu()
-    r["vs_input"] = {k: spearman(maps["spoof"][k], x_valid) for k in ("gradcam", "ixg_abs")}
-    top = {k: binarise_top(maps["spoof"][k], args.map_quantile) for k in ("gradcam", "ixg_abs")}
-    r["between_maps"] = {"spearman": spearman(maps["spoof"]["gradcam"], maps["spoof"]["ixg_abs"]),
-                         "iou_top": float((top["gradcam"] & top["ixg_abs"]).sum() / (top["gradcam"] | top["ixg_abs"]).sum())}  # fmt: skip
-    return r
+    means = {k: (float(np.mean([v for v in vs if math.isfinite(v)])) if any(map(math.isfinite, vs)) else None)
+             for k, vs in per_seed.items()}  # fmt: skip
+    constant = {k: sum(not math.isfinite(v) for v in vs) for k, vs in per_seed.items()}
+    return means, constant, shown
 
 
 def layer_of(copy_: nn.Module, original: nn.Module, layer: nn.Module) -> nn.Module:
@@ -859,125 +1022,370 @@ def layer_of(copy_: nn.Module, original: nn.Module, layer: nn.Module) -> nn.Modu
     return dict(copy_.named_modules())[name]
 
 
-# ----------------------------------------------------------------------------- report
+def explain_pair(spec: PairSpec, model: nn.Module, frontend, info: ModelInfo, layer: nn.Module, args):
+    """Align, featurise, mask, attribute, score and perturb one pair.
+
+    Returns:
+        (PairResult, PairMaps).
+    """
+    t0 = time.monotonic()
+    window_s = frontend.num_samples(info.num_frames) / frontend.sample_rate
+    real, fake = load_pair(spec, args.start_s + window_s + args.max_lag_s + 0.25)
+    device = next(model.parameters()).device
+    p = pair_inputs(real, fake, frontend, info, args, device)
+    valid, x_real, x_fake, bf16 = p["frames"], p["x_real"], p["x_fake"], info.bf16
+    smooth = {k: getattr(args, k) for k in ("time_size", "freq_size", "time_var", "freq_var")}
+    rel, mask = ground_truth_mask(p["mag_real"], p["mag_fake"], args.mask_quantile, args.eps, **smooth)
+    pred_real, pred_fake = predict(model, x_real, bf16), predict(model, x_fake, bf16)
+    maps: dict[str, dict[str, torch.Tensor]] = {}
+    agree: dict[str, dict[str, Agreement]] = {}
+    for tname, target in (("spoof", data.LABEL_SPOOF), ("predicted", pred_fake.pred)):
+        if tname == "predicted" and target == data.LABEL_SPOOF:  # the same maps: no second backward pass
+            maps[tname], agree[tname] = maps["spoof"], agree["spoof"]
+            continue
+        maps[tname] = {k: v[:, :valid].cpu() for k, v in attribution_maps(model, x_fake, target, layer, bf16).items()}
+        agree[tname] = {k: Agreement(**agreement(v, mask, args.map_quantile)) for k, v in maps[tname].items()}
+    floor = random_floor(mask, args.random_seeds, args.map_quantile)
+    sanity, constant, maps_random = sanity_check(model, x_fake, layer, maps["spoof"], args.reinit_seeds, valid, bf16)
+    faith = None
+    if args.faith_ks:
+        g = torch.Generator().manual_seed(int(hashlib.sha256(spec.pair_id.encode()).hexdigest()[:8], 16))
+        rankings = {**{k: maps["spoof"][k] for k in ("gradcam", "ixg", "ixg_abs")}, "ground_truth": rel,
+                    "random": torch.rand(rel.shape, generator=g, dtype=torch.float64)}  # fmt: skip
+        ks = tuple(args.faith_ks)
+        faith = Faithfulness(
+            list(ks), pred_fake.score, pred_real.score,
+            perturbation_curves(model, x_fake, x_real, rankings, ks, valid, bf16),
+            perturbation_curves(model, x_real, x_fake, rankings, ks, valid, bf16),
+        )  # fmt: skip
+    top = {k: binarise_top(maps["spoof"][k], args.map_quantile) for k in ("gradcam", "ixg_abs")}
+    x_valid = x_fake[0, 0, :, :valid].cpu()
+    result = PairResult(
+        pair_id=spec.pair_id, name=spec.name, vocoder=spec.vocoder, source=spec.source, speaker=spec.speaker,
+        lag=p["lag"], start_s=p["start_s"], seconds=p["seconds"], frames=valid, mask_pixels=int(mask.sum()),
+        mask_quantile=args.mask_quantile, pred_real=pred_real, pred_fake=pred_fake, agreement=agree,
+        floor=Agreement(**{k: v["mean"] for k, v in floor.items()}),
+        floor_std=Agreement(**{k: v["std"] for k, v in floor.items()}),
+        sanity=sanity, sanity_seeds=args.reinit_seeds, sanity_constant=constant, faithfulness=faith,
+        level_profile={"mask": level_profile(mask, p["mag_real"]),
+                       **{k: level_profile(top[k], p["mag_real"]) for k in top}},
+        vs_input={k: spearman(maps["spoof"][k], x_valid) for k in ("gradcam", "ixg_abs")},
+        between_maps={"spearman": spearman(maps["spoof"]["gradcam"], maps["spoof"]["ixg_abs"]),
+                      "iou_top": float((top["gradcam"] & top["ixg_abs"]).sum() / (top["gradcam"] | top["ixg_abs"]).sum())},
+        compute_s=round(time.monotonic() - t0, 3),
+    )  # fmt: skip
+    return result, PairMaps(p["mag_real"], p["mag_fake"], rel, mask, maps, maps_random)
 
 
-def fmt_mean(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.3f}"
+# ----------------------------------------------------------------------------- numbers over pairs
+
+TARGETS, METHODS = ("spoof", "predicted"), ("gradcam", "ixg", "ixg_abs")
+N_BOOT = 2000
 
 
-def format_table(results: list[dict]) -> str:
-    """The printed agreement table: one row per pair x target x map, and the random floor per pair."""
-    head = f"{'pair':<14}{'target':<11}{'map':<10}" + "".join(f"{m:>15}" for m in METRICS)
-    lines = [head, "-" * len(head)]
-    for r in results:
-        for tname, per_map in r["metrics"].items():
-            cls = "spoof" if tname == "spoof" else f"pred={r['pred_fake']['label'][:5]}"
-            for key, a in per_map.items():
-                lines.append(f"{r['name']:<14}{cls:<11}{key:<10}" + "".join(f"{a[m]:>15.3f}" for m in METRICS))
-        floor = r["random_floor"]
+def bootstrap_ci(values, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Mean and percentile-bootstrap 95 % confidence interval of the mean: {"mean", "ci": [lo, hi], "n"}.
+
+    Resamples pairs with replacement (`n_boot` times, a fixed seed: the same numbers every run). None values
+    (an undefined correlation) are left out and counted in n only when present.
+    """
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "ci": [None, None], "n": 0}
+    if v.size == 1:
+        return {"mean": float(v[0]), "ci": [float(v[0]), float(v[0])], "n": 1}
+    means = v[np.random.default_rng(seed).integers(0, v.size, (n_boot, v.size))].mean(axis=1)
+    return {"mean": float(v.mean()), "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "n": int(v.size)}  # fmt: skip
+
+
+def paired_vs(values, baseline) -> dict:
+    """`bootstrap_ci` of the per-pair differences value - baseline, and the share of pairs above the baseline."""
+    d = [a - b for a, b in zip(values, baseline) if a is not None and b is not None]
+    out = bootstrap_ci(d)
+    out["share_above"] = float(np.mean([x > 0 for x in d])) if d else None
+    return out
+
+
+def detection(results: list[PairResult]) -> dict:
+    """How well the model tells the two sides of the pairs apart: EER (%) between the real sides (bona fide) and
+    the vocoded sides (spoof), mean P(bona fide) of each, share of vocoded sides called spoof."""
+    real = np.array([r.pred_real.score for r in results])
+    fake = np.array([r.pred_fake.score for r in results])
+    try:
+        eer = 100 * metrics.compute_eer(real, fake)[0]
+    except ValueError:  # too few or constant scores for an EER
+        eer = None
+    return {"eer": eer, "p_bonafide_real": float(np.mean([r.pred_real.p_bonafide for r in results])),
+            "p_bonafide_fake": float(np.mean([r.pred_fake.p_bonafide for r in results])),
+            "fake_called_spoof": float(np.mean([r.pred_fake.pred == data.LABEL_SPOOF for r in results])),
+            "real_called_bonafide": float(np.mean([r.pred_real.pred == data.LABEL_BONAFIDE for r in results]))}  # fmt: skip
+
+
+def summarise_pairs(results: list[PairResult]) -> dict:
+    """The numbers over pairs, per vocoder: detection, agreement (mean, CI, paired difference to the random floor,
+    share of pairs above it), the floor, the sanity check, faithfulness curves and AOPC (vs random too)."""
+    out = {"n_pairs": len(results), "vocoders": {}}
+    for vocoder in dict.fromkeys(r.vocoder for r in results):
+        rs = [r for r in results if r.vocoder == vocoder]
+        v = {"n": len(rs), "detection": detection(rs), "agreement": {}, "floor": {}, "sanity": {}}
+        for m in METRICS:
+            v["floor"][m] = bootstrap_ci([getattr(r.floor, m) for r in rs])
+        for t in TARGETS:
+            v["agreement"][t] = {}
+            for method in METHODS:
+                per = {}
+                for m in METRICS:
+                    vals = [getattr(r.agreement[t][method], m) for r in rs]
+                    per[m] = bootstrap_ci(vals)
+                    per[m]["vs_floor"] = paired_vs(vals, [getattr(r.floor, m) for r in rs])
+                v["agreement"][t][method] = per
+        for method in METHODS:
+            v["sanity"][method] = bootstrap_ci([r.sanity.get(method) for r in rs])
+        faith = [r.faithfulness for r in rs if r.faithfulness is not None]
+        if faith:
+            ks = faith[0].ks
+            v["faithfulness"] = {"ks": ks}
+            for direction in ("restore", "insert"):
+                per = {}
+                for ranking in FAITH_RANKINGS:
+                    curves = np.array([getattr(f, direction)[ranking] for f in faith])  # (pairs, ks)
+                    areas = [f.aopc(direction, ranking) for f in faith]
+                    per[ranking] = {
+                        "curve": [bootstrap_ci(curves[:, j]) for j in range(len(ks))],
+                        "aopc": bootstrap_ci(areas),
+                        "aopc_vs_random": paired_vs(areas, [f.aopc(direction, "random") for f in faith]),
+                    }
+                start = [f.start_fake if direction == "restore" else f.start_real for f in faith]
+                v["faithfulness"][direction] = {"start": bootstrap_ci(start), "rankings": per}
+        out["vocoders"][vocoder] = v
+    return out
+
+
+def fmt_ci(s: dict, digits: int = 3, pct: bool = False) -> str:
+    """'0.123 [0.100, 0.150]' (or 'n/a')."""
+    if s["mean"] is None:
+        return "n/a"
+    f = (lambda x: f"{100 * x:.1f}") if pct else (lambda x: f"{x:.{digits}f}")
+    return f"{f(s['mean'])} [{f(s['ci'][0])}, {f(s['ci'][1])}]"
+
+
+def format_summary(summary: dict) -> str:
+    """The printed summary: per vocoder, detection, agreement against the floor, sanity, faithfulness."""
+    lines = []
+    for vocoder, v in summary["vocoders"].items():
+        d = v["detection"]
+        eer = "n/a" if d["eer"] is None else f"{d['eer']:.2f} %"
+        lines += [f"== {vocoder}: {v['n']} pair(s); detection EER real vs vocoded {eer}; P(bona fide) real "
+                  f"{d['p_bonafide_real']:.3f}, vocoded {d['p_bonafide_fake']:.3f}; vocoded called spoof "
+                  f"{100 * d['fake_called_spoof']:.0f} %",  # fmt: skip
+                  f"{'target':<10}{'map':<9}{'IoU (95 % CI)':>26}{'IoU - floor':>26}{'> floor':>8}"
+                  f"{'rank acc. (95 % CI)':>26}{'rank - floor':>26}{'> floor':>8}"]  # fmt: skip
+        for t, per_t in v["agreement"].items():
+            for method, per in per_t.items():
+                cells = ""
+                for m in ("iou", "rank_accuracy"):
+                    vs = per[m]["vs_floor"]
+                    share = "n/a" if vs["share_above"] is None else f"{100 * vs['share_above']:.0f}%"
+                    cells += f"{fmt_ci(per[m]):>26}{fmt_ci(vs):>26}{share:>8}"
+                lines.append(f"{t:<10}{method:<9}{cells}")
         lines.append(
-            f"{r['name']:<14}{'-':<11}{'random':<10}"
-            + "".join(f"{floor[m]['mean']:>8.3f}±{floor[m]['std']:.3f}"[-15:].rjust(15) for m in METRICS)
+            f"{'-':<10}{'random':<9}{fmt_ci(v['floor']['iou']):>26}{'':>34}{fmt_ci(v['floor']['rank_accuracy']):>26}"
         )
+        lines.append("sanity, Spearman(trained map, re-initialised model's map): "
+                     + ", ".join(f"{k} {fmt_ci(s, 2)}" for k, s in v["sanity"].items()))  # fmt: skip
+        if "faithfulness" in v:
+            f = v["faithfulness"]
+            lines.append(f"faithfulness, AOPC of the bona fide score over k = 0, {', '.join(map(str, f['ks']))} % "
+                         "(higher: the pixels ranked first carry more of the decision)")  # fmt: skip
+            lines.append(f"  {'ranking':<14}{'restore: real into vocoded':>28}{'vs random':>26}{'insert: vocoded into real':>28}"
+                         f"{'vs random':>26}")  # fmt: skip
+            for k in FAITH_RANKINGS:
+                cells = ""
+                for direction in ("restore", "insert"):
+                    per = f[direction]["rankings"][k]
+                    cells += (
+                        f"{fmt_ci(per['aopc'], 2):>28}"
+                        + f"{'' if k == 'random' else fmt_ci(per['aopc_vs_random'], 2):>26}"
+                    )
+                lines.append(f"  {k:<14}{cells}")
+        lines.append("")
     return "\n".join(lines)
 
 
-def finite_or_none(value):
-    """NaN/inf (a rank correlation of a constant map) -> None, recursively, so metrics.json is valid JSON."""
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_none(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+# ----------------------------------------------------------------------------- figures over pairs
+
+RANKING_STYLE = {"gradcam": ("Grad-CAM", "tab:orange"), "ixg": ("x*grad", "tab:blue"),
+                 "ixg_abs": ("|x*grad|", "tab:cyan"), "ground_truth": ("ground truth (Eq. 2)", "tab:green"),
+                 "random": ("random", "0.5")}  # fmt: skip
 
 
-def summarise(results: list[dict], info: dict, args, layer_name: str) -> dict:
-    """metrics.json: predictions, per-pair agreement, random floor, sanity check, and every setting."""
-    clips = {"real": results[0]["pred_real"]} if results else {}
-    clips.update({r["name"]: r["pred_fake"] for r in results})
-    return {
-        "model": info,
-        "layer": layer_name,
-        "mask": {
-            "equation": "Eq. 2 of arXiv:2506.03425",
-            "quantile": args.mask_quantile,
-            "eps": args.eps,
-            "gaussian": {k: getattr(args, k) for k in ("time_size", "freq_size", "time_var", "freq_var")},
-            "gaussian_source": "published reproduction make_masks_min_asv19orig.py (3 x 11, variances 3 and 5)",
-            "grid": f"{info['frontend']} front-end of the model (magnitude = sqrt of power)",
-        },  # fmt: skip
-        "map_quantile": args.map_quantile,
-        "random_seeds": args.random_seeds,
-        "clips": clips,
-        "pairs": {
-            r["name"]: {
-                "source": r["source"],
-                "lag_samples": r["lag"],
-                "start_s": r["start_s"],
-                "seconds": r["seconds"],
-                "frames": r["frames"],
-                "mask_pixels": int(r["mask"].sum()),
-                "prediction_real": r["pred_real"],
-                "prediction_fake": r["pred_fake"],
-                "targets": {
-                    t: {"class": data.LABEL_SPOOF if t == "spoof" else r["pred_fake"]["pred"], "maps": m}
-                    for t, m in r["metrics"].items()
-                },
-                "random_floor": r["random_floor"],
-                "sanity_spearman_trained_vs_reinit": r["sanity"],
-                "spearman_map_vs_input": r["vs_input"],
-                "level_profile_target_spoof": r["level_profile"],
-                "gradcam_vs_ixg_abs_target_spoof": r["between_maps"],
-            }
-            for r in results
-        },  # fmt: skip
-    }
+def plot_agreement_summary(path: Path, results: list[PairResult], summary: dict) -> None:
+    """Per-pair IoU and rank accuracy of each map (target spoof) against each pair's random floor, per vocoder."""
+    from matplotlib.figure import Figure
+
+    vocoders = list(summary["vocoders"])
+    fig = Figure(figsize=(4.2 * len(vocoders) + 1, 7), layout="constrained")
+    axes = fig.subplots(2, len(vocoders), squeeze=False)
+    rng = np.random.default_rng(0)
+    for col, vocoder in enumerate(vocoders):
+        rs = [r for r in results if r.vocoder == vocoder]
+        for row, (m, label) in enumerate((("iou", "IoU with the mask"), ("rank_accuracy", "rank accuracy"))):
+            ax = axes[row, col]
+            columns = [("random", [getattr(r.floor, m) for r in rs], "0.55")]
+            columns += [(RANKING_STYLE[k][0], [getattr(r.agreement["spoof"][k], m) for r in rs], RANKING_STYLE[k][1])
+                        for k in METHODS]  # fmt: skip
+            for i, (_, vals, colour) in enumerate(columns):
+                ax.scatter(i + rng.uniform(-0.18, 0.18, len(vals)), vals, s=6, alpha=0.45, color=colour, lw=0)
+                ax.boxplot([vals], positions=[i], widths=0.5, showfliers=False, medianprops={"color": "k"})
+                s = bootstrap_ci(vals)
+                ax.errorbar(i + 0.32, s["mean"], yerr=[[s["mean"] - s["ci"][0]], [s["ci"][1] - s["mean"]]], fmt="D",
+                            color="k", ms=4, capsize=3)  # fmt: skip
+            ax.set_xticks(range(len(columns)), [c[0] for c in columns], fontsize=8)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3, axis="y")
+            d = summary["vocoders"][vocoder]["detection"]
+            eer = "n/a" if d["eer"] is None else f"{d['eer']:.1f} %"
+            ax.set_title(f"{vocoder}: {len(rs)} pairs, detection EER {eer}" if row == 0 else "", fontsize=9)
+    fig.suptitle("Agreement with the ground-truth mask, target spoof (dots: pairs; box: quartiles; diamond: mean and "
+                 "bootstrap 95 % CI)", fontsize=10)  # fmt: skip
+    with data.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
+
+
+def plot_faithfulness_summary(path: Path, summary: dict) -> None:
+    """Mean bona fide score against k % swapped pixels, per ranking, with its bootstrap 95 % band."""
+    from matplotlib.figure import Figure
+
+    vocoders = [v for v, s in summary["vocoders"].items() if "faithfulness" in s]
+    if not vocoders:
+        return
+    fig = Figure(figsize=(4.6 * len(vocoders) + 1, 7.5), layout="constrained")
+    axes = fig.subplots(2, len(vocoders), squeeze=False)
+    for col, vocoder in enumerate(vocoders):
+        f = summary["vocoders"][vocoder]["faithfulness"]
+        ks = [0, *f["ks"]]
+        for row, (direction, title) in enumerate((("restore", "real pixels put into the vocoded input"),
+                                                  ("insert", "vocoded pixels put into the real input"))):  # fmt: skip
+            ax = axes[row, col]
+            start = f[direction]["start"]["mean"]
+            for ranking, per in f[direction]["rankings"].items():
+                name, colour = RANKING_STYLE[ranking]
+                mean = [start] + [c["mean"] for c in per["curve"]]
+                lo = [start] + [c["ci"][0] for c in per["curve"]]
+                hi = [start] + [c["ci"][1] for c in per["curve"]]
+                ax.plot(ks, mean, "o-", ms=3, color=colour, label=f"{name} (AOPC {per['aopc']['mean']:+.2f})")
+                ax.fill_between(ks, lo, hi, color=colour, alpha=0.15, lw=0)
+            ax.set(xlabel="k: % of explained pixels swapped (in ranking order)",
+                   ylabel="bona fide score")  # fmt: skip
+            ax.set_title(f"{vocoder}: {title}", fontsize=9)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    fig.suptitle("Faithfulness: does the decision move sooner where a map points than at random? (mean over pairs, "
+                 "bootstrap 95 % bands)", fontsize=10)  # fmt: skip
+    with data.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
+
+
+# ----------------------------------------------------------------------------- the run: many pairs, resumable
+
+
+def run_settings(info: ModelInfo, layer_name: str, args) -> dict:
+    """What a pair's numbers depend on: a rerun into the same --out with other settings is refused."""
+    keys = ("mask_quantile", "time_size", "freq_size", "time_var", "freq_var", "eps", "map_quantile", "random_seeds",
+            "reinit_seeds", "faith_ks", "start_s", "align", "max_lag_s")  # fmt: skip
+    return {"checkpoint_sha256": info.sha256, "random_model_seed": None if info.trained else args.seed,
+            "frontend": info.frontend, "num_frames": info.num_frames, "pad": info.pad, "bf16": info.bf16,
+            "layer": layer_name, **{k: getattr(args, k) for k in keys}}  # fmt: skip
+
+
+def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer, layer_name: str, args, out: Path):
+    """Explain every pair, writing each result as it finishes; pairs already in `out/pairs` are skipped.
+
+    A pair that fails (unreadable audio, an optional vocoder missing, ...) is named, listed in out/failed.json and
+    skipped; the run goes on. Returns (the results of all `specs` present in out/pairs, in order; the failures).
+    """
+    pairs_dir = out / "pairs"
+    pairs_dir.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(info, layer_name, args)
+    run_file = out / "run.json"
+    if run_file.is_file():
+        old = json.loads(run_file.read_text())
+        differ = [k for k in settings if old.get(k) != settings[k]]
+        if differ:
+            raise ValueError(f"--out {out} holds pairs explained with other settings ({', '.join(differ)}): delete "
+                             "its pairs/ or choose another --out")  # fmt: skip
+    with data.atomic_write(run_file) as f:
+        json.dump(settings, f, indent=1)
+    done = {p.stem for p in pairs_dir.glob("*.json")}
+    todo = [s for s in specs if s.pair_id not in done]
+    if len(todo) < len(specs):
+        print(f"resuming {out}: {len(specs) - len(todo):,} of {len(specs):,} pairs already explained, "
+              f"{len(todo):,} to go")  # fmt: skip
+    figure_ids = {s.pair_id for s in specs[: args.figures]}
+    bar = data.Progress(len(todo), "explain", unit="pairs", every=0 if len(todo) <= 20 else 10.0)
+    failed = []
+    for spec in todo:
+        try:
+            res, pm = explain_pair(spec, model, frontend, info, layer, args)
+        except (RuntimeError, ValueError, FileNotFoundError, OSError) as e:
+            failed.append({"pair": spec.pair_id, "real": spec.real, "error": str(e)})
+            print(f"pair {spec.pair_id} failed, skipped: {e}", file=sys.stderr)
+            bar.update(1)
+            continue
+        with data.atomic_write(pairs_dir / f"{spec.pair_id}.json") as f:
+            f.write(res.to_json())
+        if spec.pair_id in figure_ids:
+            plot_pair(out / f"pair_{spec.pair_id}.png", res, pm, frontend)
+            plot_maps(out / f"maps_{spec.pair_id}.png", res, pm, frontend, args.map_quantile)
+            if pm.maps_random:  # (--reinit-seeds 0: no sanity check, no figure)
+                plot_sanity(out / f"sanity_{spec.pair_id}.png", res, pm, frontend)
+        bar.update(1, extra=f"  {spec.pair_id}: P(bona fide) real {res.pred_real.p_bonafide:.2f}, vocoded "
+                            f"{res.pred_fake.p_bonafide:.2f}; {res.compute_s:.1f} s")  # fmt: skip
+    bar.close()
+    with data.atomic_write(out / "failed.json") as f:
+        json.dump(failed, f, indent=1)
+    results = [PairResult.from_json((pairs_dir / f"{s.pair_id}.json").read_text())
+               for s in specs if (pairs_dir / f"{s.pair_id}.json").is_file()]  # fmt: skip
+    return results, failed
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def default_data_root() -> str | None:
-    mini = HERE / ".." / "shared" / "data" / "asvspoof2019_la_mini"
-    return str(mini.resolve()) if mini.is_dir() else None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = data.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Pair sources: exactly one of --utt, --real, --split, --real-dir, or --vocv4-root "
+                                       "alone.")  # fmt: skip
     g = p.add_argument_group("pairs")
-    g.add_argument("--utt", help="ASVspoof 2019 LA utterance (any split under --data-root), e.g. LA_T_4179989")
-    g.add_argument("--real", help="bona fide audio file (instead of --utt)")
+    g.add_argument("--utt", help="one ASVspoof 2019 LA utterance (any split under --data-root), e.g. LA_T_4179989")
+    g.add_argument("--real", help="one bona fide audio file")
     g.add_argument("--fake", nargs="+", default=[], help="vocoded copies of --real (any number)")
-    g.add_argument("--vocv4-root", help="extracted vocv4 voc.v4 folder (protocol.txt, wav/): pairs by utterance id")
-    g.add_argument("--vocoders", nargs="+", default=["hifigan", "waveglow"], help="vocv4 vocoders to use")
-    g.add_argument(
-        "--vocode",
-        nargs="+",
-        choices=sorted(VOCODERS),
-        default=None,
-        help="make the fake side locally (default griffinlim melgl when no --vocv4-root / --fake)",
-    )
+    g.add_argument("--split", choices=data.SPLITS, help="every bona fide file of this LA split (with --vocode)")
+    g.add_argument("--real-dir", help="every .flac/.wav under this folder as a bona fide recording (with --vocode)")
+    g.add_argument("--vocv4-root", help="extracted vocv4 voc.v4 folder (protocol.txt, wav/): with --utt its copies of "
+                                        "that utterance, alone every pair it holds")  # fmt: skip
+    g.add_argument("--vocoders", nargs="+", default=None,
+                   help="vocv4 vocoders to use (default: hifigan waveglow with --utt, all alone)")  # fmt: skip
+    g.add_argument("--vocode", nargs="*", choices=sorted(data.VOCODERS), default=None,
+                   help="local vocoders making the fake side (default griffinlim melgl when no vocv4 / --fake; "
+                        "world and mlsa need pyworld / pysptk)")  # fmt: skip
+    g.add_argument("--speakers", nargs="+", help="only these speakers (LA_0079 ...; from the protocol or file names)")
+    g.add_argument("--limit", type=int, default=0, help="only the first N bona fide recordings (0: all)")
     g.add_argument("--max-lag-s", type=float, default=0.1, help="largest offset searched by cross-correlation (s)")
-    g.add_argument(
-        "--align",
-        choices=ALIGN_METHODS,
-        default="envelope",
-        help="cross-correlate 10 ms RMS envelopes (robust to re-synthesised phase) or raw waveforms",
-    )
+    g.add_argument("--align", choices=ALIGN_METHODS, default="envelope",
+                   help="cross-correlate 10 ms RMS envelopes (robust to re-synthesised phase) or raw waveforms")  # fmt: skip
     g.add_argument("--start-s", type=float, default=0.0, help="start of the model's input window in the pair (s)")
-    g = p.add_argument_group("model and attributions")
-    g.add_argument("--ckpt", help="train.py checkpoint (default: newest runs/*/best.pt, else a random LCNN)")
-    g.add_argument(
-        "--layer",
-        default="features.mfm27",
-        help="Grad-CAM layer (default features.mfm27: the last MFM, before the last max-pool)",
-    )
+    g = p.add_argument_group("model, attributions, faithfulness")
+    g.add_argument("--ckpt", help="train.py checkpoint (default: the newest runs/*/best.pt)")
+    g.add_argument("--random-model", action="store_true", help="explain a randomly initialised LCNN (a baseline)")
+    g.add_argument("--layer", default="features.mfm27",
+                   help="Grad-CAM layer (default features.mfm27: the last MFM, before the last max-pool)")  # fmt: skip
     g.add_argument("--reinit-seeds", type=int, default=5, help="re-initialised models in the sanity check")
     g.add_argument("--random-seeds", type=int, default=20, help="random maps averaged for the floor")
     g.add_argument("--map-quantile", type=float, default=0.95, help="maps binarised above this quantile (top 5 %%)")
+    g.add_argument("--faith-ks", nargs="*", type=float, default=list(FAITH_KS),
+                   help="faithfulness: %% of pixels swapped (default 1 2 5 10 15 20; none: no faithfulness test)")  # fmt: skip
     g = p.add_argument_group("ground-truth mask (Eq. 2 of arXiv:2506.03425; Gaussian of a published reproduction)")
     g.add_argument("--mask-quantile", type=float, default=MASK_DEFAULTS["quantile"], help="paper: 0.95 (top 5 %%)")
     g.add_argument("--time-size", type=int, default=MASK_DEFAULTS["time_size"], help="Gaussian taps in time (3)")
@@ -985,103 +1393,73 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--time-var", type=float, default=MASK_DEFAULTS["time_var"], help="variance in frames^2 (3)")
     g.add_argument("--freq-var", type=float, default=MASK_DEFAULTS["freq_var"], help="variance in bins^2 (5)")
     g.add_argument("--eps", type=float, default=MASK_DEFAULTS["eps"], help="denominator floor (1e-8)")
-    p.add_argument("--out", help="output folder (default explain_out/<utt or real file stem>/)")
+    p.add_argument("--out", help="output folder (default explain_out/<utt, file, split or folder>/)")
+    p.add_argument("--figures", type=int, default=3, help="draw pair/maps/sanity figures of the first N pairs")
     data.add_common_args(p)
     data.add_model_args(p)
+    p.set_defaults(frontend=None, num_frames=None, pad=None)  # None: as the checkpoint says
     return p
 
 
-def collect_pairs(args) -> tuple[list[Pair], str]:
-    """The pairs asked for on the command line, and the stem naming the output folder."""
-    if bool(args.utt) == bool(args.real):
-        raise ValueError("give exactly one of --utt UTT_ID or --real FILE")
-    if args.fake and not args.real:
-        raise ValueError("--fake goes with --real (use --vocv4-root or --vocode with --utt)")
-    if args.vocv4_root and not args.utt:
-        raise ValueError("--vocv4-root pairs vocoded files with their original by utterance id: give --utt")
-    if args.utt:
-        root = args.data_root or default_data_root()
-        if args.data_root is None and root is not None:
-            print(f"--data-root not given and $ASVSPOOF_ROOT unset: using {root}")
-        layout = data.find_la_root(root)
-        split, entry = data.find_utterance(layout, args.utt)
-        path = layout.audio_path(split, args.utt)
-        if entry.key != "bonafide":
-            print(f"warning: {args.utt} is a {entry.system} spoof, not bona fide: the 'real' side is itself fake",
-                  file=sys.stderr)  # fmt: skip
-        stem, real_path = args.utt, path
-    else:
-        real_path = Path(args.real)
-        stem = real_path.stem
-    real = data.load_audio(real_path)
-    pairs = []
-    for fake in args.fake:
-        fp = Path(fake)
-        name = fp.stem if fp.stem != real_path.stem else fp.parent.name or "fake"
-        pairs.append(Pair(re.sub(r"[^\w.-]", "_", name), real, data.load_audio(fp), str(fp)))
-    if args.vocv4_root:
-        for vocoder, fp in find_vocv4_files(args.vocv4_root, args.utt, args.vocoders).items():
-            pairs.append(Pair(vocoder, real, data.load_audio(fp), f"vocv4 {fp}"))
-    vocoders = args.vocode if args.vocode is not None else ([] if pairs else ["griffinlim", "melgl"])
-    for name in vocoders:
-        pairs.append(Pair(name, real, vocode(real, name), f"local vocoder {name} of {real_path}"))
-    names = [p.name for p in pairs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two fakes share a name ({', '.join(names)}): rename the files")
-    return pairs, stem
+def check_flags(args) -> None:
+    """Impossible values stop the run before any work, naming the flag."""
+    for flag in ("mask_quantile", "map_quantile"):
+        if not 0.0 <= getattr(args, flag) < 1.0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1), got {getattr(args, flag)}")
+    for flag, low in (("reinit_seeds", 0), ("random_seeds", 1), ("limit", 0), ("figures", 0)):
+        if getattr(args, flag) < low:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {low}, got {getattr(args, flag)}")
+    if any(not 0 < k <= 100 for k in args.faith_ks):
+        raise ValueError(f"--faith-ks must be percentages in (0, 100], got {args.faith_ks}")
+    if args.max_lag_s < 0 or args.start_s < 0:
+        raise ValueError("--max-lag-s and --start-s must be 0 or more")
+    for flag in ("time_size", "freq_size"):
+        if getattr(args, flag) < 1 or getattr(args, flag) % 2 == 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be an odd number of taps, got {getattr(args, flag)}")
+    for flag in ("time_var", "freq_var", "eps"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.ckpt and args.random_model:
+        raise ValueError("--random-model explains an untrained LCNN: give it or --ckpt, not both")
+    if args.vocoders is None:
+        args.vocoders = ["hifigan", "waveglow"] if args.utt else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("mask_quantile", "map_quantile"):
-        if not 0.0 <= getattr(args, flag) < 1.0:
-            raise ValueError(f"--{flag.replace('_', '-')} must be in [0, 1), got {getattr(args, flag)}")
+    check_flags(args)
     device = data.resolve_device(args.device)
-    model, info = load_model(args.ckpt, args, device)
-    frontend = data.make_frontend(info["frontend"]).to(device)
+    model_lib.configure_backend(device)
+    model, info = load_model(args, device)
+    frontend = data.make_frontend(info.frontend).to(device)
     layer = find_layer(model, args.layer)
     layer_name = next(n for n, m in model.named_modules() if m is layer)
-    pairs, stem = collect_pairs(args)
-    out = Path(args.out) if args.out else Path("explain_out") / stem
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for pair in pairs:
-        print(f"{pair.name}: {pair.source}")
-        r = explain_pair(pair, model, frontend, info, layer, args)
-        print(
-            f"  lag {r['lag']} samples corrected; {r['seconds']:.2f} s, {r['frames']} frames explained; "
-            f"P(bona fide): real {r['pred_real']['p_bonafide']:.3f}, {pair.name} {r['pred_fake']['p_bonafide']:.3f}"
-        )
-        plot_pair(out / f"pair_{pair.name}.png", r, frontend)
-        plot_maps(out / f"maps_{pair.name}.png", r, frontend, args.map_quantile)
-        plot_sanity(out / f"sanity_{pair.name}.png", r, frontend)
-        results.append(r)
-    summary = summarise(results, info, args, layer_name)
-    with data.atomic_write(out / "metrics.json") as f:  # a killed run never leaves half a metrics.json
-        f.write(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
-    print("\npredictions (softmax P(bona fide), score = logit_bona - logit_spoof):")
-    for name, p in summary["clips"].items():
-        print(f"  {name:<14} P = {p['p_bonafide']:.3f}  score {p['score']:+.3f}  -> {p['label']}")
-    print(
-        "\nagreement with the ground-truth mask (maps binarised at their own top "
-        f"{100 * (1 - args.map_quantile):.0f} %):"
-    )
-    print(format_table(results))
-    print(f"\nsanity check, Spearman(trained map, re-initialised model map), target spoof, mean of "
-          f"{args.reinit_seeds} re-initialisations; and Spearman(map, input features):")  # fmt: skip
-    for r in results:
-        cells = [f"{k} {fmt_mean(v['mean'])}" + (f" ({v['constant']} constant)" if v["constant"] else "")
-                 for k, v in r["sanity"].items()]  # fmt: skip
-        cells += [f"{k} vs input {fmt_mean(finite_or_none(v))}" for k, v in r["vs_input"].items()]
-        cells.append(f"gradcam vs ixg_abs {fmt_mean(finite_or_none(r['between_maps']['spearman']))}")
-        print(f"  {r['name']:<14}" + "  ".join(cells))
-    print("\nloudness of the selected pixels (share quieter than the real's median pixel; mean dB re. max):")
-    for r in results:
-        cells = [f"{k} {v['quiet_share']:.2f} / {v['mean_db']:.0f} dB" for k, v in r["level_profile"].items()]
-        print(f"  {r['name']:<14}" + "  ".join(cells) + f"  (all pixels {r['level_profile']['mask']['all_db']:.0f} dB)")
-    if not info["trained"]:
-        print("\nWARNING: the model is randomly initialised: these maps explain nothing.", file=sys.stderr)
-    print(f"\nwrote {out}/metrics.json and {3 * len(results)} figures")
+    specs, stem = collect_pairs(args, info)
+    out = data.check_output_path(Path(args.out) if args.out else Path("explain_out") / stem, "--out", folder=True)
+    print(f"{len(specs):,} pair(s): {len({s.name for s in specs}):,} bona fide recording(s) x "
+          f"{', '.join(dict.fromkeys(s.vocoder for s in specs)) if len(specs) < 50 else 'vocoders'}; output {out}")  # fmt: skip
+    results, failed = explain_pairs(specs, model, frontend, info, layer, layer_name, args, out)
+    if not results:
+        raise RuntimeError(f"no pair could be explained ({len(failed)} failed; first: {failed[0]['error']})")
+    summary = summarise_pairs(results)
+    summary.update(model=dataclasses.asdict(info), layer=layer_name, settings=run_settings(info, layer_name, args),
+                   failed=failed, mask={"equation": "Eq. 2 of arXiv:2506.03425",
+                   "gaussian_source": "published reproduction make_masks_min_asv19orig.py (3 x 11, variances 3 and 5)",
+                   "grid": f"{info.frontend} front-end of the model (magnitude = sqrt of power)"},
+                   seconds_per_pair=bootstrap_ci([r.compute_s for r in results]))  # fmt: skip
+    with data.atomic_write(out / "summary.json") as f:  # a killed run never leaves half a summary
+        f.write(json.dumps(finite_or_none(summary), indent=1, allow_nan=False) + "\n")
+    plot_agreement_summary(out / "summary_agreement.png", results, summary)
+    plot_faithfulness_summary(out / "summary_faithfulness.png", summary)
+    print()
+    print(format_summary(summary))
+    if failed:
+        print(f"{len(failed)} pair(s) failed and were skipped (listed in {out / 'failed.json'}); first: "
+              f"{failed[0]['pair']}: {failed[0]['error']}")  # fmt: skip
+    if not info.trained:
+        print("WARNING: the model is randomly initialised: these maps explain nothing.", file=sys.stderr)
+    print(f"{len(results):,} pair(s) in {out}/pairs; summary.json, summary_agreement.png, summary_faithfulness.png; "
+          f"{summary['seconds_per_pair']['mean']:.1f} s a pair")  # fmt: skip
     return 0
 
 

@@ -322,7 +322,10 @@ def read_asv_scores(path: str | Path) -> AsvScores:
             raise ValueError(f"{path.name} has no {key} trials; the t-DCF needs target, nontarget and spoof ASV scores")
     asv = AsvScores(*(np.array(columns[k], dtype=np.float64) for k in ASV_KEYS), path=path)
     for key in ASV_KEYS:
-        _check_finite(getattr(asv, key))
+        try:
+            _check_finite(getattr(asv, key))
+        except ValueError as e:
+            raise ValueError(f"{path.name}: {key} ASV {e}") from None
     return asv
 
 
@@ -799,6 +802,18 @@ def plot_det(curves: dict[str, tuple[Any, Any]], path: str | Path, title: str | 
     return path
 
 
+# --- command line (the project's argparse) -------------------------------------------------------
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (`prog: error: what (see prog --help)`, exit status 2) instead of
+    the usage block and the error; every script of the project builds its flags with it."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -834,7 +849,7 @@ def check_against_protocol(scores: ScoreFile, data_root: Path, split: str) -> bo
 
 def main(argv: list[str] | None = None) -> None:
     """Print EER, min t-DCF and the per-attack table of a CM score file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--scores", required=True, type=Path, help="CM score file: UTT SYSTEM KEY SCORE (or the 6-column baseline form)"
     )
@@ -857,7 +872,9 @@ def main(argv: list[str] | None = None) -> None:
         asv_path = args.asv_scores
         if args.data_root is not None:
             split = args.split or _infer_split(scores.utt_id)
-            check_against_protocol(scores, args.data_root, split)
+            if not check_against_protocol(scores, args.data_root, split):
+                print(f"note: no CM protocol of {split} under --data-root {args.data_root}: the score file's trials are "
+                      "not checked against it", file=sys.stderr)  # fmt: skip
             asv_path = find_asv_scores(args.data_root, split)
         asv = read_asv_scores(asv_path) if asv_path is not None else None
         result = evaluate_scores(scores, asv)

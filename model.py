@@ -460,6 +460,8 @@ def check_model_args(model_args, path: Path) -> dict:
         )
     if "margin" in model_args:
         _check_type(path, "model_args['margin']", model_args["margin"], int, "an integer")
+        if model_args["margin"] not in (1, 2, 3, 4):
+            raise ValueError(f"{path}: stored model_args['margin'] = {model_args['margin']}; expected 1, 2, 3 or 4")
     return model_args
 
 

@@ -1792,6 +1792,44 @@ def test_best_state_survives_a_failed_checkpoint_write(tmp_path, monkeypatch, fa
     assert torch.load(run / "best.pt", weights_only=True)["epoch"] == final["best_epoch"] == 3
 
 
+@pytest.mark.parametrize("flags,match", [
+    (("--device", "foo"), r"--device 'foo': expected auto, cpu, cuda"),
+    (("--seed", "-1"), r"--seed must be in \[0, 2\*\*32"),
+    (("--num-frames", "8"), r"--num-frames must be at least 16 \(four 2x2 max-pools\)"),
+    (("--batch-size", "1"), r"--batch-size must be at least 2 \(BatchNorm"),
+    (("--loss", "asoftmax", "--margin", "7"), r"--margin must be 1, 2, 3 or 4"),
+    (("--patience", "-1"), r"--patience must be at least 0"),
+])  # fmt: skip
+def test_train_flags_with_impossible_values_name_the_flag(tmp_path, flags, match):
+    with pytest.raises(ValueError, match=match):
+        lcnn_train.main(_train_small_flags(tmp_path / "run", "--epochs", "1", *flags))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_skip_bad_that_leaves_one_file_in_a_batch_skips_it_and_trains_on(tmp_path):
+    root, bad = _train_tree_with_a_corrupt_file(tmp_path, "train", "nan")
+    lcnn_train.main(_train_tree_flags(root, tmp_path / "run", "--skip-bad", "--batch-size", "2"))
+    (h,) = _train_metrics(tmp_path / "run")
+    assert h["n_bad"] >= 1 and h["n_train"] <= 12 and np.isfinite(h["train_loss"])
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda c: c.pop("step"), r"not a resumable train\.py checkpoint \(missing step\)"),
+    (lambda c: c.pop("history"), r"missing history"),
+    (lambda c: c.__setitem__("epoch", "1"), r"stored epoch is a str"),
+    (lambda c: c.__setitem__("best_dev_eer", "abc"), r"stored best_dev_eer is a str"),
+    (lambda c: c.__setitem__("optimizer", {}), r"stored optimizer / history are damaged"),
+    (lambda c: c["model"].__setitem__("classifier.fc29.weight", torch.zeros(3, 3)), r"its state does not fit the model"),
+])  # fmt: skip
+def test_resume_of_a_damaged_checkpoint_is_one_line_naming_it(train_small_run, tmp_path, damage, match):
+    ckpt = torch.load(train_small_run / "last.pt", weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=match) as err:
+        lcnn_train.main(["--resume", str(tmp_path / "last.pt"), "--epochs", "4"])
+    assert str(tmp_path / "last.pt") in str(err.value) and "\n" not in str(err.value)
+
+
 def test_checkpoint_with_stored_arguments_of_the_wrong_type_is_one_clear_line(tmp_path):
     good = _evaluate_save_ckpt(tmp_path / "good.pt")
     for where, key, value, message in (
@@ -1819,6 +1857,39 @@ def test_resume_of_a_checkpoint_with_a_mistyped_flag_is_refused(train_small_run,
         lcnn_train.parse_args(["--resume", str(tmp_path / "trunc.pt")])
     assert "not a readable train.py checkpoint" in str(err.value) and "\n" not in str(err.value)
     assert "weights_only=False" not in str(err.value)
+
+
+def test_vocoded_training_spoofs_are_made_once_cached_and_added(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    flags = _train_small_flags(tmp_path / "run", "--epochs", "1", "--limit-train", "24", "--vocoded", "griffinlim",
+                               "melgl", "--vocoded-cache", str(cache))  # fmt: skip
+    lcnn_train.main(flags)
+    (h,) = _train_metrics(tmp_path / "run")
+    bona = sum(e.key == "bonafide" for e in lcnn_train.spread(find_la_root(DEMO).protocol("train"), 24))
+    assert h["n_train"] == 24 + 2 * bona
+    made = sorted(p.name for p in cache.rglob("*.wav"))
+    assert len(made) == 2 * bona and made[0].startswith("griffinlim_LA_T_")
+    out = capsys.readouterr()
+    assert f"making {2 * bona} of {2 * bona}" in out.err and f"griffinlim {bona}, melgl {bona}" in out.out
+    mtimes = {p: p.stat().st_mtime_ns for p in cache.rglob("*.wav")}
+    lcnn_train.main(_train_small_flags(tmp_path / "run2", *flags[flags.index("--epochs") :]))
+    assert "making" not in capsys.readouterr().err  # reused, never recomputed
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    with pytest.raises(ValueError, match=r"cannot resume .*trained with --vocoded \['griffinlim', 'melgl'\]"):
+        lcnn_train.parse_args(["--resume", str(tmp_path / "run"), "--vocoded", "griffinlim"])
+
+
+def test_vocv4_copies_of_the_training_bona_fide_become_spoofs(tmp_path):
+    utt = "LA_T_4179989"
+    real = data.load_audio(DEMO / "ASVspoof2019_LA_train" / "flac" / f"{utt}.flac")
+    vocv4 = explain_write_vocv4(tmp_path / "vocv4", utt, real)
+    entries = find_la_root(DEMO).protocol("train")
+    extra = data.vocv4_training_entries(vocv4, entries, ["hifigan"])
+    assert [(e.utt_id, e.system, e.key, e.speaker) for e in extra] == [
+        (f"hifigan_{utt}", "hifigan", "spoof", "LA_0079")
+    ]
+    ds = data.ASVspoof2019LA(DEMO, "train", 8000, entries=entries[:2] + extra)
+    assert ds.path(2) == Path(extra[0].path) and ds[2][1] == data.LABEL_SPOOF
 
 
 def test_asoftmax_bf16_channels_last_cached_run_trains_and_scores(tmp_path):
@@ -2230,6 +2301,57 @@ def test_sigterm_during_split_scoring_keeps_the_partial_and_exits_143(evaluate_c
     assert summary["n_resumed"] == kept and summary["n_scored"] == 400 - kept
 
 
+def test_scoring_a_file_decodes_all_of_it_so_a_late_fault_is_found(evaluate_ckpt, tmp_path, capsys):
+    long = data_tone(6.0).astype(np.float32)
+    long[-100] = np.nan  # after the window the model scores
+    sf.write(tmp_path / "late_nan.wav", long, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "whole.flac", data_tone(6.0), 16000)
+    flac = (tmp_path / "whole.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(flac[: len(flac) * 2 // 3])  # truncated after the window
+    for bad, what in (("late_nan.wav", "NaN or inf"), ("cut.flac", "cannot decode audio")):
+        with pytest.raises(data.BadAudioError, match=rf"{bad}: .*{what}"):
+            evaluate.score_files(evaluate.load_scorer(evaluate_ckpt), [tmp_path / bad])
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(tmp_path / "late_nan.wav"), str(tmp_path / "cut.flac"),
+                   "--skip-bad", "--json"])  # fmt: skip
+    rows = _strict_json(capsys.readouterr().out)["files"]
+    assert all(set(r) == {"file", "error"} for r in rows)
+
+
+def test_an_odd_sample_rate_is_resampled_with_bounded_memory(tmp_path):
+    x = 0.1 * np.random.default_rng(0).standard_normal(16001).astype(np.float32)
+    sf.write(tmp_path / "odd.wav", x, 16001, subtype="FLOAT")
+    wave = data.load_audio(tmp_path / "odd.wav")  # taken as 16 kHz (0.006 % off): no gigabyte kernel
+    assert wave.shape == (16001,) and torch.allclose(wave, torch.from_numpy(x))
+    sf.write(tmp_path / "cd.wav", x, 22050, subtype="FLOAT")  # a ratio of small integers: resampled as such
+    assert data.load_audio(tmp_path / "cd.wav").shape == (round(16001 * 16000 / 22050),)
+    assert data.resample(torch.zeros(44101), 44101).shape[0] in (16000, 16001)  # 44,101 Hz is read as 44,100 Hz
+
+
+def test_damaged_partial_metadata_is_one_line(evaluate_ckpt, evaluate_tree, tmp_path):
+    out = tmp_path / "s.txt"
+    partial, meta = evaluate.partial_paths(out)
+    partial.write_text("LA_E_1000000 - bonafide 0.5\n")
+    for content, match in ((b"[1, 2]", "holds a list, not the JSON object"), (b"{bad", "not the JSON"),
+                           (b"\xe9", "not the JSON")):  # fmt: skip
+        meta.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(meta))}: {match}") as err:
+            evaluate.score_split(evaluate.load_scorer(evaluate_ckpt), evaluate_tree, "eval", out, 4, 0, progress=False)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("script,argv,match", [
+    ("train.py", ["--batch-size", "abc"], r"^train\.py: error: argument --batch-size: invalid int value: 'abc' \(see train\.py --help\)$"),
+    ("evaluate.py", ["--files", "x"], r"^evaluate\.py: error: the following arguments are required: --ckpt"),
+    ("metrics.py", ["--scores", "x", "--bogus"], r"^metrics\.py: error: unrecognized arguments: --bogus"),
+    ("explain.py", ["--vocode", "hifigan"], r"^explain\.py: error: argument --vocode: invalid choice"),
+])  # fmt: skip
+def test_usage_errors_are_one_line(script, argv, match):
+    done = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and re.match(match, done.stderr) and len(done.stderr.strip().splitlines()) == 1, (
+        done.stderr
+    )
+
+
 # --- evaluate.py: checkpoints and flags ---
 
 
@@ -2517,7 +2639,7 @@ def test_explain_alignment_recovers_a_known_shift(method, shift):
 
 def test_explain_envelope_alignment_survives_resynthesised_phase():
     real = explain_speechlike()
-    fake = explain.vocode(torch.nn.functional.pad(real, (137, 0)), "griffinlim")  # late by 137, new phase
+    fake = data.vocode(torch.nn.functional.pad(real, (137, 0)), "griffinlim")  # late by 137, new phase
     assert abs(explain.estimate_lag(real, fake, 1600, "envelope") - 137) <= 65  # half a hop of the LCNN's STFT
     with pytest.raises(ValueError, match="--align must be"):
         explain.estimate_lag(real, fake, 1600, "phase")
@@ -2529,26 +2651,31 @@ def test_explain_local_vocoders_keep_length_and_lose_what_they_should():
     ref = spec(wave)
     errors = {}
     for name in ("griffinlim", "melgl"):
-        out = explain.vocode(wave, name)
+        out = data.vocode(wave, name)
         assert out.shape == wave.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
         assert torch.corrcoef(torch.stack([out, wave]))[0, 1] < 0.9  # the phase is re-synthesised
         errors[name] = float((spec(out) - ref).norm() / ref.norm())  # spectral convergence
-        torch.testing.assert_close(explain.vocode(wave, name), out)  # deterministic
+        torch.testing.assert_close(data.vocode(wave, name), out)  # deterministic
     # Griffin-Lim keeps the magnitude on its own grid; mel inversion loses the harmonics between bands.
     assert errors["griffinlim"] < 0.35 and errors["melgl"] > errors["griffinlim"] + 0.1
     with pytest.raises(ValueError, match="unknown vocoder"):
-        explain.vocode(wave, "hifigan")
+        data.vocode(wave, "hifigan")
 
 
-def test_explain_world_vocoder_needs_pyworld_or_works():
-    wave = explain_speechlike(0.3)
+@pytest.mark.parametrize("name,package", [("world", "pyworld"), ("mlsa", "pysptk")])
+def test_optional_vocoders_say_what_to_install_or_copy_synthesise(name, package, monkeypatch):
+    wave = explain_speechlike(0.5)
     try:
-        import pyworld  # noqa: F401
+        __import__(package)
     except ImportError:
-        with pytest.raises(RuntimeError, match="pyworld"):
-            explain.vocode(wave, "world")
-        return
-    assert explain.vocode(wave, "world").shape == wave.shape
+        pass
+    else:
+        out = data.vocode(wave, name)
+        assert out.shape == wave.shape and torch.isfinite(out).all() and out.abs().max() > 0.01
+        assert torch.corrcoef(torch.stack([out, wave]))[0, 1] < 0.95  # a re-synthesis, not a copy
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
+    with pytest.raises(RuntimeError, match=rf"needs the optional package {package} \(pip install {package}"):
+        data.vocode(wave, name)
 
 
 # --- agreement metrics
@@ -2579,6 +2706,12 @@ def test_explain_random_floor_is_the_mask_share():
     assert floor["mass_accuracy"]["mean"] == pytest.approx(0.05, abs=0.005)
     assert floor["iou"]["mean"] == pytest.approx(0.05 / 1.95, abs=0.006)
     assert floor["iou"]["std"] > 0
+    # the same numbers `agreement` gives on those random maps
+    values, order = explain.random_map(tuple(mask.shape), 2)
+    assert torch.equal(torch.argsort(values.flatten(), descending=True), order)
+    direct = [explain.agreement(explain.random_map(tuple(mask.shape), s)[0], mask) for s in range(5)]
+    for k in explain.METRICS:
+        assert floor[k]["mean"] == pytest.approx(np.mean([d[k] for d in direct]), abs=1e-12)
 
 
 def test_explain_spearman_equals_scipy_with_ties():
@@ -2607,25 +2740,25 @@ def explain_write_vocv4(folder: Path, utt: str, wave: torch.Tensor) -> Path:
         "LA_0080 hifigan_LA_T_1000000 - hifigan spoof\n"
     )
     for vocoder in ("hifigan", "waveglow"):
-        sf.write(root / "wav" / f"{vocoder}_{utt}.wav", explain.vocode(wave, "griffinlim").numpy(), 16000)
+        sf.write(root / "wav" / f"{vocoder}_{utt}.wav", data.vocode(wave, "griffinlim").numpy(), 16000)
     return root
 
 
 def test_explain_vocv4_pairs_by_utterance_id(tmp_path):
     root = explain_write_vocv4(tmp_path, "LA_T_4179989", explain_speechlike(0.3))
-    entries = explain.read_vocv4_protocol(root / "protocol.txt")
+    entries = data.read_vocv4_protocol(root / "protocol.txt")
     assert [(e.vocoder, e.utt_id) for e in entries][:2] == [("hifigan", "LA_T_4179989"), ("waveglow", "LA_T_4179989")]
-    found = explain.find_vocv4_files(tmp_path, "LA_T_4179989", ["waveglow", "hifigan"])  # parent folder works too
+    found = data.find_vocv4_files(tmp_path, "LA_T_4179989", ["waveglow", "hifigan"])  # parent folder works too
     assert list(found) == ["waveglow", "hifigan"] and found["hifigan"].name == "hifigan_LA_T_4179989.wav"
     with pytest.raises(ValueError, match="no melgan copy of LA_T_4179989.*hifigan, waveglow"):
-        explain.find_vocv4_files(root, "LA_T_4179989", ["melgan"])
+        data.find_vocv4_files(root, "LA_T_4179989", ["melgan"])
     with pytest.raises(FileNotFoundError, match="listed in .*but missing"):
-        explain.find_vocv4_files(root, "LA_T_1000000", ["hifigan"])
+        data.find_vocv4_files(root, "LA_T_1000000", ["hifigan"])
     (root / "protocol.txt").write_text("LA_0079 hifigan_LA_T_4179989 hifigan spoof\n")
     with pytest.raises(ValueError, match="protocol.txt line 1: expected 5 fields"):
-        explain.read_vocv4_protocol(root / "protocol.txt")
+        data.read_vocv4_protocol(root / "protocol.txt")
     with pytest.raises(FileNotFoundError, match="no voc.v4 folder"):
-        explain.find_vocv4_files(tmp_path / "nowhere", "LA_T_4179989", ["hifigan"])
+        data.find_vocv4_files(tmp_path / "nowhere", "LA_T_4179989", ["hifigan"])
 
 
 # --- CLI end to end (tiny inputs: 32 frames)
@@ -2641,6 +2774,10 @@ def explain_tiny_checkpoint(path: Path) -> Path:
     return path
 
 
+def explain_pairs_of(out: Path) -> dict[str, "explain.PairResult"]:
+    return {p.stem: explain.PairResult.from_json(p.read_text()) for p in sorted((out / "pairs").glob("*.json"))}
+
+
 @explain_needs_nii
 def test_explain_cli_on_the_real_neural_pair(tmp_path, capsys):
     ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
@@ -2650,41 +2787,184 @@ def test_explain_cli_on_the_real_neural_pair(tmp_path, capsys):
     code = explain.main(["--real", str(real), "--fake", str(fake), "--ckpt", str(ckpt), "--out", str(out),
                          "--random-seeds", "3", "--reinit-seeds", "2", "--start-s", "1.0", "--device", "cpu"])  # fmt: skip
     assert code == 0
-    summary = json.loads((out / "metrics.json").read_text())
-    pair = summary["pairs"]["voc"]  # named after the fake's folder when the stems are equal
+    summary = json.loads((out / "summary.json").read_text())
+    ((pid, pair),) = explain_pairs_of(out).items()
+    assert pid == "voc__11463_11657_000002" and pair.vocoder == "voc"  # named after the fake's folder (same stems)
     assert summary["model"]["trained"] and summary["layer"] == "features.mfm27"
-    assert abs(pair["lag_samples"]) < 160 and pair["frames"] == 32 and pair["start_s"] == pytest.approx(1.0, abs=0.01)
-    assert len(pair["sanity_spearman_trained_vs_reinit"]["ixg_abs"]["per_seed"]) == 2
-    assert 0 <= pair["level_profile_target_spoof"]["mask"]["quiet_share"] <= 1
-    assert pair["mask_pixels"] == round(0.05 * 863 * 32)
-    assert set(pair["random_floor"]) == set(explain.METRICS)
-    assert set(pair["targets"]["spoof"]["maps"]) == {"gradcam", "ixg", "ixg_abs"}
-    assert set(pair["sanity_spearman_trained_vs_reinit"]) == {"gradcam", "ixg", "ixg_abs"}
-    assert set(pair["spearman_map_vs_input"]) == {"gradcam", "ixg_abs"}
-    assert 0 <= pair["gradcam_vs_ixg_abs_target_spoof"]["iou_top"] <= 1
-    assert set(summary["clips"]) == {"real", "voc"}
-    for name in ("pair_voc.png", "maps_voc.png", "sanity_voc.png"):
-        assert (out / name).stat().st_size > 10_000
+    assert abs(pair.lag) < 160 and pair.frames == 32 and pair.start_s == pytest.approx(1.0, abs=0.01)
+    assert pair.sanity_seeds == 2 and set(pair.sanity) == {"gradcam", "ixg", "ixg_abs"}
+    assert 0 <= pair.level_profile["mask"]["quiet_share"] <= 1
+    assert pair.mask_pixels == round(0.05 * 863 * 32)
+    assert set(pair.agreement["spoof"]) == {"gradcam", "ixg", "ixg_abs"} and set(pair.vs_input) == {
+        "gradcam",
+        "ixg_abs",
+    }
+    assert 0 <= pair.between_maps["iou_top"] <= 1
+    f = pair.faithfulness
+    assert f.ks == [1, 2, 5, 10, 15, 20] and set(f.restore) == set(explain.FAITH_RANKINGS)
+    assert all(len(v) == 6 for v in (*f.restore.values(), *f.insert.values()))
+    v = summary["vocoders"]["voc"]
+    assert v["n"] == 1 and set(v["agreement"]) == {"spoof", "predicted"} and v["floor"]["iou"]["n"] == 1
+    for name in ("pair_voc__11463_11657_000002.png", "maps_voc__11463_11657_000002.png", "summary_agreement.png",
+                 "summary_faithfulness.png", "sanity_voc__11463_11657_000002.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 10_000, name
     printed = capsys.readouterr().out
-    assert "random" in printed and "Spearman" in printed and "P(bona fide)" in printed
+    assert "IoU (95 % CI)" in printed and "random" in printed and "AOPC" in printed and "detection EER" in printed
 
 
 def test_explain_cli_short_form_with_local_vocoders_and_vocv4(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(explain, "find_default_checkpoint", lambda: None)  # no runs/: random model, loud warning
+    monkeypatch.setattr(explain, "find_default_checkpoint", lambda: None)  # no runs/ here
     monkeypatch.delenv("ASVSPOOF_ROOT", raising=False)
     utt = "LA_T_4179989"
     real = data.load_audio(EXPLAIN_DEMO / "LA" / "ASVspoof2019_LA_train" / "flac" / f"{utt}.flac")
     vocv4 = explain_write_vocv4(tmp_path / "vocv4", utt, real)
     out = tmp_path / "out"
-    code = explain.main(["--utt", utt, "--num-frames", "32", "--vocv4-root", str(vocv4), "--vocoders", "hifigan",
-                         "--vocode", "melgl", "--out", str(out), "--random-seeds", "2", "--device", "cpu"])  # fmt: skip
-    assert code == 0
+    argv = ["--utt", utt, "--num-frames", "32", "--vocv4-root", str(vocv4), "--vocoders", "hifigan", "--vocode",
+            "melgl", "--out", str(out), "--random-seeds", "2", "--device", "cpu", "--faith-ks", "5"]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"no --ckpt given and no runs/\*/best\.pt here: train a model first"):
+        explain.main(argv)
+    with pytest.raises(ValueError, match="give --data-root"):  # a random model names no tree
+        explain.main([*argv, "--random-model"])
+    assert explain.main([*argv, "--random-model", "--data-root", str(EXPLAIN_DEMO)]) == 0
+    assert "RANDOMLY INITIALISED" in capsys.readouterr().err
+    pairs = explain_pairs_of(out)
+    assert list(pairs) == [f"hifigan__{utt}", f"melgl__{utt}"] and pairs[f"hifigan__{utt}"].source.startswith("vocv4")
+    assert not json.loads((out / "summary.json").read_text())["model"]["trained"]
+    assert all((out / f"maps_{n}__{utt}.png").is_file() for n in ("hifigan", "melgl"))
+
+
+def test_explain_short_form_explains_the_model_just_trained_on_its_own_tree(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ASVSPOOF_ROOT", raising=False)
+    lcnn_train.main(["--data-root", str(DEMO), "--recipe", "tiny", "--out", "runs/mine", "--epochs", "1",
+                     "--num-frames", "32", "--limit-train", "16", "--limit-dev", "8", "--device", "cpu"])  # fmt: skip
+    capsys.readouterr()
+    assert explain.main(["--utt", "LA_T_4179989", "--vocode", "griffinlim", "--reinit-seeds", "1", "--faith-ks", "10",
+                         "--random-seeds", "2", "--device", "cpu"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"model: {tmp_path / 'runs' / 'mine' / 'best.pt'} (recipe tiny, mel 20 x 32, epoch 1" in printed
+    assert f"the tree the model was trained on, {DEMO.resolve()}" in printed
+    assert (tmp_path / "explain_out" / "LA_T_4179989" / "pairs" / "griffinlim__LA_T_4179989.json").is_file()
+
+
+def test_explain_many_pairs_from_a_folder_resume_and_name_a_failing_pair(tmp_path, capsys):
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
+    folder = tmp_path / "real"
+    folder.mkdir()
+    train_flac = EXPLAIN_DEMO / "LA" / "ASVspoof2019_LA_train" / "flac"
+    for utt in ("LA_T_4179989", "LA_T_1272637", "LA_T_1138215"):
+        shutil.copy(train_flac / f"{utt}.flac", folder / f"LA_0079_{utt}.flac")
+    (folder / "LA_0080_broken.flac").write_bytes(b"not audio")
+    out = tmp_path / "out"
+    argv = ["--real-dir", str(folder), "--vocode", "griffinlim", "melgl", "--ckpt", str(ckpt), "--out", str(out),
+            "--random-seeds", "2", "--reinit-seeds", "1", "--faith-ks", "5", "20", "--figures", "1",
+            "--device", "cpu"]  # fmt: skip
+    assert explain.main(argv) == 0
     captured = capsys.readouterr()
-    assert "RANDOMLY INITIALISED" in captured.err and "asvspoof2019_la_mini" in captured.out
-    summary = json.loads((out / "metrics.json").read_text())
-    assert list(summary["pairs"]) == ["hifigan", "melgl"] and not summary["model"]["trained"]
-    assert summary["pairs"]["hifigan"]["source"].startswith("vocv4")
-    assert all((out / f"maps_{n}.png").is_file() for n in ("hifigan", "melgl"))
+    pairs = explain_pairs_of(out)
+    assert len(pairs) == 6 and {p.speaker for p in pairs.values()} == {"LA_0079"}
+    failed = json.loads((out / "failed.json").read_text())
+    assert [f["pair"] for f in failed] == ["griffinlim__LA_0080_broken", "melgl__LA_0080_broken"]
+    assert "pair griffinlim__LA_0080_broken failed, skipped: " in captured.err and "cannot decode audio" in captured.err
+    assert "ETA" in captured.err and "2 pair(s) failed and were skipped" in captured.out
+    assert len(list(out.glob("maps_*.png"))) == 1  # --figures 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_pairs"] == 6 and set(summary["vocoders"]) == {"griffinlim", "melgl"}
+    iou = summary["vocoders"]["melgl"]["agreement"]["spoof"]["gradcam"]["iou"]
+    assert iou["n"] == 3 and iou["ci"][0] <= iou["mean"] <= iou["ci"][1] and 0 <= iou["vs_floor"]["share_above"] <= 1
+    assert set(summary["vocoders"]["melgl"]["faithfulness"]["restore"]["rankings"]) == set(explain.FAITH_RANKINGS)
+    assert summary["vocoders"]["melgl"]["detection"]["eer"] is not None
+    # a rerun explains nothing again: finished pairs are skipped, the failed ones retried
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "pairs").glob("*.json")}
+    assert explain.main(argv) == 0
+    assert "resuming" in capsys.readouterr().out and all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    # other settings into the same folder are refused
+    with pytest.raises(ValueError, match=r"holds pairs explained with other settings \(faith_ks\)"):
+        explain.main([*argv[:-6], "--faith-ks", "10", "--figures", "1", "--device", "cpu"])
+    # filters
+    assert explain.main([*argv[:8], str(tmp_path / "out2"), "--limit", "1", "--speakers", "LA_0079", "--faith-ks",
+                         "--random-seeds", "2", "--reinit-seeds", "0", "--device", "cpu"]) == 0  # fmt: skip
+    assert list(explain_pairs_of(tmp_path / "out2")) == [
+        "griffinlim__LA_0079_LA_T_1138215",
+        "melgl__LA_0079_LA_T_1138215",
+    ]
+
+
+def test_explain_every_bona_fide_file_of_a_split_and_every_vocv4_pair(tmp_path):
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
+    common = ["--ckpt", str(ckpt), "--data-root", str(DEMO), "--random-seeds", "2", "--reinit-seeds", "0",
+              "--faith-ks", "--figures", "0", "--device", "cpu"]  # fmt: skip
+    assert explain.main(["--split", "dev", "--vocode", "griffinlim", "--limit", "2", "--out", str(tmp_path / "a"),
+                         *common]) == 0  # fmt: skip
+    bona = [e.utt_id for e in find_la_root(DEMO).protocol("dev") if e.key == "bonafide"][:2]
+    assert list(explain_pairs_of(tmp_path / "a")) == [f"griffinlim__{u}" for u in bona]
+    real = data.load_audio(EXPLAIN_DEMO / "LA" / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac")
+    vocv4 = explain_write_vocv4(tmp_path / "vocv4", "LA_T_4179989", real)
+    assert explain.main(["--vocv4-root", str(vocv4), "--vocoders", "waveglow", "--out", str(tmp_path / "b"),
+                         *common]) == 0  # fmt: skip
+    assert list(explain_pairs_of(tmp_path / "b")) == ["waveglow__LA_T_4179989"]
+
+
+def test_explain_perturbation_curves_and_aopc():
+    torch.manual_seed(0)
+    net = lcnn_model.LCNN(in_bins=20, num_frames=32, dropout=0.1).eval()
+    x_real, x_fake = torch.randn(1, 1, 20, 32), torch.randn(1, 1, 20, 32)
+    score = lambda x: float(lcnn_model.bonafide_score(net(x))[0])  # noqa: E731
+    rankings = {"a": torch.rand(20, 30), "b": torch.rand(20, 30)}
+    curves = explain.perturbation_curves(net, x_fake, x_real, rankings, (50, 100), valid=30)
+    expected = x_fake.clone()
+    expected[..., :30] = x_real[..., :30]  # 100 % of the explained frames: the real input there, the rest untouched
+    assert curves["a"][1] == pytest.approx(score(expected), abs=1e-5) == pytest.approx(curves["b"][1], abs=1e-5)
+    half = x_fake.clone().view(-1)  # 50 %: exactly the top half of ranking a, taken from the real input
+    order = torch.argsort(rankings["a"].flatten(), descending=True, stable=True)[:300]
+    region = x_fake[0, 0, :, :30].reshape(-1).clone()
+    region[order] = x_real[0, 0, :, :30].reshape(-1)[order]
+    half = x_fake.clone()
+    half[0, 0, :, :30] = region.view(20, 30)
+    assert curves["a"][0] == pytest.approx(score(half), abs=1e-5)
+    assert explain.aopc([1.0, 3.0], 0.0, "restore") == pytest.approx(4 / 3)  # mean of 0, 1, 3
+    assert explain.aopc([-1.0, -3.0], 0.0, "insert") == pytest.approx(4 / 3)
+
+
+def test_explain_bootstrap_ci_and_paired_difference():
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.3, 0.1, 400)
+    s = explain.bootstrap_ci(values)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(400)
+    assert s["n"] == 400 and s["mean"] == pytest.approx(values.mean())
+    assert s["ci"][0] == pytest.approx(values.mean() - half, abs=0.004) and s["ci"][1] == pytest.approx(
+        values.mean() + half, abs=0.004
+    )
+    assert explain.bootstrap_ci([0.5]) == {"mean": 0.5, "ci": [0.5, 0.5], "n": 1}
+    assert explain.bootstrap_ci([None, float("nan")])["mean"] is None
+    d = explain.paired_vs([0.3, 0.5, 0.1], [0.2, 0.2, 0.2])
+    assert d["mean"] == pytest.approx(0.1) and d["share_above"] == pytest.approx(2 / 3)
+    assert explain.bootstrap_ci(values)["ci"] == s["ci"]  # a fixed seed: the same numbers every run
+
+
+def test_explain_pair_result_round_trips_through_json(tmp_path):
+    a = explain.Agreement(0.1, 0.2, 0.3, 0.4, 0.5)
+    res = explain.PairResult(
+        "melgl__x", "x", "melgl", "local", "LA_0079", 3, 0.0, 2.0, 32, 100, 0.95,
+        explain.Prediction(0.1, 0.3, 0.2, 0.55, 1), explain.Prediction(0.5, 0.1, -0.4, 0.4, 0),
+        {"spoof": {"gradcam": a}}, a, a, {"gradcam": None}, 2, {"gradcam": 2},
+        explain.Faithfulness([5.0], -0.4, 0.2, {"random": [-0.3]}, {"random": [0.1]}), {}, {"gradcam": float("nan")},
+        {"spearman": 0.1},
+    )  # fmt: skip
+    back = explain.PairResult.from_json(res.to_json())
+    assert back.pred_fake.label == "spoof" and back.agreement["spoof"]["gradcam"] == a
+    assert back.vs_input == {"gradcam": None} and back.faithfulness.aopc("restore", "random") == pytest.approx(0.05)
+
+
+def test_explain_non_finite_audio_is_one_error_naming_the_file(tmp_path):
+    ckpt = explain_tiny_checkpoint(tmp_path / "tiny.pt")
+    nan = data_nonfinite_wav(tmp_path / "real.wav", "start")
+    sf.write(tmp_path / "fake.wav", data_tone(1.0), 16000)
+    for real, fake in ((nan, tmp_path / "fake.wav"), (tmp_path / "fake.wav", nan)):
+        with pytest.raises(RuntimeError, match=rf"no pair could be explained .*{nan.name}: 1 sample\(s\) are NaN"):
+            explain.main(["--real", str(real), "--fake", str(fake), "--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
+        assert not list((tmp_path / "o" / "pairs").glob("*.json"))  # never a result computed from NaN
+        assert "NaN" in json.loads((tmp_path / "o" / "failed.json").read_text())[0]["error"]
 
 
 @explain_needs_nii
@@ -2696,46 +2976,47 @@ def test_explain_cli_mask_layer_and_alignment_flags(tmp_path):
                          "--align", "waveform", "--max-lag-s", "0.05", "--layer", "mfm15", "--mask-quantile", "0.9",
                          "--map-quantile", "0.8", "--time-size", "5", "--freq-size", "7", "--time-var", "2",
                          "--freq-var", "4", "--eps", "1e-6", "--random-seeds", "2", "--reinit-seeds", "1",
-                         "--device", "cpu"])  # fmt: skip
+                         "--faith-ks", "--device", "cpu"])  # fmt: skip
     assert code == 0
-    summary = json.loads((out / "metrics.json").read_text())
-    pair = summary["pairs"]["griffinlim"]
-    assert summary["layer"] == "features.mfm15" and summary["map_quantile"] == 0.8
-    assert summary["mask"]["gaussian"] == {"time_size": 5, "freq_size": 7, "time_var": 2.0, "freq_var": 4.0}
-    assert summary["mask"]["eps"] == 1e-6 and pair["mask_pixels"] == round(0.1 * 863 * 32)
-    assert abs(pair["lag_samples"]) <= 800
-    a = pair["targets"]["spoof"]["maps"]["gradcam"]
-    n_map, n_mask = round(0.2 * 863 * 32), pair["mask_pixels"]  # map top 20 %, mask top 10 %: same hits
-    assert a["precision"] * n_map == pytest.approx(a["recall"] * n_mask)
+    summary = json.loads((out / "summary.json").read_text())
+    pair = explain_pairs_of(out)["griffinlim__11463_11657_000002"]
+    st = summary["settings"]
+    assert summary["layer"] == "features.mfm15" and st["map_quantile"] == 0.8 and st["faith_ks"] == []
+    assert (st["time_size"], st["freq_size"], st["time_var"], st["freq_var"], st["eps"]) == (5, 7, 2.0, 4.0, 1e-6)
+    assert pair.mask_pixels == round(0.1 * 863 * 32) and pair.faithfulness is None
+    assert abs(pair.lag) <= 800
+    a = pair.agreement["spoof"]["gradcam"]
+    n_map, n_mask = round(0.2 * 863 * 32), pair.mask_pixels  # map top 20 %, mask top 10 %: same hits
+    assert a.precision * n_map == pytest.approx(a.recall * n_mask)
 
 
 def test_explain_cli_rejects_contradictory_flags(tmp_path):
-    with pytest.raises(ValueError, match="exactly one of --utt"):
-        explain.main(["--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="give exactly one of --utt"):
+        explain.main(["--out", str(tmp_path), "--random-model"])
     with pytest.raises(ValueError, match="--vocv4-root pairs"):
-        explain.main(["--real", "x.flac", "--vocv4-root", str(tmp_path)])
+        explain.main(["--real", "x.flac", "--vocv4-root", str(tmp_path), "--random-model"])
     with pytest.raises(ValueError, match="--mask-quantile must be in"):
         explain.main(["--real", "x.flac", "--mask-quantile", "1.5"])
-
-
-def test_explain_non_finite_audio_is_one_error_naming_the_file(tmp_path):
-    ckpt = explain_tiny_checkpoint(tmp_path / "tiny.pt")
-    nan = data_nonfinite_wav(tmp_path / "real.wav", "start")
-    sf.write(tmp_path / "fake.wav", data_tone(1.0), 16000)
-    for real, fake in ((nan, tmp_path / "fake.wav"), (tmp_path / "fake.wav", nan)):
-        with pytest.raises(ValueError, match=rf"{real.name if real == nan else fake.name}: 1 sample\(s\) are NaN"):
-            explain.main(["--real", str(real), "--fake", str(fake), "--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
-    assert not (tmp_path / "o" / "metrics.json").exists()
+    with pytest.raises(ValueError, match=r"--faith-ks must be percentages in \(0, 100\]"):
+        explain.main(["--real", "x.flac", "--faith-ks", "0"])
+    with pytest.raises(ValueError, match="--random-model explains an untrained LCNN"):
+        explain.main(["--real", "x.flac", "--random-model", "--ckpt", "x.pt"])
+    with pytest.raises(FileNotFoundError, match="--real x.flac: no such audio file"):
+        explain.main(["--real", "x.flac", "--random-model"])
+    for flags, match in ((["--eps", "-1"], "--eps must be positive"), (["--time-size", "4"], "--time-size must be an odd"),
+                         (["--freq-var", "0"], "--freq-var must be positive")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            explain.main(["--real", "x.flac", "--random-model", *flags])
 
 
 @explain_needs_nii
-def test_explain_cli_on_the_mel_front_end_of_the_seed_and_tiny_recipes(tmp_path, monkeypatch):
-    monkeypatch.setattr(explain, "find_default_checkpoint", lambda: None)
+def test_explain_cli_on_the_mel_front_end_of_a_random_model(tmp_path):
     real = EXPLAIN_NII / "real" / "11463_11657_000002.flac"
     out = tmp_path / "out"
     argv = ["--real", str(real), "--vocode", "melgl", "--frontend", "mel", "--num-frames", "32", "--pad", "zeros",
-            "--out", str(out), "--random-seeds", "2", "--reinit-seeds", "1", "--seed", "3", "--device", "cpu"]  # fmt: skip
+            "--out", str(out), "--random-seeds", "2", "--reinit-seeds", "1", "--seed", "3", "--device", "cpu",
+            "--random-model"]  # fmt: skip
     assert explain.main(argv) == 0
-    summary = json.loads((out / "metrics.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["frontend"] == "mel" and summary["model"]["pad"] == "zeros"
-    assert summary["pairs"]["melgl"]["mask_pixels"] == round(0.05 * 20 * 32)  # the mask lives on the 20 mel bands
+    assert explain_pairs_of(out)["melgl__11463_11657_000002"].mask_pixels == round(0.05 * 20 * 32)  # 20 mel bands

@@ -39,6 +39,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data import (
+    VOCODED_CACHE,
+    VOCODERS,
+    ArgumentParser,
     ASVspoof2019LA,
     Progress,
     add_common_args,
@@ -50,8 +53,10 @@ from data import (
     find_la_root,
     format_seconds,
     make_frontend,
+    prepare_vocoded,
     resolve_device,
     run_cli,
+    vocv4_training_entries,
 )
 from metrics import compute_eer, write_score_file
 from model import (
@@ -92,15 +97,13 @@ RECIPES: dict[str, dict] = {
 # run). The schedule: set on the optimiser and scheduler, as if the run had started with it. Every other flag
 # (epochs, batch size, workers, device, precision, paths, patience, ...) simply takes effect. Each change is printed.
 ARCH_FLAGS = ("recipe", "frontend", "num_frames", "pad", "dropout", "loss", "margin")
-DATA_FLAGS = ("seed", "limit_train", "limit_dev", "augment", "random_crop")
+DATA_FLAGS = ("seed", "limit_train", "limit_dev", "augment", "random_crop", "vocoded", "vocv4_root", "vocv4_vocoders")
 SCHEDULE_FLAGS = ("lr", "lr_step", "lr_gamma")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """All flags of train.py, with the STC recipe as defaults."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     add_common_args(parser)
     add_model_args(parser)
     g = parser.add_argument_group("train")
@@ -127,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="random windows of long training files (else from the start)",
     )
     g.add_argument("--cache-audio", action="store_true", help="decode all audio once into memory (int16)")
+    g.add_argument("--vocoded", nargs="+", choices=sorted(VOCODERS), default=[], metavar="VOCODER",
+                   help="add copy-synthesised spoofs of the training bona fide made by these local vocoders "
+                        f"({', '.join(VOCODERS)}; world/mlsa need pyworld/pysptk), made once into --vocoded-cache")  # fmt: skip
+    g.add_argument("--vocoded-cache", default=VOCODED_CACHE, help="where --vocoded copies are kept and reused")
+    g.add_argument(
+        "--vocv4-root", help="add vocv4's vocoded copies of the training bona fide as spoofs (voc.v4 folder)"
+    )
+    g.add_argument("--vocv4-vocoders", nargs="+", default=None, metavar="VOCODER",
+                   help="with --vocv4-root: only these vocoders (default: all it lists)")  # fmt: skip
     g.add_argument("--limit-train", type=int, default=0, help="use N training files spread over the protocol (0: all)")
     g.add_argument("--limit-dev", type=int, default=0, help="use N dev files spread over the protocol (0: all)")
     g.add_argument("--patience", type=int, default=50, help="stop after N epochs without a better dev EER (0: off)")
@@ -154,7 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if recipe not in RECIPES:
         raise ValueError(f"--recipe {recipe!r} is unknown; choose one of {', '.join(RECIPES)}")
     dests = {a.dest for a in parser._actions}
-    for name, values in [(f"recipe {recipe}", RECIPES[recipe]), ("checkpoint flags", saved or {})]:
+    for name, values in [(f"recipe {recipe}", RECIPES[recipe]), (f"{resume_path} stored flags", saved or {})]:
         unknown = sorted(set(values) - dests)
         if unknown:
             raise ValueError(f"{name}: unknown flag(s) {', '.join(unknown)}")
@@ -164,9 +176,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.recipe = recipe
     args.out = args.out or (str(resume_path.parent) if resume_path else f"runs/{recipe}")
-    for flag in ("epochs", "batch_size", "lr_step", "num_frames"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    for flag, low in (("epochs", 1), ("batch_size", 2), ("lr_step", 1), ("num_frames", 16), ("patience", 0)):
+        if getattr(args, flag) < low:
+            why = {"batch_size": " (BatchNorm trains on two items at least)", "num_frames": " (four 2x2 max-pools)"}
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {low}{why.get(flag, '')}, got "
+                             f"{getattr(args, flag)}")  # fmt: skip
+    if not 0 <= args.seed < 2**32 - 1024:
+        raise ValueError(f"--seed must be in [0, 2**32 - 1024), got {args.seed}")
+    if args.margin not in (1, 2, 3, 4):
+        raise ValueError(f"--margin must be 1, 2, 3 or 4 (the A-softmax angular margin), got {args.margin}")
     for flag in ("limit_train", "limit_dev"):
         if getattr(args, flag) < 0 or getattr(args, flag) == 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be 0 (every file) or at least 2 (a file of each class), "
@@ -200,7 +218,8 @@ def check_saved_flags(saved, parser: argparse.ArgumentParser, path: Path) -> dic
         a = actions.get(key)
         if a is None or value is None:
             continue
-        if a.choices is not None and value not in a.choices:
+        values = value if isinstance(value, list) and a.nargs in ("+", "*") else [value]
+        if a.choices is not None and any(v not in a.choices for v in values):
             raise ValueError(f"{path}: stored flag {key} = {value!r} is not one of {', '.join(map(str, a.choices))}")
         kinds = {int: int, float: (int, float)}.get(a.type)
         if kinds and (isinstance(value, bool) or not isinstance(value, kinds)):
@@ -225,6 +244,12 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if world_size() > 1:
+        dist.barrier()
 
 
 def gather_objects(obj) -> list:
@@ -294,6 +319,28 @@ def check_both_classes(entries, what: str, flag: str, limit: int) -> None:
                      + (f"; give {flag} 0 (all) or a larger number" if flag != "--skip-bad" else ""))  # fmt: skip
 
 
+def vocoded_entries(args: argparse.Namespace, layout, train_entries) -> list:
+    """The copy-synthesised spoofs --vocoded / --vocv4-root add to the training set (none by default).
+
+    Local copies are made once by the main process into --vocoded-cache (the others wait), then reused.
+    """
+    extra = []
+    if args.vocoded:
+        if is_main():
+            prepare_vocoded(layout, "train", train_entries, args.vocoded, args.vocoded_cache)
+        barrier()
+        extra += prepare_vocoded(layout, "train", train_entries, args.vocoded, args.vocoded_cache)
+    if args.vocv4_root:
+        extra += vocv4_training_entries(args.vocv4_root, train_entries, args.vocv4_vocoders)
+        if not extra:
+            raise ValueError(f"--vocv4-root {args.vocv4_root} has no vocoded copy of any training bona fide file")
+    if extra and is_main():
+        kinds = Counter(e.system for e in extra)
+        print("training spoofs added by copy-synthesis: " + ", ".join(f"{k} {n:,}" for k, n in kinds.items()),
+              flush=True)  # fmt: skip
+    return extra
+
+
 def make_loaders(
     args: argparse.Namespace, frontend, device: torch.device
 ) -> tuple[DataLoader, DataLoader, torch.Generator]:
@@ -310,6 +357,7 @@ def make_loaders(
     dev_entries = spread(layout.protocol("dev"), args.limit_dev)
     check_both_classes(train_entries, "training", "--limit-train", args.limit_train)  # before any decoding
     check_both_classes(dev_entries, "dev", "--limit-dev", args.limit_dev)
+    train_entries = train_entries + vocoded_entries(args, layout, train_entries)
     train_set = ASVspoof2019LA(layout, "train", entries=train_entries, random_crop=args.random_crop,
                                augment=args.augment, **common)  # fmt: skip
     check_both_classes(train_set.entries, "training", "--skip-bad", args.limit_train)  # after files were left out
@@ -387,6 +435,9 @@ def train_one_epoch(model, frontend, loader, optimizer, device, args, epoch: int
     for i, batch in enumerate(batches(loader, args.skip_bad), 1):
         n_bad += batch["n_bad"]
         if batch["x"] is None:  # every file of the batch was unreadable (--skip-bad)
+            continue
+        if len(batch["label"]) == 1:  # --skip-bad left one file: BatchNorm cannot train on it (counted as skipped)
+            n_bad += 1
             continue
         y = batch["label"].to(device, non_blocking=True)  # (B,)
         margin = dict(labels=y, lamb=asoftmax_lambda(step)) if args.loss == "asoftmax" else {}
@@ -497,10 +548,29 @@ def write_text_atomic(path: Path, text: str) -> None:
 def read_resume_checkpoint(path: Path) -> dict:
     """A train.py checkpoint holding all that --resume restores (weights_only: no code runs); errors name the file."""
     ckpt = read_checkpoint(path)
-    missing = [k for k in ("model", "args", "epoch", "optimizer", "scheduler", "rng") if k not in ckpt]
+    kinds = {"model": dict, "model_args": dict, "args": dict, "epoch": int, "step": int, "optimizer": dict,
+             "scheduler": dict, "rng": list, "history": list, "best_dev_eer": (int, float), "best_epoch": int}  # fmt: skip
+    missing = [k for k in kinds if k not in ckpt]
     if missing:
-        raise ValueError(f"{path}: not a train.py checkpoint (missing {', '.join(missing)})")
+        raise ValueError(f"{path}: not a resumable train.py checkpoint (missing {', '.join(missing)})")
+    for key, kind in kinds.items():
+        if isinstance(ckpt[key], bool) or not isinstance(ckpt[key], kind):
+            raise ValueError(f"{path}: stored {key} is a {type(ckpt[key]).__name__} ({str(ckpt[key])[:40]!r}); the "
+                             "checkpoint is damaged or not train.py's")  # fmt: skip
+    if not {"state", "param_groups"} <= set(ckpt["optimizer"]) or not all(isinstance(h, dict) for h in ckpt["history"]):
+        raise ValueError(f"{path}: stored optimizer / history are damaged (expected an Adam state and epoch records)")
     return ckpt
+
+
+def restore_state(ckpt: dict, path: Path, model, optimizer, scheduler) -> None:
+    """Load a checkpoint's weights, optimiser and scheduler; a mismatch is one line naming the file."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot resume {path}: its state does not fit the model the flags build ({first})") from None
 
 
 def resume_checkpoint_path(resume: str) -> Path:
@@ -628,9 +698,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     model, optimizer, scheduler = make_model(args, frontend.n_bins, device)
     start_epoch, step, history, best = 0, 0, [], (math.inf, 0)
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        restore_state(ckpt, resume_checkpoint_path(args.resume), model, optimizer, scheduler)
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
         best = (ckpt["best_dev_eer"], ckpt["best_epoch"])
         if any(k in changes for k in SCHEDULE_FLAGS):

@@ -25,10 +25,11 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/python data.py --data-root $(DATA) --check
 	$(BIN)/python data.py --data-root $(DATA) --show LA_T_4179989 --out $(DEMO)/LA_T_4179989.png
-	rm -rf $(RUN)
+	rm -rf $(RUN) $(DEMO)/explain
 	$(BIN)/python train.py --data-root $(DATA) --recipe tiny --out $(RUN)
 	$(BIN)/python evaluate.py --ckpt $(RUN)/best.pt --data-root $(DATA) --split dev --out $(DEMO)/scores_dev.txt
-	$(BIN)/python explain.py --data-root $(DATA) --utt LA_T_4179989 --ckpt $(RUN)/best.pt --out $(DEMO)/explain
+	# the short form: the newest runs/*/best.pt (the one just trained) and the tree it was trained on
+	$(BIN)/python explain.py --utt LA_T_4179989 --out $(DEMO)/explain
 	@echo "demo outputs: $(RUN)/ (checkpoints, curves.png), $(DEMO)/: LA_T_4179989.png, scores_dev.txt, scores_dev_det.png, explain/"
 
 # pytest exits 5 when it collects nothing: that must fail CI, and it does (any non-zero status fails make).

@@ -3020,3 +3020,41 @@ def test_explain_cli_on_the_mel_front_end_of_a_random_model(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["frontend"] == "mel" and summary["model"]["pad"] == "zeros"
     assert explain_pairs_of(out)["melgl__11463_11657_000002"].mask_pixels == round(0.05 * 20 * 32)  # 20 mel bands
+
+
+# ---------------------------------------- homework.ipynb ----------------------------------------
+HOMEWORK = REPO / "homework.ipynb"
+MACHINE_PATHS = re.compile(r"(/work/|/tmp/|/home/|/root/|/Users/|\.venv/lib)")
+
+
+def test_homework_notebook_is_committed_answered_and_with_outputs():
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(HOMEWORK, as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    for missing in ("YOUR CODE HERE", "PLACEHOLDER", "TODO", "NotImplemented"):
+        assert missing not in text, missing
+    for heading in ("1. A Dataset", "2. Train and eval", "3. Visualise", "4. The loss", "5. `get_eer", "6. The LCNN",
+                    "7. `train_one_epoch`", "8. Solved", "9. Explanations", "10. Real against fake", "11. The ground",
+                    "12. Grad-CAM", "13. Both maps"):  # fmt: skip
+        assert f"## {heading}" in text, heading
+    for cite in ("arXiv:1904.05576", "arXiv:2103.11326", "arXiv:2506.03425", "arXiv:2210.10570", "docs/xai.md"):
+        assert cite in text, cite
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), "every code cell is committed executed"
+    outputs = json.dumps([c.get("outputs", []) for c in code])
+    assert not MACHINE_PATHS.search(outputs), MACHINE_PATHS.search(outputs).group(0)
+    assert '"output_type": "error"' not in outputs and "image/png" in outputs
+
+
+@pytest.mark.slow
+def test_homework_notebook_executes_end_to_end(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(HOMEWORK, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    )
+    client.execute()  # raises CellExecutionError naming the cell on any error
+    printed = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "solved (EER <= 9 %)" in printed and "parameters" in printed and "P(bona fide)" in printed
+    assert "10,198,818 parameters" in printed  # the STC table's LCNN

@@ -3043,7 +3043,7 @@ def test_homework_notebook_is_committed_answered_and_with_outputs():
     assert all(c.get("execution_count") for c in code), "every code cell is committed executed"
     outputs = json.dumps([c.get("outputs", []) for c in code])
     assert not MACHINE_PATHS.search(outputs), MACHINE_PATHS.search(outputs).group(0)
-    assert '"output_type": "error"' not in outputs and "image/png" in outputs
+    assert '"output_type": "error"' not in outputs and "image/jpeg" in outputs
 
 
 @pytest.mark.slow

@@ -872,10 +872,10 @@ def main(argv: list[str] | None = None) -> None:
         asv_path = args.asv_scores
         if args.data_root is not None:
             split = args.split or _infer_split(scores.utt_id)
+            asv_path = find_asv_scores(args.data_root, split)  # first: a missing ASV file is the one line printed
             if not check_against_protocol(scores, args.data_root, split):
                 print(f"note: no CM protocol of {split} under --data-root {args.data_root}: the score file's trials are "
                       "not checked against it", file=sys.stderr)  # fmt: skip
-            asv_path = find_asv_scores(args.data_root, split)
         asv = read_asv_scores(asv_path) if asv_path is not None else None
         result = evaluate_scores(scores, asv)
         if args.det is not None:

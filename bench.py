@@ -693,6 +693,28 @@ def bench_train_and_score(args, device: torch.device, folder: Path) -> list[dict
     return rows
 
 
+def bench_metrics(protocols: Path) -> str | None:
+    """metrics.py's cost on LA eval's 71,237 trials (the B01 baseline scores and the organisers' ASV scores under
+    --protocols): reading both files, the EER, the min t-DCF, the whole report. None when the files are absent."""
+    import metrics
+
+    cm = protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt"
+    asv_path = protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt"
+    if not (cm.is_file() and asv_path.is_file()):
+        return None
+    t0 = time.perf_counter()
+    scores, asv = metrics.read_score_file(cm), metrics.read_asv_scores(asv_path)
+    t1 = time.perf_counter()
+    metrics.compute_eer(scores.bonafide_scores, scores.spoof_scores)
+    t2 = time.perf_counter()
+    metrics.compute_min_tdcf(scores.bonafide_scores, scores.spoof_scores, asv)
+    t3 = time.perf_counter()
+    metrics.evaluate_scores(scores, asv)
+    t4 = time.perf_counter()
+    return (f"metrics on {len(scores):,} eval scores (B01): read CM + ASV files {t1 - t0:.3f} s, EER {t2 - t1:.4f} s, "
+            f"min t-DCF {t3 - t2:.4f} s, whole report (with per-attack EERs) {t4 - t3:.4f} s")  # fmt: skip
+
+
 def format_row(r: dict) -> str:
     return f"  {r['what']} {r['pipeline']}: {rate(r):.2f} samples/s, peak {gib(r['peak_bytes'])} ({r['wall_s']:.0f} s)"
 
@@ -857,7 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sizes", default="1000,5000,25000,all", help="--what scale: tree sizes in files ('all': 121,461)")
     shared = HERE.parent / "shared" / "data"
     g.add_argument("--protocols", default=str(shared / "protocols" / "asvspoof2019_la"),
-                   help="--what scale: folder of the official LA protocols (default: ../shared/data/protocols/...)")  # fmt: skip
+                   help="folder of the official LA protocols (--what scale; --what score: the B01 and ASV eval scores "
+                        "time metrics.py) (default: ../shared/data/protocols/...)")  # fmt: skip
     g.add_argument("--scale-source", default=str(shared / "asvspoof2019_la_mini" / "LA"),
                    help="--what scale: real audio the tree's files link to")  # fmt: skip
     g.add_argument("--skip-train", action="store_true", help="--what scale: leave out the training epoch")
@@ -894,6 +917,8 @@ def main(argv: list[str] | None = None) -> int:
             flops = flops_per_sample(make_frontend(args.frontend).n_bins, args.num_frames)
             rows = bench_train_and_score(args, device, folder)
             text = format_table(rows, describe_device(device), peak, flops)
+            if args.what in ("score", "all") and (line := bench_metrics(Path(args.protocols))):
+                text += "\n" + line
     finally:
         if args.files_dir is None:
             import shutil

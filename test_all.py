@@ -1264,27 +1264,6 @@ def test_score_and_asv_files_that_are_not_utf8_name_the_line(tmp_path):
         metrics.read_asv_scores(tmp_path / "asv.txt")
 
 
-# --- speed (printed, not asserted) ---
-
-
-def test_speed_on_71237_eval_scores_is_printed(protocols, capsys):
-    t0 = time.perf_counter()
-    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt")
-    asv = metrics.read_asv_scores(protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt")
-    t1 = time.perf_counter()
-    metrics.compute_eer(scores.bonafide_scores, scores.spoof_scores)
-    t2 = time.perf_counter()
-    metrics.compute_min_tdcf(scores.bonafide_scores, scores.spoof_scores, asv)
-    t3 = time.perf_counter()
-    metrics.evaluate_scores(scores, asv)
-    t4 = time.perf_counter()
-    with capsys.disabled():
-        print(
-            f"\nmetrics on {len(scores):,} scores: read CM + ASV files {t1 - t0:.3f} s, EER {t2 - t1:.4f} s, "
-            f"min t-DCF {t3 - t2:.4f} s, evaluate_scores {t4 - t3:.4f} s"
-        )
-
-
 # ---------------------------------------- model.py and train.py ----------------------------------------
 
 

@@ -904,6 +904,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.n is not None and args.n < (10 if args.what == "score" else 2):
         raise ValueError(f"--n must be at least {10 if args.what == 'score' else 2} (an EER needs both classes and "
                          f"several distinct scores), got {args.n}")  # fmt: skip
+    for flag, low in (("naive_n", 2), ("train_pool", 2), ("gpu_eval_files", 2), ("batch_size", 2)):
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {low}, got {value}")
     folder = args.files_dir or Path(tempfile.mkdtemp(prefix="lcnn_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
     try:

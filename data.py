@@ -200,6 +200,36 @@ def sound_file(path: Path):
 AUDIO_BLOCK = 1 << 16  # frames decoded at a time when a file is scanned
 
 
+def wav_shortfall(path: Path) -> str | None:
+    """The truncation a WAV header gives away, or None (not a WAV, or complete).
+
+    libsndfile reads a WAV cut short (or one whose data chunk claims more than the file holds) as a shorter,
+    valid file, so decoding cannot tell. The RIFF header can: its data chunk declares its size in bytes. A
+    declared size of 0 or 0xFFFFFFFF (what streaming writers leave) means "unknown" and is not a problem.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None  # the decoder names what is wrong with an unreadable file
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, length = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        if chunk == b"data":
+            held = size - (pos + 8)
+            if length not in (0, 0xFFFFFFFF) and held < length:
+                return (f"truncated: the WAV header declares {length:,} bytes of audio, the file holds {held:,} "
+                        f"({100 * held / length:.1f} %)")  # fmt: skip
+            return None
+        pos += 8 + length + (length & 1)  # chunks are word-aligned
+    return None
+
+
 def resample(wave: torch.Tensor, sr: int, target: int = SAMPLE_RATE) -> torch.Tensor:
     """torchaudio's band-limited resampling, with bounded memory for any rate.
 
@@ -241,7 +271,8 @@ def load_audio(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
+        what = "is a folder, expected an audio file" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"audio file {what}: {path}" if what == "not found" else f"{path}: {what}")
 
     def check_finite(block: np.ndarray, at: int, sr: int) -> None:
         bad = ~np.isfinite(block)
@@ -250,6 +281,8 @@ def load_audio(
             raise ValueError(f"{path}: {int(bad.sum()):,} sample(s) are NaN or inf (first at sample {first:,}, "
                              f"{first / sr:.3f} s); expected finite audio in [-1, 1]")  # fmt: skip
 
+    if verify and (short := wav_shortfall(path)):
+        raise RuntimeError(f"{path}: {short}")
     try:
         with sound_file(path) as f:
             sr, total = f.samplerate, f.frames
@@ -848,6 +881,9 @@ def check_audio_file(
         f = sf.SoundFile(str(path))
     except Exception as e:  # LibsndfileError / RuntimeError carry libsndfile's text
         return 0.0, [f"unreadable: soundfile cannot open it ({e})"]
+    if short := wav_shortfall(Path(path)):
+        with f:
+            return f.frames / max(f.samplerate, 1), [short]
     with f:
         frames, sr, channels = f.frames, f.samplerate, f.channels
         problems = []
@@ -1092,12 +1128,13 @@ class ASVspoof2019LA(Dataset):
         if not self.skip_bad:
             missing_only = all(p.problem.startswith(("missing", "empty file")) for p in problems)
             raise (FileNotFoundError if missing_only else RuntimeError)(
-                f"{len(problems):,} problem(s) in the {total:,} {self.split} files listed in {protocol}:\n"
-                f"{format_problems(problems)}\nfix the tree (python data.py --check lists every problem) "
-                "or pass --skip-bad to leave these files out"
+                f"{len(problems):,} problem(s) in the {total:,} {self.split} files listed in {protocol}, first: "
+                f"{problems[0]}; fix the tree (python data.py --check lists every problem) or pass --skip-bad to "
+                "leave these files out"
             )
         if any(p.utt_id is None for p in problems):
-            raise FileNotFoundError(f"--skip-bad cannot skip a missing audio folder:\n{format_problems(problems)}")
+            first = next(p for p in problems if p.utt_id is None)
+            raise FileNotFoundError(f"--skip-bad cannot skip a missing audio folder: {first}")
         bad = {p.utt_id for p in problems}
         self.entries = [e for e in self.entries if e.utt_id not in bad]
         self.problems += problems
@@ -1783,10 +1820,15 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except Terminated:
         print("terminated (SIGTERM)", file=sys.stderr)
         sys.exit(143)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as e:
         if debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        text = str(e) or type(e).__name__
+        if isinstance(e, MemoryError) or "allocate" in text and "memory" in text.lower():  # torch's CPU/CUDA OOM
+            first = text.strip().splitlines()[0][:160]
+            text = (f"out of memory ({first}); expected sizes this machine can hold: lower --batch-size or "
+                    "--num-frames (or check the checkpoint's sizes)")  # fmt: skip
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)
 

@@ -693,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--data-root not given ($ASVSPOOF_ROOT unset): the tree {args.ckpt} was trained on, {args.data_root}",
               file=sys.stderr)  # fmt: skip
     layout = find_la_root(args.data_root)
+    if args.asv_scores is not None:  # a file the user named is read before the split is scored, not skipped after
+        metrics.read_asv_scores(args.asv_scores)
     out = args.out or args.ckpt.parent / f"scores_{args.split}.txt"
     det = args.det or out.with_name(f"{out.stem}_det.png")
     res = score_split(scorer, layout, args.split, out, args.batch_size, args.num_workers, args.save_every,

@@ -1303,7 +1303,7 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
     """Explain every pair, writing each result as it finishes; pairs already in `out/pairs` are skipped.
 
     A pair that fails (unreadable audio, an optional vocoder missing, ...) is named, listed in out/failed.json and
-    skipped; the run goes on. Returns (the results of all `specs` present in out/pairs, in order; the failures).
+    skipped; the run goes on (`main` then exits 1 unless --skip-bad). A single pair's failure is raised. Returns (the results of all `specs` present in out/pairs, in order; the failures).
     """
     pairs_dir = out / "pairs"
     pairs_dir.mkdir(parents=True, exist_ok=True)
@@ -1329,6 +1329,8 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
         try:
             res, pm = explain_pair(spec, model, frontend, info, layer, args)
         except (RuntimeError, ValueError, FileNotFoundError, OSError) as e:
+            if len(specs) == 1:  # one pair asked for: its error is the run's (one line), nothing to go on with
+                raise
             failed.append({"pair": spec.pair_id, "real": spec.real, "error": str(e)})
             print(f"pair {spec.pair_id} failed, skipped: {e}", file=sys.stderr)
             bar.update(1)
@@ -1453,13 +1455,17 @@ def main(argv: list[str] | None = None) -> int:
     plot_faithfulness_summary(out / "summary_faithfulness.png", summary)
     print()
     print(format_summary(summary))
-    if failed:
-        print(f"{len(failed)} pair(s) failed and were skipped (listed in {out / 'failed.json'}); first: "
-              f"{failed[0]['pair']}: {failed[0]['error']}")  # fmt: skip
     if not info.trained:
         print("WARNING: the model is randomly initialised: these maps explain nothing.", file=sys.stderr)
     print(f"{len(results):,} pair(s) in {out}/pairs; summary.json, summary_agreement.png, summary_faithfulness.png; "
           f"{summary['seconds_per_pair']['mean']:.1f} s a pair")  # fmt: skip
+    if failed:  # the summary covers the others; the exit status says that some were left out (the bad-file policy)
+        text = (f"{len(failed)} pair(s) failed and were skipped (listed in {out / 'failed.json'}); first: "
+                f"{failed[0]['pair']}: {failed[0]['error']}")  # fmt: skip
+        if not args.skip_bad:
+            print(f"error: {text}; pass --skip-bad to accept a run without them", file=sys.stderr)
+            return 1
+        print(text, file=sys.stderr)
     return 0
 
 

@@ -705,8 +705,11 @@ def evaluate_scores(scores: ScoreFile, asv: AsvScores | None = None) -> dict[str
     Raises:
         ValueError: NaN/inf scores (naming the first utt id), a class absent, hard decisions.
     """
-    _check_finite(scores.score, scores.utt_id)
     name = scores.path.name if scores.path else "scores"
+    try:
+        _check_finite(scores.score, scores.utt_id)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") if scores.path else e from None
     bona, spoof = scores.bonafide_scores, scores.spoof_scores
     for values, key in ((bona, "bonafide"), (spoof, "spoof")):
         if values.size == 0:

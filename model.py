@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -279,8 +280,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def use_bf16(precision: str, device: torch.device) -> bool:
     """The precision rule of every script: `auto` = bf16 autocast on a CUDA device that supports it, fp32
-    elsewhere (on this project's 2-core CPU bf16 autocast trained no faster than fp32 and scored 0.7x as fast);
-    `bf16` / `fp32` force it on any device (torch runs bf16 autocast on the CPU too)."""
+    elsewhere; `bf16` / `fp32` force it on any device (torch runs bf16 autocast on the CPU too). On the CPU it
+    depends on the chip, so auto stays fp32 there: on an earlier 2-core VM bf16 trained no faster and scored 0.7x as
+    fast; on a 2-core AMD EPYC with AVX512-BF16 it trained 1.65x faster (bench.py, README) -- pass --precision bf16
+    where bench.py says it pays."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
@@ -290,7 +293,8 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def use_channels_last(flag: bool | None, device: torch.device) -> bool:
     """The memory-format rule: channels_last unless `--no-channels-last`, on CUDA (cuDNN's fast convolutions) and on
-    the CPU, where oneDNN measured 1.4x (training) and 1.75x (scoring) the NCHW throughput of the STC LCNN (bench.py);
+    the CPU, where oneDNN measured 1.2-1.4x (training) and 1.75x (scoring) the NCHW throughput of the STC LCNN
+    (bench.py, on two 2-core VMs);
     off on other devices (MPS), where it was never measured."""
     if flag is not None:
         return bool(flag)
@@ -413,7 +417,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns in several lines about a foreign pickle protocol first
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, foreign pickle, pickled code ...
         raise ValueError(
             f"{path}: not a readable train.py checkpoint ({type(e).__name__} from torch.load(weights_only=True)); "
@@ -542,6 +548,13 @@ def load_checkpoint(
         raise ValueError(f"{path}: stored args['pad'] = {pad!r}; expected one of {', '.join(PADS)}")
     if not isinstance(ckpt["model"], dict):
         raise ValueError(f"{path}: stored model is a {type(ckpt['model']).__name__}, expected a state dict")
+    # fc29's weight shape follows from in_bins x num_frames: checked first, so that forged sizes never build an LCNN
+    fc = ckpt["model"].get("classifier.fc29.weight")
+    need = 32 * (model_args.get("in_bins", 863) // 16) * (model_args.get("num_frames", 600) // 16)
+    if not isinstance(fc, torch.Tensor) or fc.dim() != 2 or fc.shape[1] != need:
+        have = f"{fc.shape[1]:,}" if isinstance(fc, torch.Tensor) and fc.dim() == 2 else "none"
+        raise ValueError(f"{path}: stored model_args {model_args} give fc29 {need:,} inputs, but its weights have "
+                         f"{have}: the checkpoint is damaged or forged")  # fmt: skip
     model = build_model(model_args)
     try:
         model.load_state_dict(ckpt["model"])

@@ -18,6 +18,7 @@ import sys
 import tarfile
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -457,9 +458,13 @@ def test_data_dataset_lists_every_problem_or_skips_and_counts(tmp_path, capsys):
         data.ASVspoof2019LA(la, "train", 8000)
     with pytest.raises(RuntimeError) as err:
         data.ASVspoof2019LA(la, "train", 8000, verify=True)
-    assert "2 problem(s)" in str(err.value) and "LA_T_0000002.flac: missing" in str(err.value)
-    assert "LA_T_0000003.flac: truncated" in str(err.value) and "--skip-bad" in str(err.value)
-    with pytest.raises(RuntimeError, match=r"(?s)2 problem\(s\).*LA_T_0000002\.flac: missing.*LA_T_0000003\.flac"):
+    # one line: the count, the first problem, where the full list is, the way out
+    assert "2 problem(s)" in str(err.value) and "first: " in str(err.value) and "\n" not in str(err.value)
+    assert "LA_T_0000002.flac: missing" in str(err.value) and "data.py --check lists every problem" in str(err.value)
+    assert "--skip-bad" in str(err.value)
+    with pytest.raises(
+        RuntimeError, match=r"^2 problem\(s\) in the 3 train files .*first: \S+LA_T_0000002\.flac: missing"
+    ):
         data.ASVspoof2019LA(la, "train", 8000, cache=True)
     capsys.readouterr()
     for kwargs in ({"verify": True}, {"cache": True}):
@@ -633,6 +638,46 @@ def data_nonfinite_wav(path: Path, where: str = "end", value: float = float("nan
     x[100 if where == "start" else -50] = value
     sf.write(path, x, 16000, format="WAV", subtype="FLOAT")  # (even when named .flac: soundfile reads the header)
     return path
+
+
+def test_data_a_wav_cut_short_is_truncated_although_libsndfile_reads_it(tmp_path):
+    ok = tmp_path / "ok.wav"
+    sf.write(ok, data_tone(1.0), 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(ok.read_bytes()[:16000])  # header intact, half of the samples gone
+    lying = tmp_path / "lying.wav"  # a data chunk that claims 2 GB
+    raw = bytearray(ok.read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at : at + 4] = (2**31).to_bytes(4, "little")
+    lying.write_bytes(bytes(raw))
+    assert sf.info(str(cut)).frames > 0 and len(sf.read(str(cut))[0]) < 16000  # libsndfile: a shorter valid file
+    for path in (cut, lying):
+        with pytest.raises(RuntimeError, match=rf"{path.name}: truncated: the WAV header declares [\d,]+ bytes of audio, "
+                                               r"the file holds [\d,]+"):  # fmt: skip
+            data.load_audio(path)
+        assert data.check_audio_file(path)[1][0].startswith("truncated: the WAV header declares")
+    # complete files and streaming headers (size unknown: 0xFFFFFFFF) are fine
+    assert (
+        data.wav_shortfall(ok) is None and data.check_audio_file(ok)[1] == [] and data.load_audio(ok).shape == (16000,)
+    )
+    stream = tmp_path / "stream.wav"
+    raw = bytearray(ok.read_bytes())
+    raw[at : at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    stream.write_bytes(bytes(raw))
+    assert data.wav_shortfall(stream) is None
+    assert data.wav_shortfall(DEMO / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac") is None  # not a WAV
+
+
+def test_run_cli_turns_an_allocation_failure_into_one_line_naming_the_size_flags(capsys):
+    def main(argv):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:124] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 128000000000 bytes.\nmore torch text")  # fmt: skip
+
+    with pytest.raises(SystemExit) as done:
+        data.run_cli(main, [])
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and err.count("\n") == 1
+    assert err.startswith("error: out of memory (") and "--batch-size" in err and "--num-frames" in err
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -1128,7 +1173,10 @@ def test_nan_scores_are_counted_and_the_first_utt_named(protocols):
     s.score[[0, 10, 20]] = np.nan
     with pytest.raises(ValueError) as e:
         metrics.evaluate_scores(s)
-    assert str(e.value) == "3 of 71,237 scores are NaN (first: LA_E_2834763); EER and t-DCF need finite scores"
+    assert (
+        str(e.value)
+        == "B01_LA_primary_eval.txt: 3 of 71,237 scores are NaN (first: LA_E_2834763); EER and t-DCF need finite scores"
+    )
 
 
 def test_evaluate_scores_without_bonafide_trials_names_the_file(tmp_path):
@@ -1671,6 +1719,7 @@ def test_non_finite_training_file_is_named_or_skipped_and_counted_never_zeroed(t
     lcnn_train.main(_train_tree_flags(root, tmp_path / "cache", "--skip-bad", "--cache-audio"))
     (h,) = _train_metrics(tmp_path / "cache")
     assert h["n_train"] == 12 and np.isfinite(h["train_loss"])  # left out at decoding, not cached as zeros
+    assert h["n_bad"] == 1  # and counted like a file met in the loop
     with pytest.raises(RuntimeError, match=rf"{bad}: .*NaN or inf"):
         lcnn_train.main(_train_tree_flags(root, tmp_path / "cache2", "--cache-audio"))
 
@@ -2351,22 +2400,45 @@ class _PickledCode:  # a checkpoint that would run code if loaded without weight
         return (os.system, ("echo pwned",))
 
 
-@pytest.mark.parametrize("content", ["text", "truncated", "code", "list"])
+@pytest.mark.parametrize("content", ["text", "truncated", "code", "code-protocol-4", "list"])
 def test_unreadable_checkpoint_is_one_clear_line_without_torch_advice(tmp_path, evaluate_ckpt, content):
     path = tmp_path / "c.pt"
     if content == "text":
         path.write_text("hello")
     elif content == "truncated":
         path.write_bytes(evaluate_ckpt.read_bytes()[:5000])
-    elif content == "code":
-        torch.save({"model": _PickledCode()}, path)
+    elif content.startswith("code"):  # protocol 4: torch first warns in several lines about the protocol
+        torch.save({"model": _PickledCode()}, path, pickle_protocol=4 if content.endswith("4") else 2)
     else:
         torch.save([1, 2], path)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError) as err, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         evaluate.load_scorer(path)
+    assert not caught, [str(w.message)[:80] for w in caught]  # nothing but the one line reaches the user
     message = str(err.value)
     assert message.startswith(f"--ckpt {path}: ") and "\n" not in message and "weights_only=False" not in message
     assert "train.py checkpoint" in message
+
+
+def test_an_asv_score_file_named_on_the_command_line_is_read_before_scoring(evaluate_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "score_split", lambda *a, **k: pytest.fail("scored before reading --asv-scores"))
+    base = ["--ckpt", str(evaluate_ckpt), "--data-root", str(DEMO), "--split", "dev", "--out", str(tmp_path / "s.txt")]
+    with pytest.raises(FileNotFoundError, match="none.txt"):
+        evaluate.main([*base, "--asv-scores", str(tmp_path / "none.txt")])
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("LA_0069 target\n")
+    with pytest.raises(ValueError, match=r"garbage\.txt line 1"):
+        evaluate.main([*base, "--asv-scores", str(garbage)])
+
+
+def test_forged_sizes_in_a_checkpoint_are_refused_before_any_model_is_built(evaluate_ckpt, tmp_path, monkeypatch):
+    ckpt = torch.load(evaluate_ckpt, weights_only=True)
+    ckpt["model_args"].update(in_bins=2**14, num_frames=2**22)  # an LCNN of 5.5 TB of weights
+    torch.save(ckpt, tmp_path / "forged.pt")
+    monkeypatch.setattr(lcnn_model, "build_model", lambda *a: pytest.fail("built a model from forged sizes"))
+    with pytest.raises(ValueError, match=r"forged\.pt: stored model_args .* give fc29 .* inputs, but its weights "
+                                         r"have .*: the checkpoint is damaged or forged"):  # fmt: skip
+        lcnn_model.load_checkpoint(tmp_path / "forged.pt")
 
 
 def test_flags_that_contradict_the_checkpoint_are_refused(evaluate_ckpt, monkeypatch):
@@ -2412,6 +2484,13 @@ def test_bench_times_the_real_loops_against_naive_on_a_tiny_config(tmp_path, cap
     ours = next(r for r in rows if r["pipeline"] == "ours" and r["what"] == "train")
     assert ours["samples"] == 4 and np.isfinite(ours["loss"]) and ours["peak_bytes"] > 0  # train_one_epoch's own result
     assert (tmp_path / "score" / "scores_eval.txt").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--naive-n", "--train-pool", "--gpu-eval-files", "--batch-size"])
+def test_bench_refuses_impossible_sizes_before_any_work(tmp_path, flag, monkeypatch):
+    monkeypatch.setattr(bench, "generate_la_files", lambda *a, **k: pytest.fail("started work"))
+    with pytest.raises(ValueError, match=rf"{flag} must be at least 2, got -5"):
+        bench.main(["--what", "all", flag, "-5", "--files-dir", str(tmp_path)])
 
 
 def test_bench_flops_counter_matches_the_stc_table():
@@ -2840,14 +2919,15 @@ def test_explain_many_pairs_from_a_folder_resume_and_name_a_failing_pair(tmp_pat
     argv = ["--real-dir", str(folder), "--vocode", "griffinlim", "melgl", "--ckpt", str(ckpt), "--out", str(out),
             "--random-seeds", "2", "--reinit-seeds", "1", "--faith-ks", "5", "20", "--figures", "1",
             "--device", "cpu"]  # fmt: skip
-    assert explain.main(argv) == 0
+    assert explain.main(argv) == 1  # every other pair explained and summarised; the exit status says two are missing
     captured = capsys.readouterr()
+    assert "error: 2 pair(s) failed and were skipped" in captured.err and "pass --skip-bad" in captured.err
     pairs = explain_pairs_of(out)
     assert len(pairs) == 6 and {p.speaker for p in pairs.values()} == {"LA_0079"}
     failed = json.loads((out / "failed.json").read_text())
     assert [f["pair"] for f in failed] == ["griffinlim__LA_0080_broken", "melgl__LA_0080_broken"]
     assert "pair griffinlim__LA_0080_broken failed, skipped: " in captured.err and "cannot decode audio" in captured.err
-    assert "ETA" in captured.err and "2 pair(s) failed and were skipped" in captured.out
+    assert "ETA" in captured.err
     assert len(list(out.glob("maps_*.png"))) == 1  # --figures 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_pairs"] == 6 and set(summary["vocoders"]) == {"griffinlim", "melgl"}
@@ -2857,8 +2937,11 @@ def test_explain_many_pairs_from_a_folder_resume_and_name_a_failing_pair(tmp_pat
     assert summary["vocoders"]["melgl"]["detection"]["eer"] is not None
     # a rerun explains nothing again: finished pairs are skipped, the failed ones retried
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "pairs").glob("*.json")}
-    assert explain.main(argv) == 0
-    assert "resuming" in capsys.readouterr().out and all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    assert explain.main([*argv, "--skip-bad"]) == 0  # --skip-bad accepts a run without the pairs that failed
+    rerun = capsys.readouterr()
+    assert "2 pair(s) failed and were skipped" in rerun.err
+    assert not [line for line in rerun.err.splitlines() if line.startswith("error:")]
+    assert "resuming" in rerun.out and all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     # other settings into the same folder are refused
     with pytest.raises(ValueError, match=r"holds pairs explained with other settings \(faith_ks\)"):
         explain.main([*argv[:-6], "--faith-ks", "10", "--figures", "1", "--device", "cpu"])
@@ -2869,6 +2952,15 @@ def test_explain_many_pairs_from_a_folder_resume_and_name_a_failing_pair(tmp_pat
         "griffinlim__LA_0079_LA_T_1138215",
         "melgl__LA_0079_LA_T_1138215",
     ]
+
+
+def test_explain_a_single_pair_that_fails_is_the_one_error_of_the_run(tmp_path):
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(b"not audio")
+    with pytest.raises(RuntimeError, match=r"^\S*bad\.flac: cannot decode audio"):
+        explain.main(["--real", str(bad), "--vocode", "griffinlim", "--ckpt", str(ckpt), "--out", str(tmp_path / "o"),
+                      "--device", "cpu"])  # fmt: skip
 
 
 def test_explain_every_bona_fide_file_of_a_split_and_every_vocv4_pair(tmp_path):

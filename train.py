@@ -693,6 +693,8 @@ def train(args: argparse.Namespace) -> list[dict]:
     # data: waveforms from the loaders, features on the device
     frontend = make_frontend(args.frontend).to(device)
     train_loader, dev_loader, generator = make_loaders(args, frontend, device)
+    # files --skip-bad left out before the first epoch (missing, empty, undecodable): counted in every epoch's n_bad
+    n_left_out = sum(len(getattr(loader.dataset, "skipped", ())) for loader in (train_loader, dev_loader))
 
     # model, optimiser, scheduler: from scratch or from the checkpoint
     model, optimizer, scheduler = make_model(args, frontend.n_bins, device)
@@ -768,7 +770,7 @@ def train(args: argparse.Namespace) -> list[dict]:
                       file=sys.stderr, flush=True)  # fmt: skip
             raise
         metrics = dict(epoch=epoch, train_loss=result["train_loss"], **dev, lr=result["lr"],
-                       n_bad=result["n_bad"] + scores["n_bad"], n_train=result["n_files"], n_dev=len(scores["score"]),
+                       n_bad=n_left_out + result["n_bad"] + scores["n_bad"], n_train=result["n_files"], n_dev=len(scores["score"]),
                        seconds=result["seconds"], files_per_s=round(result["n_files"] / max(result["seconds"], 1e-9), 2))  # fmt: skip
         if metrics["dev_eer"] < best[0]:
             best = (metrics["dev_eer"], epoch)

@@ -2014,7 +2014,9 @@ def test_torchrun_two_cpu_processes_gather_every_dev_file_once(tmp_path):
     net = lcnn_model.load_checkpoint(run / "last.pt").model
     single = lcnn_train.gather_scores(lcnn_train.evaluate(net, frontend, dev_loader, torch.device("cpu"), "bf16"))
     assert single["utt_id"] == expected
-    assert np.allclose([scores[u] for u in single["utt_id"]], single["score"], atol=1e-5)
+    # bf16: oneDNN's kernels depend on the batch (shards of 11 and 10 against one of 21); on a CPU with native bf16
+    # one score of 21 moved by 4.9e-4, half a bf16 step at these values (measured): 2e-3 leaves room
+    assert np.allclose([scores[u] for u in single["utt_id"]], single["score"], atol=2e-3)
     assert lcnn_train.dev_metrics(single)["dev_eer"] == pytest.approx(h["dev_eer"], abs=1e-9)
 
 
@@ -3034,10 +3036,9 @@ def test_explain_non_finite_audio_is_one_error_naming_the_file(tmp_path):
     nan = data_nonfinite_wav(tmp_path / "real.wav", "start")
     sf.write(tmp_path / "fake.wav", data_tone(1.0), 16000)
     for real, fake in ((nan, tmp_path / "fake.wav"), (tmp_path / "fake.wav", nan)):
-        with pytest.raises(RuntimeError, match=rf"no pair could be explained .*{nan.name}: 1 sample\(s\) are NaN"):
+        with pytest.raises(ValueError, match=rf"^\S*{nan.name}: 1 sample\(s\) are NaN"):  # the one pair: its error
             explain.main(["--real", str(real), "--fake", str(fake), "--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
         assert not list((tmp_path / "o" / "pairs").glob("*.json"))  # never a result computed from NaN
-        assert "NaN" in json.loads((tmp_path / "o" / "failed.json").read_text())[0]["error"]
 
 
 @explain_needs_nii

@@ -146,6 +146,10 @@ class LALayout:
     def audio_path(self, split: str, utt_id: str) -> Path:
         return self.audio_dir(split) / f"{utt_id}.flac"
 
+    def entry_path(self, split: str, entry: ProtocolEntry) -> Path:
+        """Where a protocol entry's audio is: its own `path` (a vocoded copy in the cache), else the split's flac/."""
+        return Path(entry.path) if entry.path else self.audio_path(split, entry.utt_id)
+
     def asv_scores_path(self, split: str) -> Path:
         return self.root / ASV_SCORES_DIR / f"ASVspoof2019.LA.asv.{split}.gi.trl.scores.txt"
 
@@ -195,6 +199,16 @@ def sound_file(path: Path):
         return sf.SoundFile(str(path))
     except UnicodeEncodeError:
         return sf.SoundFile(open(path, "rb"))  # noqa: SIM115  (closed with the SoundFile)
+
+
+def audio_file(path: str | os.PathLike) -> Path:
+    """The path of an audio file that exists, or FileNotFoundError saying what is there instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: is a folder, expected an audio file")
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    return path
 
 
 AUDIO_BLOCK = 1 << 16  # frames decoded at a time when a file is scanned
@@ -269,10 +283,7 @@ def load_audio(
         FileNotFoundError, RuntimeError (unreadable or truncated), ValueError (empty, or NaN / inf samples: a float
         file can hold them, and one would turn every score and loss it touches into NaN) -- each naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder, expected an audio file" if path.is_dir() else "not found"
-        raise FileNotFoundError(f"audio file {what}: {path}" if what == "not found" else f"{path}: {what}")
+    path = audio_file(path)
 
     def check_finite(block: np.ndarray, at: int, sr: int) -> None:
         bad = ~np.isfinite(block)
@@ -337,9 +348,7 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int]:
     Raises:
         FileNotFoundError, RuntimeError (not an audio file soundfile reads), each naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
+    path = audio_file(path)
     try:
         with sound_file(path) as f:
             return f.frames, f.samplerate
@@ -771,7 +780,7 @@ def prepare_vocoded(
             dst = folder / f"{name}_{e.utt_id}.wav"
             out.append(ProtocolEntry(e.speaker, f"{name}_{e.utt_id}", name, "spoof", str(dst)))
             if not dst.is_file():
-                src = Path(e.path) if e.path else layout.audio_path(split, e.utt_id)
+                src = layout.entry_path(split, e)
                 jobs.append((str(src), name, str(dst)))
     if jobs:
         import multiprocessing
@@ -943,7 +952,7 @@ def check_audio_files(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    paths = [e.path or str(layout.audio_path(split, e.utt_id)) for e in entries]
+    paths = [str(layout.entry_path(split, e)) for e in entries]
     bar = Progress(len(paths), label) if progress and len(paths) > 1000 else None
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(paths[k : k + CHECK_CHUNK], deep) for k in range(0, len(paths), CHECK_CHUNK)]
@@ -1114,8 +1123,7 @@ class ASVspoof2019LA(Dataset):
             problems += check_audio_files(self.layout, self.split, todo, label=f"verify {self.split}")[0]
         pcm_of = {}
         if cache:
-            paths = [Path(e.path) if e.path else self.layout.audio_path(self.split, e.utt_id) for e in todo]
-            pcms, failed = decode_all(paths, skip_bad=True)
+            pcms, failed = decode_all([self.layout.entry_path(self.split, e) for e in todo], skip_bad=True)
             pcm_of = {e.utt_id: pcm for e, pcm in zip(todo, pcms) if pcm is not None}
             problems += failed
         return problems, pcm_of
@@ -1146,8 +1154,7 @@ class ASVspoof2019LA(Dataset):
         return len(self.entries)
 
     def path(self, i: int) -> Path:
-        e = self.entries[i]
-        return Path(e.path) if e.path else self.layout.audio_path(self.split, e.utt_id)
+        return self.layout.entry_path(self.split, self.entries[i])
 
     def waveform(self, i: int) -> torch.Tensor:
         """Item i's whole decoded file (N,). The whole file, not only the item's window: a file truncated, damaged or

@@ -86,14 +86,14 @@ def _describe_nonfinite(values: np.ndarray) -> str:
     return "inf" if n_nan == 0 else "NaN or inf"
 
 
-def _check_finite(scores: np.ndarray, utt_ids: np.ndarray | None = None) -> None:
-    """Raise ValueError naming how many scores are NaN/inf and the first one."""
+def _check_finite(scores: np.ndarray, utt_ids: np.ndarray | None = None, source: str = "") -> None:
+    """Raise ValueError naming how many scores are NaN/inf and the first one (after `source`, e.g. the file)."""
     bad = ~np.isfinite(scores)
     if bad.any():
         first = int(np.argmax(bad))
         where = utt_ids[first] if utt_ids is not None else f"index {first}"
         raise ValueError(
-            f"{int(bad.sum()):,} of {scores.size:,} scores are {_describe_nonfinite(scores[bad])} "
+            f"{source}{int(bad.sum()):,} of {scores.size:,} scores are {_describe_nonfinite(scores[bad])} "
             f"(first: {where}); EER and t-DCF need finite scores"
         )
 
@@ -322,10 +322,7 @@ def read_asv_scores(path: str | Path) -> AsvScores:
             raise ValueError(f"{path.name} has no {key} trials; the t-DCF needs target, nontarget and spoof ASV scores")
     asv = AsvScores(*(np.array(columns[k], dtype=np.float64) for k in ASV_KEYS), path=path)
     for key in ASV_KEYS:
-        try:
-            _check_finite(getattr(asv, key))
-        except ValueError as e:
-            raise ValueError(f"{path.name}: {key} ASV {e}") from None
+        _check_finite(getattr(asv, key), source=f"{path.name}: {key} ASV ")
     return asv
 
 
@@ -706,10 +703,7 @@ def evaluate_scores(scores: ScoreFile, asv: AsvScores | None = None) -> dict[str
         ValueError: NaN/inf scores (naming the first utt id), a class absent, hard decisions.
     """
     name = scores.path.name if scores.path else "scores"
-    try:
-        _check_finite(scores.score, scores.utt_id)
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") if scores.path else e from None
+    _check_finite(scores.score, scores.utt_id, f"{name}: " if scores.path else "")
     bona, spoof = scores.bonafide_scores, scores.spoof_scores
     for values, key in ((bona, "bonafide"), (spoof, "spoof")):
         if values.size == 0:

@@ -444,6 +444,12 @@ def _check_type(path: Path, where: str, value, kind: type | tuple, what: str) ->
         )
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's text (torch's load_state_dict lists every key on its own line), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def check_model_args(model_args, path: Path) -> dict:
     """The checkpoint's `model_args` with their types and values checked (one ValueError naming the key)."""
     if not isinstance(model_args, dict):
@@ -561,8 +567,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: the weights do not fit LCNN({model_args}): {first}") from None
+        raise ValueError(f"{path}: the weights do not fit LCNN({model_args}): {first_line(e)}") from None
     frontend = None
     if make_frontend is not None:
         try:

@@ -65,6 +65,7 @@ from model import (
     bonafide_score,
     configure_backend,
     count_parameters,
+    first_line,
     make_adam,
     read_checkpoint,
     release_cpu_memory,
@@ -569,8 +570,8 @@ def restore_state(ckpt: dict, path: Path, model, optimizer, scheduler) -> None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot resume {path}: its state does not fit the model the flags build ({first})") from None
+        raise ValueError(f"cannot resume {path}: its state does not fit the model the flags build "
+                         f"({first_line(e)})") from None  # fmt: skip
 
 
 def resume_checkpoint_path(resume: str) -> Path:
@@ -694,7 +695,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     frontend = make_frontend(args.frontend).to(device)
     train_loader, dev_loader, generator = make_loaders(args, frontend, device)
     # files --skip-bad left out before the first epoch (missing, empty, undecodable): counted in every epoch's n_bad
-    n_left_out = sum(len(getattr(loader.dataset, "skipped", ())) for loader in (train_loader, dev_loader))
+    n_left_out = len(train_loader.dataset.skipped) + len(dev_loader.dataset.skipped)
 
     # model, optimiser, scheduler: from scratch or from the checkpoint
     model, optimizer, scheduler = make_model(args, frontend.n_bins, device)

@@ -40,26 +40,34 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from data import (
-    SAMPLE_RATE,
-    SPLITS,
+from cli import (
     ArgumentParser,
-    ASVspoof2019LA,
-    LALayout,
     add_common_args,
-    add_model_args,
     atomic_write,
     check_output_path,
-    collate,
     default_num_workers,
-    find_la_root,
     format_seconds,
-    make_frontend,
-    read_cm_protocol,
     resolve_device,
     run_cli,
 )
-from model import bonafide_score, build_model
+from corpora import (
+    SPLITS,
+    LALayout,
+    find_la_root,
+    read_cm_protocol,
+)
+from data import (
+    SAMPLE_RATE,
+    ASVspoof2019LA,
+    add_input_args,
+    collate,
+    make_frontend,
+)
+from model import (
+    add_model_args,
+    bonafide_score,
+    build_model,
+)
 
 HERE = Path(__file__).resolve().parent
 LA_EVAL_FILES = 71_237
@@ -354,7 +362,7 @@ def _train_args(root: str, n: int, batch_size: int, device: str, frontend: str, 
             "--limit-dev", "2", "--device", device, "--precision", precision, "--out", out, "--log-every", "1e9",
             "--seed", "0"]  # fmt: skip
     argv += ["--cache-audio"] if cache else []
-    argv += [] if num_workers is None else ["--num-workers", str(num_workers)]  # None: data.default_num_workers
+    argv += [] if num_workers is None else ["--num-workers", str(num_workers)]  # None: cli.default_num_workers
     argv += [] if channels_last is None else (["--channels-last"] if channels_last else ["--no-channels-last"])
     return train.parse_args(argv)
 
@@ -866,8 +874,9 @@ def bench_gpu(args, device: torch.device, folder: Path) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
+    add_input_args(parser)
     add_model_args(parser)
-    parser.set_defaults(batch_size=None)  # --num-workers None: ours follows data.default_num_workers, naive uses cores
+    parser.set_defaults(batch_size=None)  # --num-workers None: ours follows cli.default_num_workers, naive uses cores
     g = parser.add_argument_group("bench.py")
     g.add_argument("--what", choices=("train", "score", "all", "scale", "gpu"), default="all", help="which benchmark")
     g.add_argument(

@@ -1,19 +1,28 @@
-"""data.py -- ASVspoof 2019 LA as users have it on disk: protocols, layouts, audio, front-ends, Dataset.
+"""data.py -- the data pipeline: audio I/O, crop/pad/augment, front-ends, the Dataset and its bad-file policy.
 
     python data.py --data-root ROOT --check [--split S] [--json] [--deep]
     python data.py --data-root ROOT --show LA_T_4179989 --out item.png
-    python data.py --download --to DIR [--source datashare|kaggle|vocv4] [--url URL]
+    python data.py --download --to DIR [--source datashare|kaggle|vocv4] [--url URL]   (download.py, then --check)
+
+Inside, in pipeline order:
+  * audio: `load_audio` (one small function per decode path: whole file, verified window, fast window; then
+    resampling), `audio_info`, `audio_file`, `wav_shortfall`, `resample`;
+  * crop/pad/augment: `fix_length`, `fix_window`, `augment_waveform`, `PADS`;
+  * front-ends: `STFTFrontEnd` (STC), `LogMelFrontEnd` (seed recipe), `make_frontend`, `FRONTENDS`,
+    `add_input_args` (--frontend, --num-frames, --pad), `describe_frontend`;
+  * checking a tree: `Problem`, `find_missing`, `find_present`, `check_audio_file(s)`, `check_split_files`,
+    `check_dataset`, `format_check_report` (--check);
+  * the Dataset: `ASVspoof2019LA`, and the one policy for unreadable audio: `BadAudio`, `BadAudioError`,
+    `count_bad`, `decode_all`, `collate`;
+  * --show: `plot_item`; the command line.
+
+Where the labels are (protocols, layouts, corpora) is corpora.py; the shared flags, progress and writes are cli.py.
 
 Conventions used by every script of the collection:
   * label 1 = bona fide, 0 = spoof, so a model's two outputs are [spoof, bona fide];
   * audio is read with soundfile (FLAC and WAV; torchaudio 2.9's `load` needs TorchCodec and FFmpeg, which are
     not on these machines), downmixed to mono and resampled to 16 kHz; all DSP is torch/torchaudio;
   * features are (B, 1, F, T) tensors made on any device by a front-end module from fixed-length waveforms.
-
-The database: ASVspoof 2019 LA (Wang et al., "ASVspoof 2019: a large-scale public database of synthesized,
-converted and replayed speech", CSL 2020; Todisco et al., Interspeech 2019), ODC-By 1.0, from Edinburgh
-DataShare (https://datashare.ed.ac.uk/handle/10283/3336, DOI 10.7488/ds/2555): 16 kHz mono FLAC, train 25,380
-files (A01-A06), dev 24,844 (A01-A06), eval 71,237 (A07-A19), 20 / 10+10 / 48+19 speakers (VCTK).
 """
 
 from __future__ import annotations
@@ -21,170 +30,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tarfile
-import tempfile
-import threading
-import time
-import traceback
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from metrics import ArgumentParser, atomic_write, text_lines  # noqa: F401  (one of each; re-exported)
+from cli import ArgumentParser, Progress, add_common_args, format_seconds, run_cli
+from corpora import (
+    SPLITS,
+    LALayout,
+    ProtocolEntry,
+    check_split,
+    find_la_root,
+    find_utterance,
+    read_cm_protocol,
+)
 
 SAMPLE_RATE = 16_000
-LABEL_SPOOF, LABEL_BONAFIDE = 0, 1
-SPLITS = ("train", "dev", "eval")
-PROTOCOL_FILES = {
-    "train": "ASVspoof2019.LA.cm.train.trn.txt",
-    "dev": "ASVspoof2019.LA.cm.dev.trl.txt",
-    "eval": "ASVspoof2019.LA.cm.eval.trl.txt",
-}
-PROTOCOL_DIR = "ASVspoof2019_LA_cm_protocols"
-ASV_SCORES_DIR = "ASVspoof2019_LA_asv_scores"
-ATTACKS = tuple(f"A{i:02d}" for i in range(1, 20))  # A01-A06 in train/dev, A07-A19 in eval (A16 = A04, A19 = A06)
-
-
-# ----------------------------------------------------------------------------- protocols
-
-
-@dataclass(frozen=True)
-class ProtocolEntry:
-    """One line of an official CM protocol: `SPEAKER UTT_ID - SYSTEM KEY`."""
-
-    speaker: str  # LA_0079
-    utt_id: str  # LA_T_1138215
-    system: str  # "-" for bona fide, A01..A19 for spoofs (a vocoder's name for copy-synthesised training spoofs)
-    key: str  # "bonafide" | "spoof"
-    path: str | None = None  # audio outside the split's flac/ folder (vocoded copies); None: the official place
-
-    @property
-    def label(self) -> int:
-        return LABEL_BONAFIDE if self.key == "bonafide" else LABEL_SPOOF
-
-
-def parse_protocol_line(line: str, where: str) -> ProtocolEntry:
-    """Parse one CM protocol line; `where` ("file line N") prefixes any error.
-
-    Raises:
-        ValueError: not 5 fields, a key other than bonafide/spoof, or a system other than '-' (bona fide) or
-            A01..A19 (spoof); the message holds `where`, the line and what was expected.
-    """
-    fields = line.split()
-    if len(fields) != 5:
-        raise ValueError(
-            f"{where}: expected 5 fields (speaker utt_id - system key), got {len(fields)}: {line.strip()!r}"
-        )
-    speaker, utt_id, _env, system, key = fields
-    if key not in ("bonafide", "spoof"):
-        raise ValueError(f"{where}: key must be 'bonafide' or 'spoof', got {key!r}: {line.strip()!r}")
-    if (key == "bonafide" and system != "-") or (key == "spoof" and system not in ATTACKS):
-        raise ValueError(
-            f"{where}: system must be '-' for bonafide and A01..A19 for spoof, got {system!r} with key {key!r}: "
-            f"{line.strip()!r}"
-        )
-    return ProtocolEntry(speaker, utt_id, system, key)
-
-
-def read_cm_protocol(path: str | os.PathLike) -> list[ProtocolEntry]:
-    """Read an official ASVspoof 2019 LA CM protocol into records, in file order.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: a malformed line (names file, line number, the line and what was expected) or a repeated utt id.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CM protocol not found: {path}")
-    entries, seen = [], {}
-    for number, line in text_lines(path, "CM protocol"):
-        if not line.strip():
-            continue
-        entry = parse_protocol_line(line, f"{path.name} line {number}")
-        if entry.utt_id in seen:
-            raise ValueError(f"{path.name} line {number}: utt id {entry.utt_id} already on line {seen[entry.utt_id]}")
-        seen[entry.utt_id] = number
-        entries.append(entry)
-    if not entries:
-        raise ValueError(f"{path}: the protocol is empty")
-    return entries
-
-
-# ----------------------------------------------------------------------------- on-disk layouts
-
-
-@dataclass(frozen=True)
-class LALayout:
-    """The official `LA/` folder: protocols, per-split `flac/` folders and the organisers' ASV scores."""
-
-    root: Path
-
-    def protocol_path(self, split: str) -> Path:
-        check_split(split)
-        return self.root / PROTOCOL_DIR / PROTOCOL_FILES[split]
-
-    def audio_dir(self, split: str) -> Path:
-        check_split(split)
-        return self.root / f"ASVspoof2019_LA_{split}" / "flac"
-
-    def audio_path(self, split: str, utt_id: str) -> Path:
-        return self.audio_dir(split) / f"{utt_id}.flac"
-
-    def entry_path(self, split: str, entry: ProtocolEntry) -> Path:
-        """Where a protocol entry's audio is: its own `path` (a vocoded copy in the cache), else the split's flac/."""
-        return Path(entry.path) if entry.path else self.audio_path(split, entry.utt_id)
-
-    def asv_scores_path(self, split: str) -> Path:
-        return self.root / ASV_SCORES_DIR / f"ASVspoof2019.LA.asv.{split}.gi.trl.scores.txt"
-
-    def protocol(self, split: str) -> list[ProtocolEntry]:
-        return read_cm_protocol(self.protocol_path(split))
-
-
-def check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-
-
-def find_la_root(data_root: str | os.PathLike | None) -> LALayout:
-    """Locate the official `LA/` folder from what a user points at.
-
-    Accepts the `LA/` folder itself, its parent (official LA.zip extracted), or the Kaggle copy whose
-    `LA/LA/` nesting is doubled.
-
-    Raises:
-        FileNotFoundError: one message listing every place looked in.
-    """
-    if data_root is None:
-        raise FileNotFoundError("no --data-root given: point it at the ASVspoof 2019 LA folder (or its parent)")
-    base = Path(data_root).expanduser()
-    if not base.exists():
-        raise FileNotFoundError(f"--data-root {base} does not exist")
-    candidates = [base, base / "LA", base / "LA" / "LA"]
-    for candidate in candidates:
-        if (candidate / PROTOCOL_DIR).is_dir():
-            return LALayout(candidate)
-    looked = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"--data-root {base} has no {PROTOCOL_DIR}/ (looked in {looked}): expected the official LA layout "
-        "or the Kaggle copy; point --data-root at the folder that holds it"
-    )
+PADS = ("repeat", "zeros")  # how a file shorter than the input is padded: repeated (STC, NII) or with zeros (seed)
 
 
 # ----------------------------------------------------------------------------- audio
@@ -208,6 +78,8 @@ def audio_file(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path}: is a folder, expected an audio file")
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path}: cannot read the audio file (permission denied); expected a readable file")
     return path
 
 
@@ -260,6 +132,57 @@ def resample(wave: torch.Tensor, sr: int, target: int = SAMPLE_RATE) -> torch.Te
     return wave if sr == target else AF.resample(wave, sr, target)
 
 
+class TruncatedAudio(RuntimeError):
+    """Decoding stopped short of what the file's header promises."""
+
+
+class NonFiniteAudio(ValueError):
+    """A float file holds NaN or inf samples (one would turn every score and loss it touches into NaN)."""
+
+
+def check_finite_block(block: np.ndarray, at: int, sr: int) -> None:
+    """NonFiniteAudio naming the count and the first bad sample of a decoded (N, C) block starting at sample `at`."""
+    bad = ~np.isfinite(block)
+    if bad.any():
+        first = int(np.argmax(bad.any(axis=1))) + at
+        raise NonFiniteAudio(f"{int(bad.sum()):,} sample(s) are NaN or inf (first at sample {first:,}, "
+                             f"{first / sr:.3f} s); expected finite audio in [-1, 1]")  # fmt: skip
+
+
+def decode_whole(f) -> np.ndarray:
+    """Decode path 1 -- the whole file: (N, C) float32, checked finite and complete."""
+    audio = f.read(dtype="float32", always_2d=True)
+    check_finite_block(audio, 0, f.samplerate)
+    if f.frames and audio.shape[0] < f.frames:
+        raise TruncatedAudio(f"truncated: decoding stops {f.frames - audio.shape[0]:,} samples short of the "
+                             f"{f.frames:,} the header promises")  # fmt: skip
+    return audio
+
+
+def decode_window_verified(f, start: int, num_samples: int) -> np.ndarray:
+    """Decode path 2 -- a window, with every block of the file decoded and checked (memory: one block + the window)."""
+    parts, pos, total = [], 0, f.frames
+    while pos < total:
+        block = f.read(AUDIO_BLOCK, dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            raise TruncatedAudio(f"truncated: decoding stops {total - pos:,} samples short of the "
+                                 f"{total:,} the header promises")  # fmt: skip
+        check_finite_block(block, pos, f.samplerate)
+        lo, hi = max(start - pos, 0), min(start + num_samples - pos, block.shape[0])
+        if lo < hi:
+            parts.append(block[lo:hi])
+        pos += block.shape[0]
+    return np.concatenate(parts)
+
+
+def decode_window_fast(f, start: int, num_samples: int) -> np.ndarray:
+    """Decode path 3 -- a window only (seek and read): for files already verified, e.g. by the Dataset."""
+    f.seek(start)
+    audio = f.read(num_samples, dtype="float32", always_2d=True)
+    check_finite_block(audio, start, f.samplerate)
+    return audio
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = SAMPLE_RATE,
@@ -280,54 +203,23 @@ def load_audio(
         (N,) float32 tensor in [-1, 1].
 
     Raises:
-        FileNotFoundError, RuntimeError (unreadable or truncated), ValueError (empty, or NaN / inf samples: a float
-        file can hold them, and one would turn every score and loss it touches into NaN) -- each naming the file.
+        FileNotFoundError, PermissionError, RuntimeError (unreadable or truncated), ValueError (empty, or NaN / inf
+        samples) -- each naming the file.
     """
     path = audio_file(path)
-
-    def check_finite(block: np.ndarray, at: int, sr: int) -> None:
-        bad = ~np.isfinite(block)
-        if bad.any():
-            first = int(np.argmax(bad.any(axis=1))) + at
-            raise ValueError(f"{path}: {int(bad.sum()):,} sample(s) are NaN or inf (first at sample {first:,}, "
-                             f"{first / sr:.3f} s); expected finite audio in [-1, 1]")  # fmt: skip
-
     if verify and (short := wav_shortfall(path)):
-        raise RuntimeError(f"{path}: {short}")
+        raise TruncatedAudio(f"{path}: {short}")
     try:
         with sound_file(path) as f:
             sr, total = f.samplerate, f.frames
-            window = num_samples is not None and sr == sample_rate and total > num_samples
-            if not window:
-                audio = f.read(dtype="float32", always_2d=True)  # (N, C)
-                start = 0
-                check_finite(audio, 0, sr)
-                if total and audio.shape[0] < total:
-                    raise RuntimeError(f"truncated: decoding stops {total - audio.shape[0]:,} samples short of the "
-                                       f"{total:,} the header promises")  # fmt: skip
+            if num_samples is None or sr != sample_rate or total <= num_samples:
+                audio = decode_whole(f)
             else:
                 start = int(torch.randint(0, total - num_samples + 1, ())) if random_crop else min(offset, total - 1)
-                if verify:  # every block decoded and checked, only the window kept
-                    parts, pos = [], 0
-                    while pos < total:
-                        block = f.read(AUDIO_BLOCK, dtype="float32", always_2d=True)
-                        if block.shape[0] == 0:
-                            raise RuntimeError(f"truncated: decoding stops {total - pos:,} samples short of the "
-                                               f"{total:,} the header promises")  # fmt: skip
-                        check_finite(block, pos, sr)
-                        lo, hi = max(start - pos, 0), min(start + num_samples - pos, block.shape[0])
-                        if lo < hi:
-                            parts.append(block[lo:hi])
-                        pos += block.shape[0]
-                    audio = np.concatenate(parts)
-                else:
-                    f.seek(start)
-                    audio = f.read(num_samples, dtype="float32", always_2d=True)
-                    check_finite(audio, start, sr)
-    except (ValueError, RuntimeError) as e:
-        if str(e).startswith(str(path)):
-            raise
-        raise RuntimeError(f"{path}: cannot decode audio ({e})") from e
+                decode = decode_window_verified if verify else decode_window_fast
+                audio = decode(f, start, num_samples)
+    except (TruncatedAudio, NonFiniteAudio) as e:  # our own findings keep their type; the file is named once
+        raise type(e)(f"{path}: {e}") from None
     except Exception as e:  # soundfile raises LibsndfileError with libsndfile's text
         raise RuntimeError(f"{path}: cannot decode audio ({e})") from e
     if audio.shape[0] == 0:
@@ -385,7 +277,7 @@ def fix_length(wave: torch.Tensor, num_samples: int, pad: str = "repeat", random
         return wave.repeat((num_samples + n - 1) // n)[:num_samples]
     if pad == "zeros":
         return torch.nn.functional.pad(wave, (0, num_samples - n))
-    raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
+    raise ValueError(f"pad must be {' or '.join(map(repr, PADS))}, got {pad!r}")
 
 
 def augment_waveform(wave: torch.Tensor, noise_std: float = 0.005) -> torch.Tensor:
@@ -506,309 +398,18 @@ def make_frontend(name: str) -> STFTFrontEnd:
     return FRONTENDS[name]()
 
 
-# ----------------------------------------------------------------------------- copy-synthesis: local vocoders
-
-# Analysis grid of the local vocoders: n_fft 1024 / hop 256 / Hann, the grid of HiFi-GAN's and WaveGlow's mel
-# front-ends (and of the published mask reproduction). It is deliberately NOT the LCNN's 1724/130 Blackman grid:
-# a real vocoder knows nothing of the detector, and re-synthesis on the detector's own grid would be a
-# near-perfect inverse of exactly the representation the model sees.
-VOCODER_N_FFT, VOCODER_HOP, VOCODER_N_MELS = 1024, 256, 80
-
-
-def vocode_griffinlim(
-    wave: torch.Tensor, n_fft: int = VOCODER_N_FFT, hop_length: int = VOCODER_HOP, n_iter: int = 64
-) -> torch.Tensor:
-    """Griffin-Lim re-synthesis from the STFT magnitude: the magnitude is kept, the phase is estimated.
-
-    Deterministic (`rand_init=False`: the iterations start from zero phase).
-
-    Args:
-        wave: (N,) waveform.
-    Returns:
-        (N,) waveform.
-    """
-    import torchaudio.transforms as T
-
-    spec = T.Spectrogram(n_fft=n_fft, hop_length=hop_length, power=1.0)(wave)  # (F, frames) magnitude
-    gl = T.GriffinLim(n_fft=n_fft, hop_length=hop_length, n_iter=n_iter, power=1.0, length=wave.numel(),
-                      rand_init=False)  # fmt: skip
-    return gl(spec).float()
-
-
-def vocode_melgl(
-    wave: torch.Tensor,
-    sample_rate: int = SAMPLE_RATE,
-    n_fft: int = VOCODER_N_FFT,
-    hop_length: int = VOCODER_HOP,
-    n_mels: int = VOCODER_N_MELS,
-    n_iter: int = 64,
-) -> torch.Tensor:
-    """Mel-spectrogram inversion then Griffin-Lim: what a mel-conditioned vocoder cannot recover.
-
-    80 Slaney mel bands up to 8 kHz on magnitude (HiFi-GAN's and WaveGlow's conditioning) -> least-squares
-    inverse of the filterbank (torchaudio's InverseMelScale, clipped at zero) -> Griffin-Lim. The harmonic
-    fine structure between mel bands and the phase are lost; the spectral envelope survives.
-
-    Args:
-        wave: (N,) waveform.
-    Returns:
-        (N,) waveform.
-    """
-    import torchaudio.transforms as T
-
-    mel = T.MelSpectrogram(
-        sample_rate,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        n_mels=n_mels,
-        power=1.0,
-        f_min=0.0,
-        f_max=sample_rate / 2,
-        norm="slaney",
-        mel_scale="slaney",
-    )(wave)  # (M, frames)
-    lin = T.InverseMelScale(
-        n_fft // 2 + 1, n_mels, sample_rate, f_min=0.0, f_max=sample_rate / 2, norm="slaney", mel_scale="slaney"
-    )(mel)  # (F, frames)
-    gl = T.GriffinLim(n_fft=n_fft, hop_length=hop_length, n_iter=n_iter, power=1.0, length=wave.numel(),
-                      rand_init=False)  # fmt: skip
-    return gl(lin).float()
-
-
-def optional_package(name: str, what: str):
-    """Import an optional extra (requirements-extras.txt) or raise one line saying how to get it."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise RuntimeError(f"{what} needs the optional package {name} (pip install {name}, or pip install -r "
-                           "requirements-extras.txt); the other vocoders need nothing more") from None  # fmt: skip
-
-
-def vocode_world(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE, frame_period: float = 5.0) -> torch.Tensor:
-    """WORLD analysis/synthesis (Morise et al., IEICE 2016): F0 by DIO + StoneMask, CheapTrick spectral envelope,
-    D4C aperiodicity, re-synthesised -- the vocoder of many VC and TTS systems. Needs the optional `pyworld`."""
-    pyworld = optional_package("pyworld", "the WORLD vocoder")
-    x = wave.double().numpy()
-    f0, t = pyworld.dio(x, sample_rate, frame_period=frame_period)
-    f0 = pyworld.stonemask(x, f0, t, sample_rate)
-    sp = pyworld.cheaptrick(x, f0, t, sample_rate)
-    ap = pyworld.d4c(x, f0, t, sample_rate)
-    y = torch.from_numpy(pyworld.synthesize(f0, sp, ap, sample_rate, frame_period)).float()
-    return F.pad(y, (0, max(0, wave.numel() - y.numel())))[: wave.numel()]
-
-
-def vocode_mlsa(
-    wave: torch.Tensor, sample_rate: int = SAMPLE_RATE, order: int = 24, alpha: float = 0.42, hop: int = 80
-) -> torch.Tensor:
-    """Mel-cepstral analysis and MLSA-filter synthesis (SPTK; Imai 1983, Tokuda et al. 1994), the classic HTS-era
-    vocoder: 24th-order mel-cepstrum (alpha 0.42 for 16 kHz), F0 by SWIPE', pulse/noise excitation. Needs the
-    optional `pysptk`."""
-    pysptk = optional_package("pysptk", "the MLSA vocoder")
-    from pysptk.synthesis import MLSADF, Synthesizer
-
-    x = wave.double().numpy()
-    n_fft = 512
-    padded = np.pad(x, (n_fft // 2, n_fft // 2))
-    count = 1 + (len(padded) - n_fft) // hop
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:count] * pysptk.blackman(n_fft)
-    mc = pysptk.mcep(frames + 1e-8 * np.random.default_rng(0).standard_normal(frames.shape), order, alpha,
-                     etype=1, eps=1e-8)  # fmt: skip
-    f0 = pysptk.swipe(x, fs=sample_rate, hopsize=hop, min=60, max=400, otype="f0")[:count]
-    pitch = np.where(f0 > 0, sample_rate / np.maximum(f0, 1e-8), 0.0)  # period in samples, 0 = unvoiced
-    excitation = pysptk.excite(pitch.astype(np.float64), hop)
-    y = Synthesizer(MLSADF(order=order, alpha=alpha), hop).synthesis(excitation, pysptk.mc2b(mc, alpha))
-    y = torch.from_numpy(np.ascontiguousarray(y)).float()
-    return F.pad(y, (0, max(0, wave.numel() - y.numel())))[: wave.numel()]
-
-
-VOCODERS = {"griffinlim": vocode_griffinlim, "melgl": vocode_melgl, "world": vocode_world, "mlsa": vocode_mlsa}
-
-
-def vocode(wave: torch.Tensor, name: str) -> torch.Tensor:
-    """Copy-synthesis of a (N,) waveform by the local vocoder `name` (a key of VOCODERS); returns (N,), finite.
-
-    Raises:
-        ValueError: an unknown name. RuntimeError: an optional package is missing, or the vocoder gave NaN/inf.
-    """
-    if name not in VOCODERS:
-        raise ValueError(f"unknown vocoder {name!r}; expected one of {', '.join(VOCODERS)}")
-    y = VOCODERS[name](wave)
-    if not torch.isfinite(y).all():
-        raise RuntimeError(f"the {name} vocoder gave non-finite samples")
-    return y
-
-
-# ----------------------------------------------------------------------------- vocv4 (project09-voc.v4) and vocoded data
-
-
-@dataclass(frozen=True)
-class Vocv4Entry:
-    """One vocv4 protocol line: `LA_0079 hifigan_LA_T_1703395 - hifigan spoof`."""
-
-    speaker: str  # LA_0079
-    name: str  # hifigan_LA_T_1703395 (the wav's stem)
-    vocoder: str  # hifigan
-    utt_id: str  # LA_T_1703395, the ASVspoof 2019 bona fide original
-
-
-def read_vocv4_protocol(path: str | os.PathLike) -> list[Vocv4Entry]:
-    """Read vocv4's protocol.txt; lines that are not vocoded spoofs (bona fide lines) are skipped.
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: a malformed line, naming file, line number and the line.
-    """
-    import re
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocv4 protocol not found: {path}")
-    entries = []
-    for number, line in text_lines(path, "vocv4 protocol"):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 5:
-            raise ValueError(f"{path.name} line {number}: expected 5 fields (speaker name - vocoder key), "
-                             f"got {len(fields)}: {line.strip()!r}")  # fmt: skip
-        speaker, name, _, vocoder, key = fields
-        if key != "spoof":
-            continue
-        m = re.search(r"(LA_[TDE]_\d{7})$", name)
-        if m is None:
-            raise ValueError(f"{path.name} line {number}: {name!r} does not end in an LA utterance id "
-                             "(expected <vocoder>_LA_T_1234567)")  # fmt: skip
-        entries.append(Vocv4Entry(speaker, name, vocoder, m.group(1)))
-    return entries
-
-
-def vocv4_files(
-    root: str | os.PathLike, vocoders: Sequence[str] | None = None, utt_ids: set[str] | None = None
-) -> list[tuple[Vocv4Entry, Path]]:
-    """Every vocoded file of an extracted vocv4 folder (optionally only some vocoders, or copies of some
-    utterances), with its wav path.
-
-    Args:
-        root: the `voc.v4` folder, or a folder above it that `find_vocv4_root` accepts.
-    Raises:
-        FileNotFoundError: no voc.v4 folder, or a listed wav missing. ValueError: a vocoder it does not list.
-    """
-    folder = find_vocv4_root(root)
-    entries = read_vocv4_protocol(folder / "protocol.txt")
-    if vocoders:
-        listed = sorted({e.vocoder for e in entries})
-        unknown = [v for v in vocoders if v not in listed]
-        if unknown:
-            raise ValueError(f"{folder / 'protocol.txt'} lists no {', '.join(unknown)} files (vocoders: "
-                             f"{', '.join(listed)})")  # fmt: skip
-        entries = [e for e in entries if e.vocoder in vocoders]
-    if utt_ids is not None:
-        entries = [e for e in entries if e.utt_id in utt_ids]
-    out = []
-    for e in entries:
-        path = folder / "wav" / f"{e.name}.wav"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is listed in {folder / 'protocol.txt'} but missing")
-        out.append((e, path))
-    return out
-
-
-def find_vocv4_files(root: str | os.PathLike, utt_id: str, vocoders: Sequence[str]) -> dict[str, Path]:
-    """Paths of `utt_id`'s vocoded copies in a vocv4 folder, one per vocoder, in the order of `vocoders`.
-
-    Raises:
-        FileNotFoundError / ValueError as `vocv4_files`; ValueError: the utterance has no copy by a vocoder.
-    """
-    folder = find_vocv4_root(root)
-    listed = {e.vocoder for e in read_vocv4_protocol(folder / "protocol.txt") if e.utt_id == utt_id}
-    mine = {e.vocoder: p for e, p in vocv4_files(folder, [v for v in vocoders if v in listed], {utt_id})}
-    missing = [v for v in vocoders if v not in mine]
-    if missing:
-        raise ValueError(f"{folder / 'protocol.txt'} lists no {missing[0]} copy of {utt_id} (vocoders listed for it: "
-                         f"{', '.join(sorted(listed)) or 'none'})")  # fmt: skip
-    return {v: mine[v] for v in vocoders}
-
-
-VOCODED_CACHE = "cache/vocoded"  # default --vocoded-cache
-
-
-def _vocode_job(job: tuple[str, str, str]) -> str | None:
-    """Make one cached vocoded copy (a worker task of `prepare_vocoded`); returns an error text or None."""
-    src, name, dst = job
-    try:
-        y = vocode(load_audio(src), name)  # float WAV: a copy louder than full scale is kept, not clipped
-        tmp = f"{dst}.{os.getpid()}.tmp"
-        import soundfile as sf
-
-        sf.write(tmp, y.numpy(), SAMPLE_RATE, format="WAV", subtype="FLOAT")
-        os.replace(tmp, dst)
-    except (RuntimeError, ValueError, FileNotFoundError, OSError) as e:
-        return f"{src}: {name}: {e}"
-    return None
-
-
-def prepare_vocoded(
-    layout: LALayout,
-    split: str,
-    entries: Sequence[ProtocolEntry],
-    vocoders: Sequence[str],
-    cache: str | os.PathLike = VOCODED_CACHE,
-    workers: int | None = None,
-) -> list[ProtocolEntry]:
-    """Copy-synthesised spoofs of the bona fide `entries` (the vocv4 recipe, arXiv:2210.10570, with local vocoders),
-    made once into `cache/<vocoder>/<vocoder>_<utt>.wav` and reused by every later run.
-
-    Returns:
-        One spoof entry per (bona fide entry, vocoder): utt_id `<vocoder>_<utt>`, system the vocoder's name, the
-        original's speaker, `path` the cached file.
-
-    Raises:
-        ValueError: an unknown vocoder. RuntimeError: an optional package is missing, or copies failed (listed).
-    """
-    for name in vocoders:
-        if name not in VOCODERS:
-            raise ValueError(f"--vocoded: unknown vocoder {name!r}; expected some of {', '.join(VOCODERS)}")
-        if name in ("world", "mlsa"):
-            optional_package({"world": "pyworld", "mlsa": "pysptk"}[name], f"--vocoded {name}")
-    bona = [e for e in entries if e.key == "bonafide"]
-    out, jobs = [], []
-    for name in vocoders:
-        folder = Path(cache) / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for e in bona:
-            dst = folder / f"{name}_{e.utt_id}.wav"
-            out.append(ProtocolEntry(e.speaker, f"{name}_{e.utt_id}", name, "spoof", str(dst)))
-            if not dst.is_file():
-                src = layout.entry_path(split, e)
-                jobs.append((str(src), name, str(dst)))
-    if jobs:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        print(f"vocoded copies: making {len(jobs):,} of {len(out):,} into {cache} (once; later runs reuse them)",
-              file=sys.stderr)  # fmt: skip
-        bar, errors = Progress(len(jobs), "vocode", every=5.0), []
-        workers = workers or os.cpu_count() or 1
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        # one thread each: a forked child must not use the parent's OpenMP pool (it hangs), and the workers share cores
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            for err in pool.map(_vocode_job, jobs, chunksize=4):
-                bar.update(1)
-                if err:
-                    errors.append(err)
-        bar.close()
-        if errors:
-            raise RuntimeError(f"{len(errors):,} vocoded copies failed, first: {errors[0]}")
-    return out
-
-
-def vocv4_training_entries(root: str | os.PathLike, entries: Sequence[ProtocolEntry],
-                           vocoders: Sequence[str] | None = None) -> list[ProtocolEntry]:  # fmt: skip
-    """vocv4's vocoded copies of the bona fide `entries` as spoof entries (system = vocoder, `path` = the wav)."""
-    keep = {e.utt_id for e in entries if e.key == "bonafide"}
-    return [ProtocolEntry(v.speaker, v.name, v.vocoder, "spoof", str(p)) for v, p in vocv4_files(root, vocoders, keep)]
+def add_input_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The input flags of every script that makes features: --frontend, --num-frames, --pad."""
+    g = parser.add_argument_group("input")
+    g.add_argument(
+        "--frontend",
+        choices=sorted(FRONTENDS),
+        default="stft",
+        help="stft: STC log-power STFT (863 bins); mel: seed recipe 20-band log-mel",
+    )
+    g.add_argument("--num-frames", type=int, default=600, help="fixed number of feature frames per item")
+    g.add_argument("--pad", choices=PADS, default="repeat", help="how short files are padded")
+    return parser
 
 
 # ----------------------------------------------------------------------------- checking a tree
@@ -821,6 +422,7 @@ class Problem:
     utt_id: str | None
     path: str
     problem: str
+    missing: bool = False  # the file (or folder) is absent or empty, as opposed to present and unreadable
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
@@ -834,6 +436,22 @@ def format_problems(problems: Sequence[Problem], limit: int = 50) -> str:
     return "\n".join(lines)
 
 
+BROKEN_LINK = "broken symbolic link (dangling, or a loop): expected an audio file"
+
+
+def flac_sizes(folder: Path) -> dict[str, int]:
+    """Size in bytes of every .flac name in a folder, from one listing; -1 for a broken symbolic link (dangling, or a
+    loop), which must cost only that file, never the listing."""
+    sizes = {}
+    for d in os.scandir(folder):
+        if d.name.endswith(".flac"):
+            try:
+                sizes[d.name] = d.stat().st_size
+            except OSError:
+                sizes[d.name] = -1
+    return sizes
+
+
 def find_missing(layout: LALayout, split: str, entries: Sequence[ProtocolEntry]) -> list[Problem]:
     """Protocol lines whose audio is absent or empty, found from one directory listing (fast on 71k files).
 
@@ -842,21 +460,25 @@ def find_missing(layout: LALayout, split: str, entries: Sequence[ProtocolEntry])
     audio_dir, protocol = layout.audio_dir(split), layout.protocol_path(split).name
     if not audio_dir.is_dir():
         what = f"missing folder: expected the {split} audio ({len(entries):,} .flac files listed in {protocol})"
-        return [Problem(None, str(audio_dir), what)]
-    sizes = {d.name: d.stat().st_size for d in os.scandir(audio_dir) if d.name.endswith(".flac")}
+        return [Problem(None, str(audio_dir), what, missing=True)]
+    sizes = flac_sizes(audio_dir)
     problems = []
     for e in entries:
         if e.path:  # a vocoded copy in the cache
             if not Path(e.path).is_file() or Path(e.path).stat().st_size == 0:
                 problems.append(
-                    Problem(e.utt_id, e.path, "missing or empty vocoded copy (delete the cache to remake it)")
+                    Problem(e.utt_id, e.path, "missing or empty vocoded copy (delete the cache to remake it)", True)
                 )
             continue
         size = sizes.get(f"{e.utt_id}.flac")
         if size is None:
-            problems.append(Problem(e.utt_id, str(audio_dir / f"{e.utt_id}.flac"), f"missing: listed in {protocol}"))
+            problems.append(
+                Problem(e.utt_id, str(audio_dir / f"{e.utt_id}.flac"), f"missing: listed in {protocol}", True)
+            )
+        elif size < 0:
+            problems.append(Problem(e.utt_id, str(audio_dir / f"{e.utt_id}.flac"), BROKEN_LINK, True))
         elif size == 0:
-            problems.append(Problem(e.utt_id, str(audio_dir / f"{e.utt_id}.flac"), "empty file (0 bytes)"))
+            problems.append(Problem(e.utt_id, str(audio_dir / f"{e.utt_id}.flac"), "empty file (0 bytes)", True))
     return problems
 
 
@@ -1134,7 +756,7 @@ class ASVspoof2019LA(Dataset):
             return
         protocol = self.layout.protocol_path(self.split).name
         if not self.skip_bad:
-            missing_only = all(p.problem.startswith(("missing", "empty file")) for p in problems)
+            missing_only = all(p.missing for p in problems)
             raise (FileNotFoundError if missing_only else RuntimeError)(
                 f"{len(problems):,} problem(s) in the {total:,} {self.split} files listed in {protocol}, first: "
                 f"{problems[0]}; fix the tree (python data.py --check lists every problem) or pass --skip-bad to "
@@ -1271,27 +893,6 @@ def collate(batch: list) -> dict:
 # ----------------------------------------------------------------------------- --show: one item as a picture
 
 
-def find_utterance(layout: LALayout, utt_id: str) -> tuple[str, ProtocolEntry]:
-    """The split and protocol entry of `utt_id`, searching every CM protocol present (its own split first).
-
-    Raises:
-        ValueError: the utt id is in no protocol (the message names the protocols searched).
-    """
-    guess = {"LA_T": "train", "LA_D": "dev", "LA_E": "eval"}.get(utt_id[:4])
-    searched = []
-    for split in sorted(SPLITS, key=lambda s: s != guess):
-        path = layout.protocol_path(split)
-        if path.is_file():
-            searched.append(path.name)
-            for e in read_cm_protocol(path):
-                if e.utt_id == utt_id:
-                    return split, e
-    raise ValueError(
-        f"utt id {utt_id!r} is in no CM protocol under {layout.root / PROTOCOL_DIR} "
-        f"(searched: {', '.join(searched) or 'none found'}); expected an id such as LA_T_4179989"
-    )
-
-
 def plot_item(
     data_root: str | os.PathLike | LALayout,
     utt_id: str,
@@ -1364,482 +965,6 @@ def describe_frontend(fe: STFTFrontEnd) -> str:
             f"({1000 * fe.hop_length / fe.sample_rate:.1f} ms), {bands}")  # fmt: skip
 
 
-# ----------------------------------------------------------------------------- --download
-
-DATASHARE_PAGE = "https://datashare.ed.ac.uk/handle/10283/3336"  # DOI 10.7488/ds/2555
-DATASHARE_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3336/LA.zip?sequence=3&isAllowed=y"  # ~7.6 GB
-KAGGLE_DATASET = "awsaf49/asvpoof-2019-dataset"  # LA and PA, with the LA/LA/ nesting; needs a Kaggle API token
-# Voc.v4 of Wang & Yamagishi, "Spoofed training data for speech spoofing countermeasure can be efficiently created
-# using neural vocoders", ICASSP 2023 (arXiv:2210.10570): vocoded spoofs of LA train/dev bona fide.
-VOCV4_PAGE = "https://zenodo.org/records/7314976"
-VOCV4_URL = "https://zenodo.org/record/7314976/files/project09-voc.v4.tar"
-ARCHIVES = {"datashare": "LA.zip", "vocv4": "project09-voc.v4.tar"}
-
-
-def hand_download_message(source: str, to: str | os.PathLike) -> str:
-    """What to do by hand when a download cannot run: where to get the files and where to put them."""
-    if source == "kaggle":
-        return (f"download https://www.kaggle.com/datasets/{KAGGLE_DATASET} by hand, unzip it into {to} (it holds "
-                f"LA/LA/ASVspoof2019_LA_cm_protocols), then run: python data.py --data-root {to} --check")  # fmt: skip
-    if source == "vocv4":
-        return (f"download project09-voc.v4.tar by hand from {VOCV4_PAGE}, put it at {Path(to) / ARCHIVES['vocv4']} "
-                f"and run this command again (it extracts and checks), or extract it yourself (tar -xf) into {to}; "
-                "then give explain.py --vocv4-root DIR, the voc.v4/ folder holding wav/ and protocol.txt")  # fmt: skip
-    return (f"download LA.zip (~7.6 GB) by hand from {DATASHARE_PAGE}, put it at {Path(to) / ARCHIVES['datashare']} "
-            f"and run this command again (it extracts and checks), or unzip it yourself into {to} so that "
-            f"{Path(to) / 'LA' / PROTOCOL_DIR} exists; then: python data.py --data-root {to} --check")  # fmt: skip
-
-
-def check_reachable(url: str, timeout: float, hand: str) -> None:
-    """Fail within `timeout` seconds when the URL's host does not resolve (urllib's timeout misses DNS)."""
-    host, result = urllib.parse.urlsplit(url).hostname or "", {}
-
-    def resolve() -> None:
-        try:
-            result["addr"] = socket.getaddrinfo(host, None)
-        except OSError as e:
-            result["error"] = e
-
-    thread = threading.Thread(target=resolve, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if "addr" not in result:
-        why = result.get("error", f"no DNS answer in {timeout:.0f} s")
-        raise ConnectionError(f"cannot reach {host} ({why}); offline? {hand}")
-
-
-def parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    """`bytes 100-999/1000` -> (100, 1000); `bytes */1000` -> (None, 1000); anything else -> (None, None)."""
-    if not value or not value.startswith("bytes "):
-        return None, None
-    span, _, total = value[6:].partition("/")
-    start = span.split("-")[0]
-    return (int(start) if start.isdigit() else None), (int(total) if total.isdigit() else None)
-
-
-def ensure_free_space(folder: Path, needed: int, what: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise OSError(f"{what} needs {needed / 1e9:.2f} GB in {folder}, only {free / 1e9:.2f} GB free: free some space "
-                      "or choose another --to")  # fmt: skip
-
-
-def download(url: str, dest: str | os.PathLike, timeout: float = 10.0, hand: str = "", progress: bool = True) -> Path:
-    """Download `url` to `dest` with the standard library, resuming a partial `dest.part` by an HTTP Range request.
-
-    The file appears at `dest` only when complete (renamed from `.part`); an existing `dest` is taken as done.
-    A server that ignores Range (status 200) restarts the file from zero. Progress: a line with rate and ETA.
-
-    Args:
-        timeout: seconds for DNS, connect and each read, so that an offline machine fails fast.
-        hand: how to download by hand, appended to network errors.
-
-    Raises:
-        ConnectionError: host unreachable, HTTP error, or the transfer stopped (the `.part` is kept: rerun).
-        OSError: not enough disk space for what is left to download.
-    """
-    dest = Path(dest)
-    if dest.is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    check_reachable(url, timeout, hand)
-    offset = part.stat().st_size if part.is_file() else 0
-    headers = {"User-Agent": "antispoof-data.py/1.0", **({"Range": f"bytes={offset}-"} if offset else {})}
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset and parse_content_range(e.headers.get("Content-Range"))[1] == offset:
-            os.replace(part, dest)  # the .part was already whole
-            return dest
-        raise ConnectionError(f"cannot download {url}: HTTP {e.code} {e.reason}; {hand}") from e
-    except (urllib.error.URLError, OSError) as e:  # refused, unreachable, timed out
-        raise ConnectionError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? {hand}") from e
-    with response:
-        if response.headers.get("Content-Type", "").startswith("text/html"):  # a login or terms page
-            raise ConnectionError(f"{url} answered with a web page, not the archive; {hand}")
-        start, total = parse_content_range(response.headers.get("Content-Range"))
-        if response.status != 206 or start != offset:  # the server ignored Range: start again
-            offset, total = 0, int(response.headers.get("Content-Length") or 0) or None
-        if total:
-            ensure_free_space(dest.parent, total - offset, f"downloading {dest.name}")
-        copy_response(response, part, offset, total, progress)
-    size = part.stat().st_size
-    if total and size != total:
-        raise ConnectionError(f"download of {url} stopped at {size:,} of {total:,} bytes; run the same command "
-                              f"again to resume from {part}")  # fmt: skip
-    os.replace(part, dest)
-    return dest
-
-
-def copy_response(response, part: Path, offset: int, total: int | None, progress: bool = True) -> None:
-    """Append (offset > 0) or write the response body to `part`, 1 MB at a time, with a progress line."""
-    resumed = f", resumed at {offset / 1e6:,.1f} MB" if offset else ""
-    bar = Progress((total or 0) - offset, part.name.removesuffix(".part"), unit="MB", scale=1e6) if progress else None
-    try:
-        with open(part, "ab" if offset else "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                if bar:
-                    bar.update(len(chunk), resumed)
-    except OSError as e:  # includes socket timeouts and resets
-        raise ConnectionError(f"download interrupted at {part.stat().st_size:,} bytes ({e}); run the same command "
-                              f"again to resume from {part}") from e  # fmt: skip
-    finally:
-        if bar:
-            bar.close()
-
-
-def extract_archive(archive: str | os.PathLike, to: str | os.PathLike, progress: bool = True) -> list[Path]:
-    """Extract a zip or tar into a temporary folder beside the target, then rename its top-level entries into `to`.
-
-    Nothing appears in `to` until the whole archive is extracted. Member paths are sanitised (zipfile's rules,
-    tarfile's "data" filter), so an archive cannot write outside the folder.
-
-    Returns:
-        The top-level paths now in `to`.
-
-    Raises:
-        ValueError: not a zip or tar, or a damaged one. FileExistsError: a top-level entry exists in `to`.
-    """
-    archive, to = Path(archive), Path(to)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.extracting-", dir=to))
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                members = [(m, m.file_size) for m in z.infolist()]
-                extract_members(members, lambda m: z.extract(m, tmp), archive, tmp, progress)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as t:
-                members = [(m, m.size) for m in t.getmembers()]
-                extract_members(members, lambda m: t.extract(m, tmp, filter="data"), archive, tmp, progress)
-        else:
-            raise ValueError(f"{archive}: not a zip or tar archive ({archive.stat().st_size:,} bytes); delete it "
-                             "and download it again")  # fmt: skip
-        tops = sorted(tmp.iterdir())
-        clash = [to / p.name for p in tops if (to / p.name).exists()]
-        if clash:
-            raise FileExistsError(f"{clash[0]} already exists: move it away (or choose another --to) and run again")
-        for p in tops:
-            os.replace(p, to / p.name)
-        return [to / p.name for p in tops]
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
-        raise ValueError(f"{archive}: damaged archive ({e}); delete it and download it again") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def extract_members(members: list, extract: Callable, archive: Path, tmp: Path, progress: bool) -> None:
-    total = sum(size for _, size in members)
-    ensure_free_space(tmp, total, f"extracting {archive.name}")
-    bar = Progress(total, f"extract {archive.name}", unit="MB", scale=1e6) if progress else None
-    for member, size in members:
-        extract(member)
-        if bar:
-            bar.update(size)
-    if bar:
-        bar.close()
-
-
-def fetch_with_kaggle(to: Path, dataset: str = KAGGLE_DATASET) -> Path:
-    """Run the user's own `kaggle` tool to fetch the dataset's zip into `to/.kaggle-download/`.
-
-    Raises:
-        FileNotFoundError: `kaggle` is not installed (the message says how to install it and set up a token).
-        RuntimeError: the tool failed.
-    """
-    exe = shutil.which("kaggle")
-    if exe is None:
-        raise FileNotFoundError(
-            "--source kaggle needs the `kaggle` command-line tool, which is not on PATH: install it with "
-            "`pip install kaggle`, create an API token at https://www.kaggle.com/settings (API > Create New Token) "
-            "and save it as ~/.kaggle/kaggle.json (chmod 600); or use --source datashare (no account needed)"
-        )
-    folder = to / ".kaggle-download"
-    folder.mkdir(parents=True, exist_ok=True)
-    cmd = [exe, "datasets", "download", "-d", dataset, "-p", str(folder)]
-    print("running: " + " ".join(cmd), file=sys.stderr)
-    code = subprocess.run(cmd).returncode
-    zips = sorted(folder.glob("*.zip"))
-    if code != 0 or not zips:
-        what = f"exit status {code}" + ("" if zips else ", no .zip written")
-        raise RuntimeError(f"`{' '.join(cmd)}` failed ({what}): check ~/.kaggle/kaggle.json and the network; "
-                           f"or {hand_download_message('kaggle', to)}")  # fmt: skip
-    return zips[0]
-
-
-def download_la(
-    to: str | os.PathLike,
-    source: str = "datashare",
-    url: str | None = None,
-    keep_archive: bool = False,
-    timeout: float = 10.0,
-) -> Path:
-    """Fetch ASVspoof 2019 LA into `to` and return `to` (pass it as --data-root). Idempotent: `to/.completed-LA`.
-
-    Args:
-        source: "datashare" (the official LA.zip, standard library, resumable) or "kaggle" (the user's `kaggle`).
-        url: another URL for LA.zip (a mirror).
-        keep_archive: keep the archive after a complete extraction (it is deleted by default).
-    """
-    if source not in ("datashare", "kaggle"):
-        raise ValueError(f"--source must be datashare or kaggle for LA, got {source!r}")
-    to = Path(to).expanduser()
-    to.mkdir(parents=True, exist_ok=True)
-    marker = to / ".completed-LA"
-    if marker.is_file():
-        print(f"{to}: already downloaded ({marker.name} present)", file=sys.stderr)
-        return to
-    if source == "kaggle":
-        archive = fetch_with_kaggle(to)
-    else:
-        archive = download(url or DATASHARE_URL, to / ARCHIVES["datashare"], timeout, hand_download_message(source, to))
-    extract_archive(archive, to)
-    layout = find_la_root(to)  # raises when the archive held no LA tree
-    marker.write_text(json.dumps({"source": source, "url": url, "la_root": str(layout.root), "at": time.ctime()}))
-    if not keep_archive:
-        archive.unlink()
-        if source == "kaggle":
-            shutil.rmtree(archive.parent, ignore_errors=True)
-    return to
-
-
-def find_vocv4_root(path: str | os.PathLike) -> Path:
-    """The `voc.v4/` folder (holding `wav/` and `protocol.txt`) at, under or two levels under `path`.
-
-    Raises:
-        FileNotFoundError: listing the places looked in.
-    """
-    base = Path(path).expanduser()
-    candidates = [base, base / "voc.v4", base / "project09-voc.v4" / "voc.v4", *sorted(base.glob("*/voc.v4"))]
-    for c in candidates:
-        if (c / "protocol.txt").is_file() and (c / "wav").is_dir():
-            return c
-    looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
-    raise FileNotFoundError(f"no voc.v4 folder with wav/ and protocol.txt at {base} (looked in {looked}); "
-                            f"{hand_download_message('vocv4', base)}")  # fmt: skip
-
-
-def download_vocv4(
-    to: str | os.PathLike, url: str | None = None, keep_archive: bool = False, timeout: float = 10.0
-) -> Path:
-    """Fetch project09-voc.v4 (Zenodo record 7314976) into `to`; returns the `voc.v4/` folder. Idempotent."""
-    to = Path(to).expanduser()
-    to.mkdir(parents=True, exist_ok=True)
-    marker = to / ".completed-vocv4"
-    if marker.is_file():
-        print(f"{to}: already downloaded ({marker.name} present)", file=sys.stderr)
-        return find_vocv4_root(to)
-    archive = download(url or VOCV4_URL, to / ARCHIVES["vocv4"], timeout, hand_download_message("vocv4", to))
-    extract_archive(archive, to)
-    root = find_vocv4_root(to)
-    marker.write_text(json.dumps({"source": "vocv4", "url": url or VOCV4_URL, "root": str(root), "at": time.ctime()}))
-    if not keep_archive:
-        archive.unlink()
-    return root
-
-
-def summarize_vocv4(root: Path) -> str:
-    """One line: how many protocol lines and wav files a voc.v4 folder holds."""
-    lines = [ln for ln in (root / "protocol.txt").read_text().splitlines() if ln.strip()]
-    wavs = sum(1 for _ in (root / "wav").glob("*.wav"))
-    return f"voc.v4 at {root}: {len(lines):,} protocol lines, {wavs:,} wav files; explain.py --vocv4-root {root}"
-
-
-# ----------------------------------------------------------------------------- progress and shared CLI
-
-
-def check_output_path(path: str | os.PathLike, flag: str, folder: bool = False) -> Path:
-    """Make sure an output can be written before any work is done; returns the path.
-
-    Creates the parent folder (or the folder itself with `folder`) and writes and removes a probe file there.
-
-    Raises:
-        ValueError: a file path that is a folder, or a folder path that is a file. OSError: one line naming the flag
-            and the path when the folder cannot be created or written.
-    """
-    path = Path(path)
-    if not folder and path.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; expected a file path (e.g. {path / 'scores.txt'})")
-    if folder and path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is a file; expected a folder")
-    where = path if folder else path.parent
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        probe = where / f".write-probe.{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"{flag} {path}: cannot write in {where} ({e.strerror or e}); choose another {flag}") from None
-    return path
-
-
-class Progress:
-    """A one-line progress report with rate and ETA, rewritten in place on a terminal (stderr).
-
-    Args:
-        total: units expected (0 when unknown: no percentage or ETA).
-        unit, scale: counts are shown divided by `scale` in `unit` (bytes with unit="MB", scale=1e6).
-        every: seconds between lines (on a terminal the line is rewritten, elsewhere a new line is printed).
-    """
-
-    def __init__(
-        self, total: int, label: str, unit: str = "files", stream=None, every: float = 1.0, scale: float = 1.0
-    ):
-        self.total, self.label, self.unit, self.scale, self.done = total, label, unit, scale, 0
-        self.stream = stream or sys.stderr
-        self.every, self.start = every, time.monotonic()
-        self.last, self.finished = -1e9, False
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def line(self, extra: str = "") -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 and self.total else float("inf")
-        eta_s = "?" if eta == float("inf") else format_seconds(eta)
-        if self.scale == 1:
-            count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
-        else:
-            count = (
-                f"{self.done / self.scale:,.1f}/{self.total / self.scale:,.1f}"
-                if self.total
-                else f"{self.done / self.scale:,.1f}"
-            )
-        pct = f" ({100.0 * self.done / self.total:.0f}%)" if self.total else ""
-        return (
-            f"{self.label}: {count} {self.unit}{pct} {rate / self.scale:,.1f} {self.unit}/s "
-            f"elapsed {format_seconds(elapsed)} ETA {eta_s}{extra}"
-        )
-
-    def update(self, n: int = 1, extra: str = "") -> None:
-        self.done += n
-        now = time.monotonic()
-        done_now = bool(self.total) and self.done >= self.total and not self.finished
-        if now - self.last >= self.every or done_now:
-            self.last, self.finished = now, self.finished or done_now
-            end = "\r" if self.tty else "\n"
-            print(self.line(extra), end=end, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=self.stream)
-
-
-def format_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags every script shares: same name, same meaning, same default everywhere."""
-    g = parser.add_argument_group("shared")
-    g.add_argument(
-        "--data-root",
-        default=os.environ.get("ASVSPOOF_ROOT"),
-        help="ASVspoof 2019 LA folder, its parent, or the Kaggle copy (default: $ASVSPOOF_ROOT)",
-    )
-    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    g.add_argument("--batch-size", type=int, default=64, help="items per batch (per process under torchrun)")
-    g.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader worker processes (default: 0 on the CPU, min(16, cores) with a GPU: "
-                        "data.default_num_workers)")  # fmt: skip
-    g.add_argument("--seed", type=int, default=1, help="random seed")
-    g.add_argument(
-        "--frontend",
-        choices=sorted(FRONTENDS),
-        default="stft",
-        help="stft: STC log-power STFT (863 bins); mel: seed recipe 20-band log-mel",
-    )
-    g.add_argument("--num-frames", type=int, default=600, help="fixed number of feature frames per item")
-    g.add_argument("--pad", choices=("repeat", "zeros"), default="repeat", help="how short files are padded")
-    g.add_argument("--skip-bad", action="store_true", help="skip missing/unreadable audio (counted) instead of failing")
-    g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    return parser
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags of every script that runs the model (train, evaluate, explain, bench); rules in model.py."""
-    g = parser.add_argument_group("model execution")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast on a CUDA device that supports it, fp32 elsewhere (model.use_bf16)")  # fmt: skip
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on CUDA and CPU, model.use_channels_last)")  # fmt: skip
-    return parser
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
-    return device
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that every `except BaseException` / `finally` runs (evaluate.py keeps
-    its `.partial`, atomic writes remove their temporaries), as Ctrl-C does."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
-def default_num_workers(flag: int | None, device: torch.device) -> int:
-    """The --num-workers rule: the flag when given; else 0 when the model runs on the CPU, where a worker process
-    competes with the model's OpenMP threads for the same cores (the tiny recipe on 2 cores: 90 training files/s
-    in-process, 14 with 2 workers, whose decoding the threads' spin-waiting starves); with an accelerator,
-    min(16, cores), enough to decode ~5,000 LA files/s.
-
-    Raises:
-        ValueError: a negative flag.
-    """
-    if flag is not None:
-        if flag < 0:
-            raise ValueError(f"--num-workers must be 0 or more, got {flag}")
-        return flag
-    return 0 if torch.device(device).type == "cpu" else min(16, os.cpu_count() or 1)
-
-
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a script's main(); a user error ends as one line on stderr and exit status 1 (--debug: traceback).
-
-    Ctrl-C exits 130, SIGTERM 143, both after the script's own clean-up ran.
-    """
-    import signal
-
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        code = main(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Terminated:
-        print("terminated (SIGTERM)", file=sys.stderr)
-        sys.exit(143)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as e:
-        if debug:
-            traceback.print_exc()
-        text = str(e) or type(e).__name__
-        if isinstance(e, MemoryError) or "allocate" in text and "memory" in text.lower():  # torch's CPU/CUDA OOM
-            first = text.strip().splitlines()[0][:160]
-            text = (f"out of memory ({first}); expected sizes this machine can hold: lower --batch-size or "
-                    "--num-frames (or check the checkpoint's sizes)")  # fmt: skip
-        print(f"error: {text}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code or 0)
-
-
 # ----------------------------------------------------------------------------- main
 
 EXAMPLES = """examples:
@@ -1851,12 +976,15 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from download import add_download_args  # noqa: PLC0415  (tooling: urllib and sockets stay out of the workers)
+
     parser = ArgumentParser(
         description="Check, show or download ASVspoof 2019 LA (and the voc.v4 vocoded set).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_args(parser)
+    add_input_args(parser)
     g = parser.add_argument_group("data.py")
     action = g.add_mutually_exclusive_group(required=True)
     action.add_argument("--check", action="store_true", help="count and check every split; exit 1 on any problem")
@@ -1866,22 +994,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="--check: print one JSON object instead of the table")
     g.add_argument("--deep", action="store_true", help="--check: decode every file instead of headers and file ends")
     g.add_argument("--out", metavar="FILE.png", help="--show: the picture to write")
-    g.add_argument("--to", metavar="DIR", help="--download: folder to download and extract into")
-    g.add_argument("--source", choices=("datashare", "kaggle", "vocv4"), default="datashare",
-                   help="--download: official LA.zip, the Kaggle copy (your `kaggle` tool) or voc.v4")  # fmt: skip
-    g.add_argument("--url", help="--download: another URL for the archive (a mirror)")
-    g.add_argument("--keep-archive", action="store_true", help="--download: keep the archive after extraction")
-    g.add_argument("--timeout", type=float, default=10.0, help="--download: network timeout in seconds")
+    add_download_args(parser.add_argument_group("--download (download.py)"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     belongs = {"--split": "check", "--json": "check", "--deep": "check", "--out": "show", "--to": "download",
                "--url": "download", "--keep-archive": "download"}  # fmt: skip
     for flag, action in belongs.items():
         if getattr(args, flag[2:].replace("-", "_")) not in (None, False) and not getattr(args, action):
-            raise ValueError(f"{flag} goes with --{action}")
+            parser.error(f"{flag} goes with --{action}")  # a flag-combination error: exit 2, as argparse's own
     if args.check:
         report = check_dataset(args.data_root, [args.split] if args.split else SPLITS, args.deep, args.num_workers)
         print(json.dumps(report, indent=2) if args.json else format_check_report(report))
@@ -1891,12 +1015,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--show needs --out FILE.png (a PNG picture), got {args.out!r}")
         print(f"wrote {plot_item(args.data_root, args.show, args.out, args.frontend, args.num_frames, args.pad)}")
         return 0
-    if not args.to:
-        raise ValueError("--download needs --to DIR, the folder to download and extract into")
+    import download  # noqa: PLC0415  (tooling: urllib, sockets)
+
+    where = download.fetch(args)
     if args.source == "vocv4":
-        print(summarize_vocv4(download_vocv4(args.to, args.url, args.keep_archive, args.timeout)))
+        print(download.summarize_vocv4(where))
         return 0
-    report = check_dataset(download_la(args.to, args.source, args.url, args.keep_archive, args.timeout))
+    report = check_dataset(where)
     print(format_check_report(report))
     return 1 if report["problems"] else 0
 

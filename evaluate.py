@@ -38,31 +38,36 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import metrics
-from data import (
-    SPLITS,
+from cli import (
     ArgumentParser,
-    ASVspoof2019LA,
-    BadAudio,
-    LALayout,
     Progress,
-    ProtocolEntry,
     add_common_args,
-    add_model_args,
     atomic_write,
-    audio_info,
     check_output_path,
-    collate,
-    count_bad,
     default_num_workers,
-    find_la_root,
-    fix_length,
-    load_audio,
-    make_frontend,
     resolve_device,
     run_cli,
 )
+from corpora import (
+    SPLITS,
+    LALayout,
+    ProtocolEntry,
+    find_la_root,
+)
+from data import (
+    ASVspoof2019LA,
+    BadAudio,
+    add_input_args,
+    audio_info,
+    collate,
+    count_bad,
+    fix_length,
+    load_audio,
+    make_frontend,
+)
 from model import (
     Checkpoint,
+    add_model_args,
     bonafide_score,
     configure_backend,
     load_checkpoint,
@@ -656,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--save-every", type=int, default=100, help="save partial scores every N batches")
     add_common_args(parser)
+    add_input_args(parser)
     add_model_args(parser)
     # None = "as the checkpoint says": the model's input size is fixed by its training flags.
     parser.set_defaults(frontend=None, num_frames=None, pad=None)

@@ -10,7 +10,7 @@ measured over many pairs, with a faithfulness test.
 
 One *pair* is a bona fide waveform and a vocoded copy of the same utterance. For each pair:
   1. the fake side comes from vocv4 (project09-voc.v4, Zenodo 7314976, arXiv:2210.10570), from files given on the
-     command line, or from a local vocoder (`--vocode`: griffinlim, melgl, world, mlsa; data.VOCODERS); the two are
+     command line, or from a local vocoder (`--vocode`: griffinlim, melgl, world, mlsa; vocoders.VOCODERS); the two are
      aligned by cross-correlation and trimmed to equal length;
   2. both are cropped/padded to the checkpoint's input (`num_frames`, `pad`) and go through its front-end: the
      model input x is (1, 1, F, T), e.g. (1, 1, 863, 256) for an STFT model on 256 frames;
@@ -52,9 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cli
+import corpora
 import data
 import metrics
 import model as model_lib
+import vocoders
 
 HERE = Path(__file__).resolve().parent
 
@@ -495,7 +498,7 @@ class Prediction:
 
     @property
     def label(self) -> str:
-        return "bonafide" if self.pred == data.LABEL_BONAFIDE else "spoof"
+        return "bonafide" if self.pred == corpora.LABEL_BONAFIDE else "spoof"
 
 
 @dataclass
@@ -720,20 +723,20 @@ def collect_pairs(args, info: ModelInfo) -> tuple[list[PairSpec], str]:
                              "trained on")  # fmt: skip
         if args.data_root is None:
             print(f"--data-root not given ($ASVSPOOF_ROOT unset): the tree the model was trained on, {root}")
-        return data.find_la_root(root)
+        return corpora.find_la_root(root)
 
     def with_local(name: str, real: str, speaker: str | None, what: str) -> None:
         specs.extend(PairSpec(name, v, real, None, speaker, f"local vocoder {v} of {what}") for v in local)
 
     if args.utt:
         la = layout()
-        split, entry = data.find_utterance(la, args.utt)
+        split, entry = corpora.find_utterance(la, args.utt)
         if entry.key != "bonafide":
             print(f"warning: {args.utt} is a {entry.system} spoof, not bona fide: the 'real' side is itself fake",
                   file=sys.stderr)  # fmt: skip
         real = str(la.audio_path(split, args.utt))
         if args.vocv4_root:
-            for vocoder, fp in data.find_vocv4_files(args.vocv4_root, args.utt, args.vocoders).items():
+            for vocoder, fp in corpora.find_vocv4_files(args.vocv4_root, args.utt, args.vocoders).items():
                 specs.append(PairSpec(args.utt, vocoder, real, str(fp), entry.speaker, f"vocv4 {fp}"))
         with_local(args.utt, real, entry.speaker, real)
         stem = args.utt
@@ -768,7 +771,7 @@ def collect_pairs(args, info: ModelInfo) -> tuple[list[PairSpec], str]:
         stem = folder.name
     else:  # every vocv4 pair, originals from the LA train/dev trees
         la = layout()
-        for v, fp in data.vocv4_files(args.vocv4_root, args.vocoders):
+        for v, fp in corpora.vocv4_files(args.vocv4_root, args.vocoders):
             split = {"LA_T": "train", "LA_D": "dev", "LA_E": "eval"}[v.utt_id[:4]]
             specs.append(PairSpec(v.utt_id, v.vocoder, str(la.audio_path(split, v.utt_id)), str(fp), v.speaker,
                                   f"vocv4 {fp}"))  # fmt: skip
@@ -794,7 +797,7 @@ def load_pair(spec: PairSpec, keep_s: float | None) -> tuple[torch.Tensor, torch
         return real, data.load_audio(spec.fake)
     if keep_s is not None:
         real = real[: round(keep_s * data.SAMPLE_RATE)]
-    return real, data.vocode(real, spec.vocoder)
+    return real, vocoders.vocode(real, spec.vocoder)
 
 
 # ----------------------------------------------------------------------------- figures of one pair
@@ -899,7 +902,7 @@ def plot_maps(path: Path, res: PairResult, pm: PairMaps, frontend, map_quantile:
     import matplotlib.pyplot as plt
 
     targets = [("spoof", pm.maps["spoof"])]
-    if res.pred_fake.pred != data.LABEL_SPOOF:
+    if res.pred_fake.pred != corpora.LABEL_SPOOF:
         targets.append(("bona fide (predicted)", pm.maps["predicted"]))
     cols = 1 + 2 * len(targets)
     fig, axes = plt.subplots(2, cols, figsize=(4.4 * cols, 6.6), sharex=True, sharey=True, constrained_layout=True)
@@ -1004,7 +1007,7 @@ def sanity_check(
     shown: dict[str, torch.Tensor] = {}
     for seed in range(1000, 1000 + seeds):  # away from the small seeds a training run may have started from
         reinit = randomised_copy(model, seed)
-        maps = attribution_maps(reinit, x, data.LABEL_SPOOF, layer_of(reinit, model, layer), bf16)
+        maps = attribution_maps(reinit, x, corpora.LABEL_SPOOF, layer_of(reinit, model, layer), bf16)
         maps = {k: v[:, :valid].cpu() for k, v in maps.items()}
         for k in trained:
             per_seed[k].append(spearman(trained[k], maps[k]))
@@ -1039,8 +1042,8 @@ def explain_pair(spec: PairSpec, model: nn.Module, frontend, info: ModelInfo, la
     pred_real, pred_fake = predict(model, x_real, bf16), predict(model, x_fake, bf16)
     maps: dict[str, dict[str, torch.Tensor]] = {}
     agree: dict[str, dict[str, Agreement]] = {}
-    for tname, target in (("spoof", data.LABEL_SPOOF), ("predicted", pred_fake.pred)):
-        if tname == "predicted" and target == data.LABEL_SPOOF:  # the same maps: no second backward pass
+    for tname, target in (("spoof", corpora.LABEL_SPOOF), ("predicted", pred_fake.pred)):
+        if tname == "predicted" and target == corpora.LABEL_SPOOF:  # the same maps: no second backward pass
             maps[tname], agree[tname] = maps["spoof"], agree["spoof"]
             continue
         maps[tname] = {k: v[:, :valid].cpu() for k, v in attribution_maps(model, x_fake, target, layer, bf16).items()}
@@ -1118,8 +1121,8 @@ def detection(results: list[PairResult]) -> dict:
         eer = None
     return {"eer": eer, "p_bonafide_real": float(np.mean([r.pred_real.p_bonafide for r in results])),
             "p_bonafide_fake": float(np.mean([r.pred_fake.p_bonafide for r in results])),
-            "fake_called_spoof": float(np.mean([r.pred_fake.pred == data.LABEL_SPOOF for r in results])),
-            "real_called_bonafide": float(np.mean([r.pred_real.pred == data.LABEL_BONAFIDE for r in results]))}  # fmt: skip
+            "fake_called_spoof": float(np.mean([r.pred_fake.pred == corpora.LABEL_SPOOF for r in results])),
+            "real_called_bonafide": float(np.mean([r.pred_real.pred == corpora.LABEL_BONAFIDE for r in results]))}  # fmt: skip
 
 
 def summarise_pairs(results: list[PairResult]) -> dict:
@@ -1249,7 +1252,7 @@ def plot_agreement_summary(path: Path, results: list[PairResult], summary: dict)
             ax.set_title(f"{vocoder}: {len(rs)} pairs, detection EER {eer}" if row == 0 else "", fontsize=9)
     fig.suptitle("Agreement with the ground-truth mask, target spoof (dots: pairs; box: quartiles; diamond: mean and "
                  "bootstrap 95 % CI)", fontsize=10)  # fmt: skip
-    with data.atomic_write(path, "wb") as f:
+    with cli.atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=90)
 
 
@@ -1283,7 +1286,7 @@ def plot_faithfulness_summary(path: Path, summary: dict) -> None:
             ax.grid(alpha=0.3)
     fig.suptitle("Faithfulness: does the decision move sooner where a map points than at random? (mean over pairs, "
                  "bootstrap 95 % bands)", fontsize=10)  # fmt: skip
-    with data.atomic_write(path, "wb") as f:
+    with cli.atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=90)
 
 
@@ -1315,7 +1318,7 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
         if differ:
             raise ValueError(f"--out {out} holds pairs explained with other settings ({', '.join(differ)}): delete "
                              "its pairs/ or choose another --out")  # fmt: skip
-    with data.atomic_write(run_file) as f:
+    with cli.atomic_write(run_file) as f:
         json.dump(settings, f, indent=1)
     done = {p.stem for p in pairs_dir.glob("*.json")}
     todo = [s for s in specs if s.pair_id not in done]
@@ -1323,7 +1326,7 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
         print(f"resuming {out}: {len(specs) - len(todo):,} of {len(specs):,} pairs already explained, "
               f"{len(todo):,} to go")  # fmt: skip
     figure_ids = {s.pair_id for s in specs[: args.figures]}
-    bar = data.Progress(len(todo), "explain", unit="pairs", every=0 if len(todo) <= 20 else 10.0)
+    bar = cli.Progress(len(todo), "explain", unit="pairs", every=0 if len(todo) <= 20 else 10.0)
     failed = []
     for spec in todo:
         try:
@@ -1335,7 +1338,7 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
             print(f"pair {spec.pair_id} failed, skipped: {e}", file=sys.stderr)
             bar.update(1)
             continue
-        with data.atomic_write(pairs_dir / f"{spec.pair_id}.json") as f:
+        with cli.atomic_write(pairs_dir / f"{spec.pair_id}.json") as f:
             f.write(res.to_json())
         if spec.pair_id in figure_ids:
             plot_pair(out / f"pair_{spec.pair_id}.png", res, pm, frontend)
@@ -1345,7 +1348,7 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
         bar.update(1, extra=f"  {spec.pair_id}: P(bona fide) real {res.pred_real.p_bonafide:.2f}, vocoded "
                             f"{res.pred_fake.p_bonafide:.2f}; {res.compute_s:.1f} s")  # fmt: skip
     bar.close()
-    with data.atomic_write(out / "failed.json") as f:
+    with cli.atomic_write(out / "failed.json") as f:
         json.dump(failed, f, indent=1)
     results = [PairResult.from_json((pairs_dir / f"{s.pair_id}.json").read_text())
                for s in specs if (pairs_dir / f"{s.pair_id}.json").is_file()]  # fmt: skip
@@ -1356,20 +1359,20 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = data.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Pair sources: exactly one of --utt, --real, --split, --real-dir, or --vocv4-root "
                                        "alone.")  # fmt: skip
     g = p.add_argument_group("pairs")
     g.add_argument("--utt", help="one ASVspoof 2019 LA utterance (any split under --data-root), e.g. LA_T_4179989")
     g.add_argument("--real", help="one bona fide audio file")
     g.add_argument("--fake", nargs="+", default=[], help="vocoded copies of --real (any number)")
-    g.add_argument("--split", choices=data.SPLITS, help="every bona fide file of this LA split (with --vocode)")
+    g.add_argument("--split", choices=corpora.SPLITS, help="every bona fide file of this LA split (with --vocode)")
     g.add_argument("--real-dir", help="every .flac/.wav under this folder as a bona fide recording (with --vocode)")
     g.add_argument("--vocv4-root", help="extracted vocv4 voc.v4 folder (protocol.txt, wav/): with --utt its copies of "
                                         "that utterance, alone every pair it holds")  # fmt: skip
     g.add_argument("--vocoders", nargs="+", default=None,
                    help="vocv4 vocoders to use (default: hifigan waveglow with --utt, all alone)")  # fmt: skip
-    g.add_argument("--vocode", nargs="*", choices=sorted(data.VOCODERS), default=None,
+    g.add_argument("--vocode", nargs="*", choices=sorted(vocoders.VOCODERS), default=None,
                    help="local vocoders making the fake side (default griffinlim melgl when no vocv4 / --fake; "
                         "world and mlsa need pyworld / pysptk)")  # fmt: skip
     g.add_argument("--speakers", nargs="+", help="only these speakers (LA_0079 ...; from the protocol or file names)")
@@ -1397,8 +1400,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, default=MASK_DEFAULTS["eps"], help="denominator floor (1e-8)")
     p.add_argument("--out", help="output folder (default explain_out/<utt, file, split or folder>/)")
     p.add_argument("--figures", type=int, default=3, help="draw pair/maps/sanity figures of the first N pairs")
-    data.add_common_args(p)
-    data.add_model_args(p)
+    cli.add_common_args(p)
+    data.add_input_args(p)
+    model_lib.add_model_args(p)
     p.set_defaults(frontend=None, num_frames=None, pad=None)  # None: as the checkpoint says
     return p
 
@@ -1430,14 +1434,14 @@ def check_flags(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_flags(args)
-    device = data.resolve_device(args.device)
+    device = cli.resolve_device(args.device)
     model_lib.configure_backend(device)
     model, info = load_model(args, device)
     frontend = data.make_frontend(info.frontend).to(device)
     layer = find_layer(model, args.layer)
     layer_name = next(n for n, m in model.named_modules() if m is layer)
     specs, stem = collect_pairs(args, info)
-    out = data.check_output_path(Path(args.out) if args.out else Path("explain_out") / stem, "--out", folder=True)
+    out = cli.check_output_path(Path(args.out) if args.out else Path("explain_out") / stem, "--out", folder=True)
     print(f"{len(specs):,} pair(s): {len({s.name for s in specs}):,} bona fide recording(s) x "
           f"{', '.join(dict.fromkeys(s.vocoder for s in specs)) if len(specs) < 50 else 'vocoders'}; output {out}")  # fmt: skip
     results, failed = explain_pairs(specs, model, frontend, info, layer, layer_name, args, out)
@@ -1449,7 +1453,7 @@ def main(argv: list[str] | None = None) -> int:
                    "gaussian_source": "published reproduction make_masks_min_asv19orig.py (3 x 11, variances 3 and 5)",
                    "grid": f"{info.frontend} front-end of the model (magnitude = sqrt of power)"},
                    seconds_per_pair=bootstrap_ci([r.compute_s for r in results]))  # fmt: skip
-    with data.atomic_write(out / "summary.json") as f:  # a killed run never leaves half a summary
+    with cli.atomic_write(out / "summary.json") as f:  # a killed run never leaves half a summary
         f.write(json.dumps(finite_or_none(summary), indent=1, allow_nan=False) + "\n")
     plot_agreement_summary(out / "summary_agreement.png", results, summary)
     plot_faithfulness_summary(out / "summary_faithfulness.png", summary)
@@ -1470,4 +1474,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    data.run_cli(main)
+    cli.run_cli(main)

@@ -30,12 +30,9 @@ Imports only numpy and the standard library (matplotlib lazily, for the DET plot
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import threading
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -43,27 +40,13 @@ from typing import Any
 
 import numpy as np
 
+from cli import ArgumentParser, atomic_write, run_cli, text_lines
+from corpora import find_la_root, split_of_utt
+
 KEYS = ("bonafide", "spoof")
 ASV_KEYS = ("target", "nontarget", "spoof")
 ASV_SCORES_DIR = "ASVspoof2019_LA_asv_scores"
 ASV_SCORES_FILE = "ASVspoof2019.LA.asv.{split}.gi.trl.scores.txt"
-
-
-# --- text files -----------------------------------------------------------------------------------
-
-
-def text_lines(path: Path, what: str):
-    """(line number, line) of a UTF-8 text file (a BOM is dropped); a line that is not UTF-8 is one ValueError
-    naming the file and the line -- never a UnicodeDecodeError's byte offset. Used for every protocol, score and
-    ASV file of the project (data.py and explain.py read theirs through it too)."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path.name} line {n}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
-                                 f"{e.start + 1}); expected a plain-text {what}") from None  # fmt: skip
-            yield n, line.removeprefix("\ufeff") if n == 1 else line
 
 
 # --- input checks -------------------------------------------------------------------------------
@@ -498,60 +481,6 @@ class ScoreFile:
         return self.score[self.key == "spoof"]
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w"):
-    """Open a temporary file beside `path`; when the block ends without error, fsync it and rename it over `path`.
-
-    The project's one atomic write (data.py, train.py, evaluate.py, explain.py and bench.py import it): a crash,
-    Ctrl-C or SIGTERM never leaves half a checkpoint, score file or plot behind; the file gets the umask's
-    permissions, like a plain `open`. A kill -9 in the middle leaves the temporary `.NAME.PID.TID.tmp`; the next
-    write of the same file removes those whose process is gone. Use:
-    `with atomic_write(p, "wb") as f: torch.save(obj, f)`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete the `.NAME.PID.TID.tmp` files of `atomic_write`s to `path` whose process no longer runs (killed
-    mid-write); returns them. Temporaries of live processes (another rank, another thread) are left alone."""
-    removed = []
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
-        if not pid.isdigit() or pid_alive(int(pid)):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def glob_escape(name: str) -> str:
-    """A file name with glob's special characters taken literally."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs (signal 0: permission errors mean it does)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def write_score_file(path: str | Path, utt_ids: Any, systems: Any, keys: Any, scores: Any) -> Path:
     """Write scores in the ASVspoof CM format `UTT SYSTEM KEY SCORE`, atomically.
 
@@ -799,26 +728,15 @@ def plot_det(curves: dict[str, tuple[Any, Any]], path: str | Path, title: str | 
     return path
 
 
-# --- command line (the project's argparse) -------------------------------------------------------
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (`prog: error: what (see prog --help)`, exit status 2) instead of
-    the usage block and the error; every script of the project builds its flags with it."""
-
-    def error(self, message: str):
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-        sys.exit(2)
-
-
 # --- command line -------------------------------------------------------------------------------
 
 
 def _infer_split(utt_ids: np.ndarray) -> str:
-    """dev or eval from the utt ids' prefix (LA_D_ / LA_E_), or ValueError asking for --split."""
-    prefixes = {u[:5] for u in utt_ids.tolist()}
-    split = {frozenset({"LA_D_"}): "dev", frozenset({"LA_E_"}): "eval"}.get(frozenset(prefixes))
+    """dev or eval from the utt ids' prefix (LA_D_ / LA_E_: `corpora.split_of_utt`), or ValueError asking for --split."""
+    splits = {split_of_utt(u) for u in utt_ids.tolist()}
+    split = splits.pop() if len(splits) == 1 and splits <= {"dev", "eval"} else None
     if split is None:
+        prefixes = {u[:5] for u in utt_ids.tolist()}
         raise ValueError(
             f"cannot tell the split from the utt ids (prefixes {', '.join(sorted(prefixes)[:4])}); "
             "pass --split dev or --split eval"
@@ -829,14 +747,11 @@ def _infer_split(utt_ids: np.ndarray) -> str:
 def check_against_protocol(scores: ScoreFile, data_root: Path, split: str) -> bool:
     """`check_trials` against the split's CM protocol under --data-root, when there is one (False when not found).
 
-    The protocol is read by data.py's parser (the project's one), imported here only when needed: metrics.py
-    itself stays numpy-only.
+    The protocol is read by corpora.py's parser (the project's one; no torch).
     """
     try:
-        import data  # noqa: PLC0415  (torch comes with it; only the CLI with --data-root needs it)
-
-        layout = data.find_la_root(data_root)
-    except (FileNotFoundError, ImportError):
+        layout = find_la_root(data_root)
+    except FileNotFoundError:
         return False  # e.g. --data-root is the ASV scores' own folder
     if not layout.protocol_path(split).is_file():
         return False
@@ -844,8 +759,7 @@ def check_against_protocol(scores: ScoreFile, data_root: Path, split: str) -> bo
     return True
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print EER, min t-DCF and the per-attack table of a CM score file."""
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--scores", required=True, type=Path, help="CM score file: UTT SYSTEM KEY SCORE (or the 6-column baseline form)"
@@ -853,7 +767,10 @@ def main(argv: list[str] | None = None) -> None:
     asv_group = parser.add_mutually_exclusive_group()
     asv_group.add_argument("--asv-scores", type=Path, help="the organisers' ASV score file, for the min t-DCF")
     asv_group.add_argument(
-        "--data-root", type=Path, help="find the ASV scores here (LA/, its parent, LA/LA/ or the scores' folder)"
+        "--data-root",
+        type=Path,
+        default=os.environ.get("ASVSPOOF_ROOT"),
+        help="find the ASV scores here (LA/, its parent, LA/LA/ or the scores' folder; default: $ASVSPOOF_ROOT)",
     )
     parser.add_argument(
         "--split", choices=("dev", "eval"), help="which ASV scores --data-root means; default: from the utt ids"
@@ -863,28 +780,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--det", type=Path, metavar="FILE.png", help="also write a DET curve")
     parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
-    args = parser.parse_args(argv)
-    try:
-        scores = read_score_file(args.scores)
-        asv_path = args.asv_scores
-        if args.data_root is not None:
-            split = args.split or _infer_split(scores.utt_id)
-            asv_path = find_asv_scores(args.data_root, split)  # first: a missing ASV file is the one line printed
-            if not check_against_protocol(scores, args.data_root, split):
-                print(f"note: no CM protocol of {split} under --data-root {args.data_root}: the score file's trials are "
-                      "not checked against it", file=sys.stderr)  # fmt: skip
-        asv = read_asv_scores(asv_path) if asv_path is not None else None
-        result = evaluate_scores(scores, asv)
-        if args.det is not None:
-            plot_det({args.scores.stem: (scores.bonafide_scores, scores.spoof_scores)}, args.det)
-    except (OSError, ValueError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"metrics.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print EER, min t-DCF and the per-attack table of a CM score file."""
+    args = build_parser().parse_args(argv)
+    if args.asv_scores is not None:
+        args.data_root = None  # an explicit ASV file wins over $ASVSPOOF_ROOT
+    scores = read_score_file(args.scores)
+    asv_path = args.asv_scores
+    if args.data_root is not None:
+        split = args.split or _infer_split(scores.utt_id)
+        asv_path = find_asv_scores(args.data_root, split)  # first: a missing ASV file is the one line printed
+        if not check_against_protocol(scores, args.data_root, split):
+            print(f"note: no CM protocol of {split} under --data-root {args.data_root}: the score file's trials are "
+                  "not checked against it", file=sys.stderr)  # fmt: skip
+    asv = read_asv_scores(asv_path) if asv_path is not None else None
+    result = evaluate_scores(scores, asv)
+    if args.det is not None:
+        plot_det({args.scores.stem: (scores.bonafide_scores, scores.spoof_scores)}, args.det)
     if args.json:
         print(json.dumps(result))
-        return
+        return 0
     title = (
         f"{args.scores.name}: {len(scores):,} scores ({scores.bonafide_scores.size:,} bona fide, "
         f"{scores.spoof_scores.size:,} spoof)" + (f"; ASV scores {asv_path.name}" if asv_path else "")
@@ -892,7 +810,8 @@ def main(argv: list[str] | None = None) -> None:
     print(format_report(result, title))
     if args.det is not None:
         print(f"\nDET curve written to {args.det}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -51,6 +51,7 @@ Liu et al., CVPR 2017); cross-entropy on its margin logits *is* the A-softmax lo
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import warnings
@@ -62,6 +63,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cli import first_line
+from data import PADS
 
 # The bona fide score (logit_bona - logit_spoof, higher = bona fide) is owned by metrics.py, beside the EER and t-DCF
 # that assume its polarity; re-exported here for the scripts. metrics.py imports only numpy.
@@ -278,6 +282,16 @@ def count_parameters(model: nn.Module) -> int:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of every script that runs the model (train, evaluate, explain, bench); rules in model.py."""
+    g = parser.add_argument_group("model execution")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on a CUDA device that supports it, fp32 elsewhere (model.use_bf16)")  # fmt: skip
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on CUDA and CPU, model.use_channels_last)")  # fmt: skip
+    return parser
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """The precision rule of every script: `auto` = bf16 autocast on a CUDA device that supports it, fp32
     elsewhere; `bf16` / `fp32` force it on any device (torch runs bf16 autocast on the CPU too). On the CPU it
@@ -402,8 +416,6 @@ def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-PADS = ("repeat", "zeros")
-
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The dict in a train.py checkpoint file, on the CPU; `torch.load(weights_only=True)`, so no pickled code runs.
@@ -442,12 +454,6 @@ def _check_type(path: Path, where: str, value, kind: type | tuple, what: str) ->
         raise ValueError(
             f"{path}: stored {where} = {value!r} is not {what}; the checkpoint is damaged or not train.py's"
         )
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's text (torch's load_state_dict lists every key on its own line), or its type."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_model_args(model_args, path: Path) -> dict:

@@ -28,13 +28,17 @@ import soundfile as sf
 import torch
 
 import bench
+import cli
+import corpora
 import data
+import download
 import evaluate
 import explain
 import metrics
 import model as lcnn_model
 import train as lcnn_train
-from data import LALayout, find_la_root
+import vocoders
+from corpora import LALayout, find_la_root
 from model import build_model
 
 REPO = Path(__file__).resolve().parent
@@ -81,12 +85,12 @@ def data_tone(seconds: float = 0.5, sr: int = 16000, channels: int = 1, amp: flo
 
 def data_make_tree(la: Path, splits: dict[str, list[tuple[str, str, str]]]) -> Path:
     """An official-layout LA tree at `la` with short synthetic FLAC files: splits = {split: [(utt, system, key)]}."""
-    (la / data.PROTOCOL_DIR).mkdir(parents=True, exist_ok=True)
+    (la / corpora.PROTOCOL_DIR).mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         flac = la / f"ASVspoof2019_LA_{split}" / "flac"
         flac.mkdir(parents=True, exist_ok=True)
         lines = [f"LA_0079 {utt} - {system} {key}" for utt, system, key in rows]
-        (la / data.PROTOCOL_DIR / data.PROTOCOL_FILES[split]).write_text("\n".join(lines) + "\n")
+        (la / corpora.PROTOCOL_DIR / corpora.PROTOCOL_FILES[split]).write_text("\n".join(lines) + "\n")
         for utt, _, _ in rows:
             sf.write(flac / f"{utt}.flac", data_tone(), 16000, subtype="PCM_16")
     return la
@@ -208,14 +212,16 @@ def data_closed_port() -> int:
     ],
 )
 def test_data_real_protocol_counts(split, lines, bonafide, spoof, systems):
-    entries = data.read_cm_protocol(DATA_PROTOCOLS / data.PROTOCOL_FILES[split])
+    entries = corpora.read_cm_protocol(DATA_PROTOCOLS / corpora.PROTOCOL_FILES[split])
     assert len(entries) == lines
-    assert sum(e.label == data.LABEL_BONAFIDE for e in entries) == bonafide
+    assert sum(e.label == corpora.LABEL_BONAFIDE for e in entries) == bonafide
     assert sum(e.key == "spoof" for e in entries) == spoof
     assert sorted({e.system for e in entries if e.key == "spoof"}) == systems
     assert {e.system for e in entries if e.key == "bonafide"} == {"-"}
     first = entries[0]
-    assert isinstance(first, data.ProtocolEntry) and first.speaker.startswith("LA_") and first.utt_id.startswith("LA_")
+    assert (
+        isinstance(first, corpora.ProtocolEntry) and first.speaker.startswith("LA_") and first.utt_id.startswith("LA_")
+    )
 
 
 @pytest.mark.parametrize(
@@ -232,7 +238,7 @@ def test_data_malformed_protocol_line_names_file_line_and_expectation(tmp_path, 
     p = tmp_path / "ASVspoof2019.LA.cm.train.trn.txt"
     p.write_text(f"LA_0079 LA_T_1 - - bonafide\n{bad_line}\n")
     with pytest.raises(ValueError, match=r"ASVspoof2019\.LA\.cm\.train\.trn\.txt line 2: .*" + expected) as err:
-        data.read_cm_protocol(p)
+        corpora.read_cm_protocol(p)
     assert bad_line in str(err.value)
 
 
@@ -240,9 +246,9 @@ def test_data_protocol_repeated_utt_and_missing_file(tmp_path):
     p = tmp_path / "p.txt"
     p.write_text("LA_0079 LA_T_1 - - bonafide\nLA_0079 LA_T_1 - A01 spoof\n")
     with pytest.raises(ValueError, match="p.txt line 2: utt id LA_T_1 already on line 1"):
-        data.read_cm_protocol(p)
+        corpora.read_cm_protocol(p)
     with pytest.raises(FileNotFoundError, match="CM protocol not found"):
-        data.read_cm_protocol(tmp_path / "absent.txt")
+        corpora.read_cm_protocol(tmp_path / "absent.txt")
 
 
 # --- layouts ---
@@ -254,7 +260,7 @@ def test_data_layouts_official_parent_and_kaggle_copy(tmp_path):
     (kaggle / "LA" / "LA").symlink_to(DEMO.resolve())
     want = DEMO.resolve()
     for root in (DEMO, DEMO.parent, kaggle, kaggle / "LA"):
-        layout = data.find_la_root(root)
+        layout = corpora.find_la_root(root)
         assert layout.root.resolve() == want
         assert layout.audio_path("train", "LA_T_4179989").is_file()
         assert layout.protocol_path("eval").is_file()
@@ -262,15 +268,15 @@ def test_data_layouts_official_parent_and_kaggle_copy(tmp_path):
 
 def test_data_wrong_root_lists_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        data.find_la_root(tmp_path)
+        corpora.find_la_root(tmp_path)
     msg = str(err.value)
     for c in (tmp_path, tmp_path / "LA", tmp_path / "LA" / "LA"):
         assert str(c) in msg
     assert "ASVspoof2019_LA_cm_protocols" in msg and "--data-root" in msg
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.find_la_root(tmp_path / "nowhere")
+        corpora.find_la_root(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no --data-root given"):
-        data.find_la_root(None)
+        corpora.find_la_root(None)
 
 
 # --- audio: fix_length, augmentation ---
@@ -361,10 +367,10 @@ def test_data_item_shapes_on_real_files(frontend, shape):
     i = [e.utt_id for e in ds.entries].index("LA_T_4179989")
     x, label, utt_id, system, speaker = ds[i]
     assert tuple(x.shape) == shape and torch.isfinite(x).all()
-    assert (label, utt_id, system, speaker) == (data.LABEL_BONAFIDE, "LA_T_4179989", "-", "LA_0079")
+    assert (label, utt_id, system, speaker) == (corpora.LABEL_BONAFIDE, "LA_T_4179989", "-", "LA_0079")
     raw = data.ASVspoof2019LA(DEMO, "eval", fe.num_samples(600))  # frontend=None: waveforms
     wave, label, _, system, _ = raw[0]
-    assert tuple(wave.shape) == (fe.num_samples(600),) and (label, system) == (data.LABEL_SPOOF, "A09")
+    assert tuple(wave.shape) == (fe.num_samples(600),) and (label, system) == (corpora.LABEL_SPOOF, "A09")
 
 
 # --- --check ---
@@ -434,11 +440,11 @@ def test_data_check_audio_file_flags_rate_stereo_silence_empty_and_garbage(tmp_p
 def test_data_check_reports_missing_folder_protocol_and_empty_file(tmp_path, capsys):
     la = data_small_tree(tmp_path / "LA")
     shutil.rmtree(la / "ASVspoof2019_LA_eval")
-    (la / data.PROTOCOL_DIR / data.PROTOCOL_FILES["dev"]).unlink()
+    (la / corpora.PROTOCOL_DIR / corpora.PROTOCOL_FILES["dev"]).unlink()
     (la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000002.flac").write_bytes(b"")
     sf.write(la / "ASVspoof2019_LA_train" / "flac" / "LA_T_9999999.flac", data_tone(), 16000)  # in no protocol
     report = data.check_dataset(la)
-    train, dev, ev = (report["splits"][s] for s in data.SPLITS)
+    train, dev, ev = (report["splits"][s] for s in corpora.SPLITS)
     assert [p["problem"] for p in train["problems"]] == ["empty file (0 bytes)"] and train["unlisted"] == 1
     assert "CM protocol not found" in dev["problems"][0]["problem"]
     assert ev["problems"][0]["problem"].startswith("missing folder") and ev["files"] == 1
@@ -514,11 +520,15 @@ def test_data_show_unknown_utt_and_missing_out(tmp_path):
         data.main(["--data-root", str(DEMO), "--show", "LA_T_4179989"])
 
 
-def test_data_flags_of_another_action_are_refused():
-    with pytest.raises(ValueError, match="--json goes with --check"):
-        data.main(["--download", "--to", "x", "--json"])
-    with pytest.raises(ValueError, match="--to goes with --download"):
-        data.main(["--check", "--to", "x"])
+def test_data_flags_of_another_action_are_refused_as_usage_errors(capsys):
+    """A flag of another action is a flag-combination error: one line and exit 2, as argparse's own."""
+    for argv, message in ((["--download", "--to", "x", "--json"], "--json goes with --check"),
+                          (["--check", "--to", "x"], "--to goes with --download"),
+                          (["--data-root", str(DEMO), "--show", "LA_T_4179989", "--split", "dev"], "--split goes with --check")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            data.main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
 # --- --download (local server only: never the internet) ---
@@ -530,7 +540,7 @@ def test_data_download_extract_and_check_from_a_local_server(tmp_path, data_serv
     to = tmp_path / "dl"
     assert data.main(["--download", "--to", str(to), "--url", server.url + "/LA.zip"]) == 0
     assert "no problems found" in capsys.readouterr().out
-    assert (to / "LA" / data.PROTOCOL_DIR).is_dir() and (to / ".completed-LA").is_file()
+    assert (to / "LA" / corpora.PROTOCOL_DIR).is_dir() and (to / ".completed-LA").is_file()
     assert not (to / "LA.zip").exists() and not list(to.glob(".LA.zip.extracting-*"))
     server.close()  # idempotent: a second run needs no network
     assert data.main(["--download", "--to", str(to), "--url", server.url + "/LA.zip"]) == 0
@@ -543,7 +553,7 @@ def test_data_download_resumes_a_partial_file(tmp_path, data_server, ranges):
     server = data_server({"/big.bin": body}, ranges=ranges)
     dest = tmp_path / "big.bin"
     (tmp_path / "big.bin.part").write_bytes(body[:1_234_567])
-    assert data.download(server.url + "/big.bin", dest, progress=False) == dest
+    assert download.download(server.url + "/big.bin", dest, progress=False) == dest
     assert dest.read_bytes() == body and not (tmp_path / "big.bin.part").exists()
     assert server.requests == [("/big.bin", "bytes=1234567-")]  # asked for the rest only
 
@@ -552,9 +562,9 @@ def test_data_download_part_already_whole_and_http_error(tmp_path, data_server):
     body = b"x" * 1000
     server = data_server({"/f": body})
     (tmp_path / "f.part").write_bytes(body)
-    assert data.download(server.url + "/f", tmp_path / "f", progress=False).read_bytes() == body  # 416 -> done
+    assert download.download(server.url + "/f", tmp_path / "f", progress=False).read_bytes() == body  # 416 -> done
     with pytest.raises(ConnectionError, match="HTTP 404.*by hand"):
-        data.download(server.url + "/absent", tmp_path / "g", hand="download it by hand", progress=False)
+        download.download(server.url + "/absent", tmp_path / "g", hand="download it by hand", progress=False)
 
 
 def test_data_download_offline_fails_fast_with_hand_instructions(tmp_path):
@@ -573,12 +583,12 @@ def test_data_extract_refuses_damaged_archive_and_existing_target(tmp_path):
     bad = tmp_path / "LA.zip"
     bad.write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(ValueError, match="not a zip or tar|damaged"):
-        data.extract_archive(bad, tmp_path)
+        download.extract_archive(bad, tmp_path)
     good = tmp_path / "good.zip"
     good.write_bytes(data_zip_of(data_small_tree(tmp_path / "src" / "LA")))
     (tmp_path / "LA").mkdir()
     with pytest.raises(FileExistsError, match="already exists"):
-        data.extract_archive(good, tmp_path)
+        download.extract_archive(good, tmp_path)
     assert not list(tmp_path.glob(".good.zip.extracting-*"))
 
 
@@ -598,9 +608,9 @@ def test_data_download_vocv4_tar(tmp_path, data_server, capsys):
     assert data.main(["--download", "--to", str(to), "--source", "vocv4", "--url", url, "--keep-archive"]) == 0
     assert (to / "project09-voc.v4.tar").read_bytes() == buf.getvalue() and (to / ".completed-vocv4").is_file()
     root = to / "project09-voc.v4" / "voc.v4"
-    assert "1 protocol lines, 1 wav files" in capsys.readouterr().out and data.find_vocv4_root(to) == root
+    assert "1 protocol lines, 1 wav files" in capsys.readouterr().out and corpora.find_vocv4_root(to) == root
     with pytest.raises(FileNotFoundError, match="no voc.v4 folder"):
-        data.find_vocv4_root(tmp_path / "src")
+        corpora.find_vocv4_root(tmp_path / "src")
 
 
 def test_data_kaggle_without_the_tool_says_how_to_install(tmp_path, monkeypatch):
@@ -617,15 +627,15 @@ def test_data_kaggle_with_a_fake_tool_gives_the_la_la_nesting(tmp_path, monkeypa
     tool = bin_dir / "kaggle"
     tool.write_text(
         f"#!{sys.executable}\nimport shutil, sys\nargs = sys.argv[1:]\n"
-        f"assert args[:3] == ['datasets', 'download', '-d'] and args[3] == {data.KAGGLE_DATASET!r}\n"
+        f"assert args[:3] == ['datasets', 'download', '-d'] and args[3] == {download.KAGGLE_DATASET!r}\n"
         f"shutil.copy({str(zip_path)!r}, args[args.index('-p') + 1])\n"
     )
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     to = tmp_path / "dl"
     assert data.main(["--download", "--to", str(to), "--source", "kaggle"]) == 0
-    assert (to / "LA" / "LA" / data.PROTOCOL_DIR).is_dir() and not (to / ".kaggle-download").exists()
-    assert data.find_la_root(to).root == to / "LA" / "LA"
+    assert (to / "LA" / "LA" / corpora.PROTOCOL_DIR).is_dir() and not (to / ".kaggle-download").exists()
+    assert corpora.find_la_root(to).root == to / "LA" / "LA"
     assert "no problems found" in capsys.readouterr().out
 
 
@@ -674,7 +684,7 @@ def test_run_cli_turns_an_allocation_failure_into_one_line_naming_the_size_flags
                            "you tried to allocate 128000000000 bytes.\nmore torch text")  # fmt: skip
 
     with pytest.raises(SystemExit) as done:
-        data.run_cli(main, [])
+        cli.run_cli(main, [])
     err = capsys.readouterr().err
     assert done.value.code == 1 and err.count("\n") == 1
     assert err.startswith("error: out of memory (") and "--batch-size" in err and "--num-frames" in err
@@ -743,9 +753,9 @@ def test_data_text_files_that_are_not_utf8_name_the_line(tmp_path):
     protocol = find_la_root(la).protocol_path("train")
     protocol.write_bytes(protocol.read_bytes() + b"LA_0079 LA_T_\xff000009 - - bonafide\n")
     with pytest.raises(ValueError, match=r"^ASVspoof2019\.LA\.cm\.train\.trn\.txt line 4: not UTF-8 text \(byte 0xff"):
-        data.read_cm_protocol(protocol)
+        corpora.read_cm_protocol(protocol)
     protocol.write_bytes(b"\xef\xbb\xbf" + protocol.read_bytes().splitlines(keepends=True)[0])  # a BOM is fine
-    assert data.read_cm_protocol(protocol)[0].speaker == "LA_0079"
+    assert corpora.read_cm_protocol(protocol)[0].speaker == "LA_0079"
 
 
 def test_data_atomic_write_removes_temporaries_of_killed_writers_only(tmp_path):
@@ -757,18 +767,18 @@ def test_data_atomic_write_removes_temporaries_of_killed_writers_only(tmp_path):
     other = tmp_path / f".best.pt.{dead.pid}.1.tmp"  # another file's: not ours to touch now
     for p in (stale, live, other):
         p.write_text("half a checkpoint")
-    with data.atomic_write(target) as f:
+    with cli.atomic_write(target) as f:
         f.write("whole")
     assert target.read_text() == "whole" and not stale.exists() and live.exists() and other.exists()
 
 
 def test_data_check_output_path_refuses_folders_and_unwritable_places(tmp_path):
-    assert data.check_output_path(tmp_path / "new" / "s.txt", "--out") == tmp_path / "new" / "s.txt"
+    assert cli.check_output_path(tmp_path / "new" / "s.txt", "--out") == tmp_path / "new" / "s.txt"
     with pytest.raises(ValueError, match=r"--out .* is a folder; expected a file path"):
-        data.check_output_path(tmp_path, "--out")
+        cli.check_output_path(tmp_path, "--out")
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError, match=r"^--out .*file/s\.txt: cannot write in"):
-        data.check_output_path(tmp_path / "file" / "s.txt", "--out")
+        cli.check_output_path(tmp_path / "file" / "s.txt", "--out")
 
 
 # --- progress line ---
@@ -776,10 +786,10 @@ def test_data_check_output_path_refuses_folders_and_unwritable_places(tmp_path):
 
 def test_data_progress_line_in_megabytes_and_unknown_total():
     stream = io.StringIO()
-    bar = data.Progress(3_000_000, "LA.zip", unit="MB", scale=1e6, stream=stream)
+    bar = cli.Progress(3_000_000, "LA.zip", unit="MB", scale=1e6, stream=stream)
     bar.update(1_500_000)
     assert "LA.zip: 1.5/3.0 MB (50%)" in stream.getvalue() and "MB/s" in stream.getvalue()
-    unknown = data.Progress(0, "x", unit="MB", scale=1e6, stream=io.StringIO(), every=1e9)
+    unknown = cli.Progress(0, "x", unit="MB", scale=1e6, stream=io.StringIO(), every=1e9)
     unknown.update(10)
     unknown.update(10)
     assert unknown.stream.getvalue().count("\n") == 1 and "ETA ?" in unknown.stream.getvalue()
@@ -1255,7 +1265,7 @@ def test_cli_bad_score_file_exits_1_with_one_line_naming_file_and_line(tmp_path)
     p.write_text("LA_E_1 - bonafide 1.0\nLA_E_2 A07 spoof\n")
     run = _run_cli("--scores", str(p), cwd=tmp_path)
     assert run.returncode == 1 and run.stdout == ""
-    assert run.stderr.count("\n") == 1 and run.stderr.startswith("metrics.py: error: bad.txt line 2: expected 4 fields")
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: bad.txt line 2: expected 4 fields")
     debug = _run_cli("--scores", str(p), "--debug", cwd=tmp_path)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
@@ -1443,11 +1453,11 @@ def test_waves_to_logits_makes_features_outside_autocast_and_logits_in_float32()
 
 
 def test_num_workers_rule_is_in_process_on_the_cpu_and_parallel_with_a_gpu():
-    assert data.default_num_workers(None, torch.device("cpu")) == 0
-    assert data.default_num_workers(None, torch.device("cuda")) == min(16, os.cpu_count() or 1)
-    assert data.default_num_workers(3, torch.device("cpu")) == 3
+    assert cli.default_num_workers(None, torch.device("cpu")) == 0
+    assert cli.default_num_workers(None, torch.device("cuda")) == min(16, os.cpu_count() or 1)
+    assert cli.default_num_workers(3, torch.device("cpu")) == 3
     with pytest.raises(ValueError, match="--num-workers must be 0 or more"):
-        data.default_num_workers(-1, torch.device("cpu"))
+        cli.default_num_workers(-1, torch.device("cpu"))
 
 
 def test_cpu_backend_tunes_the_allocator_and_fused_adam_runs_on_the_cpu():
@@ -1914,12 +1924,12 @@ def test_vocv4_copies_of_the_training_bona_fide_become_spoofs(tmp_path):
     real = data.load_audio(DEMO / "ASVspoof2019_LA_train" / "flac" / f"{utt}.flac")
     vocv4 = explain_write_vocv4(tmp_path / "vocv4", utt, real)
     entries = find_la_root(DEMO).protocol("train")
-    extra = data.vocv4_training_entries(vocv4, entries, ["hifigan"])
+    extra = vocoders.vocv4_training_entries(vocv4, entries, ["hifigan"])
     assert [(e.utt_id, e.system, e.key, e.speaker) for e in extra] == [
         (f"hifigan_{utt}", "hifigan", "spoof", "LA_0079")
     ]
     ds = data.ASVspoof2019LA(DEMO, "train", 8000, entries=entries[:2] + extra)
-    assert ds.path(2) == Path(extra[0].path) and ds[2][1] == data.LABEL_SPOOF
+    assert ds.path(2) == Path(extra[0].path) and ds[2][1] == corpora.LABEL_SPOOF
 
 
 def test_asoftmax_bf16_channels_last_cached_run_trains_and_scores(tmp_path):
@@ -2701,7 +2711,7 @@ def test_explain_alignment_recovers_a_known_shift(method, shift):
 
 def test_explain_envelope_alignment_survives_resynthesised_phase():
     real = explain_speechlike()
-    fake = data.vocode(torch.nn.functional.pad(real, (137, 0)), "griffinlim")  # late by 137, new phase
+    fake = vocoders.vocode(torch.nn.functional.pad(real, (137, 0)), "griffinlim")  # late by 137, new phase
     assert abs(explain.estimate_lag(real, fake, 1600, "envelope") - 137) <= 65  # half a hop of the LCNN's STFT
     with pytest.raises(ValueError, match="--align must be"):
         explain.estimate_lag(real, fake, 1600, "phase")
@@ -2713,15 +2723,15 @@ def test_explain_local_vocoders_keep_length_and_lose_what_they_should():
     ref = spec(wave)
     errors = {}
     for name in ("griffinlim", "melgl"):
-        out = data.vocode(wave, name)
+        out = vocoders.vocode(wave, name)
         assert out.shape == wave.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
         assert torch.corrcoef(torch.stack([out, wave]))[0, 1] < 0.9  # the phase is re-synthesised
         errors[name] = float((spec(out) - ref).norm() / ref.norm())  # spectral convergence
-        torch.testing.assert_close(data.vocode(wave, name), out)  # deterministic
+        torch.testing.assert_close(vocoders.vocode(wave, name), out)  # deterministic
     # Griffin-Lim keeps the magnitude on its own grid; mel inversion loses the harmonics between bands.
     assert errors["griffinlim"] < 0.35 and errors["melgl"] > errors["griffinlim"] + 0.1
     with pytest.raises(ValueError, match="unknown vocoder"):
-        data.vocode(wave, "hifigan")
+        vocoders.vocode(wave, "hifigan")
 
 
 @pytest.mark.parametrize("name,package", [("world", "pyworld"), ("mlsa", "pysptk")])
@@ -2732,12 +2742,12 @@ def test_optional_vocoders_say_what_to_install_or_copy_synthesise(name, package,
     except ImportError:
         pass
     else:
-        out = data.vocode(wave, name)
+        out = vocoders.vocode(wave, name)
         assert out.shape == wave.shape and torch.isfinite(out).all() and out.abs().max() > 0.01
         assert torch.corrcoef(torch.stack([out, wave]))[0, 1] < 0.95  # a re-synthesis, not a copy
     monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
     with pytest.raises(RuntimeError, match=rf"needs the optional package {package} \(pip install {package}"):
-        data.vocode(wave, name)
+        vocoders.vocode(wave, name)
 
 
 # --- agreement metrics
@@ -2802,25 +2812,25 @@ def explain_write_vocv4(folder: Path, utt: str, wave: torch.Tensor) -> Path:
         "LA_0080 hifigan_LA_T_1000000 - hifigan spoof\n"
     )
     for vocoder in ("hifigan", "waveglow"):
-        sf.write(root / "wav" / f"{vocoder}_{utt}.wav", data.vocode(wave, "griffinlim").numpy(), 16000)
+        sf.write(root / "wav" / f"{vocoder}_{utt}.wav", vocoders.vocode(wave, "griffinlim").numpy(), 16000)
     return root
 
 
 def test_explain_vocv4_pairs_by_utterance_id(tmp_path):
     root = explain_write_vocv4(tmp_path, "LA_T_4179989", explain_speechlike(0.3))
-    entries = data.read_vocv4_protocol(root / "protocol.txt")
+    entries = corpora.read_vocv4_protocol(root / "protocol.txt")
     assert [(e.vocoder, e.utt_id) for e in entries][:2] == [("hifigan", "LA_T_4179989"), ("waveglow", "LA_T_4179989")]
-    found = data.find_vocv4_files(tmp_path, "LA_T_4179989", ["waveglow", "hifigan"])  # parent folder works too
+    found = corpora.find_vocv4_files(tmp_path, "LA_T_4179989", ["waveglow", "hifigan"])  # parent folder works too
     assert list(found) == ["waveglow", "hifigan"] and found["hifigan"].name == "hifigan_LA_T_4179989.wav"
     with pytest.raises(ValueError, match="no melgan copy of LA_T_4179989.*hifigan, waveglow"):
-        data.find_vocv4_files(root, "LA_T_4179989", ["melgan"])
+        corpora.find_vocv4_files(root, "LA_T_4179989", ["melgan"])
     with pytest.raises(FileNotFoundError, match="listed in .*but missing"):
-        data.find_vocv4_files(root, "LA_T_1000000", ["hifigan"])
+        corpora.find_vocv4_files(root, "LA_T_1000000", ["hifigan"])
     (root / "protocol.txt").write_text("LA_0079 hifigan_LA_T_4179989 hifigan spoof\n")
     with pytest.raises(ValueError, match="protocol.txt line 1: expected 5 fields"):
-        data.read_vocv4_protocol(root / "protocol.txt")
+        corpora.read_vocv4_protocol(root / "protocol.txt")
     with pytest.raises(FileNotFoundError, match="no voc.v4 folder"):
-        data.find_vocv4_files(tmp_path / "nowhere", "LA_T_4179989", ["hifigan"])
+        corpora.find_vocv4_files(tmp_path / "nowhere", "LA_T_4179989", ["hifigan"])
 
 
 # --- CLI end to end (tiny inputs: 32 frames)

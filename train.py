@@ -38,40 +38,47 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data import (
-    VOCODED_CACHE,
-    VOCODERS,
+from cli import (
     ArgumentParser,
-    ASVspoof2019LA,
     Progress,
     add_common_args,
-    add_model_args,
     atomic_write,
-    collate,
-    count_bad,
     default_num_workers,
-    find_la_root,
+    first_line,
     format_seconds,
-    make_frontend,
-    prepare_vocoded,
     resolve_device,
     run_cli,
-    vocv4_training_entries,
+)
+from corpora import (
+    find_la_root,
+)
+from data import (
+    ASVspoof2019LA,
+    add_input_args,
+    collate,
+    count_bad,
+    make_frontend,
 )
 from metrics import compute_eer, write_score_file
 from model import (
     LCNN,
+    add_model_args,
     asoftmax_lambda,
     bonafide_score,
     configure_backend,
     count_parameters,
-    first_line,
     make_adam,
     read_checkpoint,
     release_cpu_memory,
     use_bf16,
     use_channels_last,
     waves_to_logits,
+)
+from vocoders import (
+    VOCODED_CACHE,
+    VOCODERS,
+    prepare_vocoded,
+    vocv4_training_entries,
 )
 
 # ----------------------------------------------------------------------------- recipes
@@ -106,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     """All flags of train.py, with the STC recipe as defaults."""
     parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     add_common_args(parser)
+    add_input_args(parser)
     add_model_args(parser)
     g = parser.add_argument_group("train")
     g.add_argument("--recipe", default=None, help=f"named preset of flag defaults: {', '.join(RECIPES)} (default stc)")
@@ -536,7 +544,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save through data.atomic_write: a crash never leaves half a checkpoint."""
+    """torch.save through cli.atomic_write: a crash never leaves half a checkpoint."""
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
 

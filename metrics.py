@@ -1,4 +1,5 @@
-"""Metrics for ASVspoof 2019 LA: EER, DET curve, min t-DCF, per-attack EER and score files.
+"""Metrics for ASVspoof 2019 LA: EER, DET curve, min t-DCF, per-attack EER and score files; ASVspoof 2021's revised
+t-DCF; ASVspoof 5's minDCF, actDCF and Cllr, score calibration, EER by any metadata column and its score files.
 
 Score polarity, once for the whole project: a HIGHER score means MORE BONA FIDE. The official
 ASVspoof code assumes it, and so does every function here; a score that grows with "spoofness"
@@ -20,6 +21,13 @@ References:
   Countermeasures and Automatic Speaker Verification", Proc. Odyssey 2018, pp. 312-319.
   ASVspoof 2019: Automatic Speaker Verification Spoofing and Countermeasures Challenge
   Evaluation Plan (the "legacy" t-DCF used to rank ASVspoof 2019 systems).
+  T. Kinnunen et al., "Tandem Assessment of Spoofing Countermeasures and Automatic Speaker
+  Verification: Fundamentals", IEEE/ACM TASLP 28, 2020 (the revised t-DCF of ASVspoof 2021).
+  ASVspoof 5 Evaluation Plan and the organisers' `evaluation-package/calculate_modules.py` (minDCF,
+  actDCF, Cllr); the test suite checks ours against a transcription of it.
+  N. Brümmer, J. du Preez, "Application-independent evaluation of speaker detection", Computer
+  Speech and Language 20, 2006 (Cllr); N. Brümmer, the FoCal toolkit (calibration by prior-weighted
+  logistic regression).
 
 Usage:
   python metrics.py --scores scores.txt --data-root /data/LA --split eval [--json] [--det det.png]
@@ -439,6 +447,211 @@ def compute_min_tdcf(
     return float(tdcf_norm.min())
 
 
+# --- min t-DCF (ASVspoof 2021, revised formulation) -------------------------------------------------
+
+
+def compute_tdcf_curve_2021(
+    bonafide_scores: Any,
+    spoof_scores: Any,
+    asv: AsvScores,
+    cost_model: CostModel = ASVSPOOF2019_COST_MODEL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised t-DCF of a CM over all its thresholds, the revised formulation ranked in ASVspoof 2021.
+
+    Kinnunen et al., "Tandem assessment of spoofing countermeasures and automatic speaker verification:
+    fundamentals", IEEE/ACM TASLP 2020, as the organisers' 2021 `eval-package/eval_metrics.py`
+    (`compute_tDCF`) computes it, with the ASV fixed at its EER threshold (`compute_asv_error_rates`):
+        C0 = Ptar Cmiss_asv Pmiss_asv + Pnon Cfa_asv Pfa_asv      (what the ASV's own errors cost)
+        C1 = Ptar Cmiss_cm - C0
+        C2 = Pspoof Cfa_cm Pfa_spoof_asv                           (spoofs the ASV accepts, at >= threshold)
+        t-DCF_norm(s) = (C0 + C1 Pmiss_cm(s) + C2 Pfa_cm(s)) / (C0 + min(C1, C2))
+    C1 equals the legacy one and C2 differs from it only in rounding; the revision is the C0 term, so 0 is no
+    longer reachable and 1 is still "no better than no CM". The 2021 costs are the 2019 ones (the 2021 package's
+    tandem Cmiss, Cfa and Cfa_spoof are `c_miss_asv` = `c_miss_cm` = 1, `c_fa_asv` = 10 and `c_fa_cm` = 10).
+
+    Args:
+        bonafide_scores: (N_bona,) CM scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) CM scores of spoofed trials.
+        asv: ASV scores of the same trials' conditions (target / nontarget / spoof).
+        cost_model: priors and costs; the ASVspoof 2019 (= 2021) values by default.
+
+    Returns:
+        (tdcf_norm, thresholds), both (N + 1,), on the thresholds of `compute_det_curve`.
+
+    Raises:
+        ValueError: as `compute_det_curve`; fewer than 3 distinct CM scores; a negative C0, C1 or C2 (ASV error
+            rates that cannot be right).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    _check_soft(bona, spoof)
+    pmiss_cm, pfa_cm, thresholds = compute_det_curve(bona, spoof)
+    rates = compute_asv_error_rates(asv)
+    pfa_spoof_asv = np.count_nonzero(asv.spoof >= rates["threshold"]) / asv.spoof.size
+    m = cost_model
+    # the organisers' expressions in their order, so the floats agree bit for bit
+    c0 = m.p_tar * m.c_miss_asv * rates["pmiss"] + m.p_non * m.c_fa_asv * rates["pfa"]
+    c1 = m.p_tar * m.c_miss_cm - c0
+    c2 = m.p_spoof * m.c_fa_cm * pfa_spoof_asv
+    if min(c0, c1, c2) < 0 or c0 + min(c1, c2) <= 0:
+        raise ValueError(
+            f"t-DCF weights C0 = {c0:.6g}, C1 = {c1:.6g}, C2 = {c2:.6g} must be non-negative with C0 + min(C1, C2) "
+            f"> 0; check the ASV scores (ASV Pmiss {rates['pmiss']:.4f}, Pfa {rates['pfa']:.4f}, spoofs accepted "
+            f"{pfa_spoof_asv:.4f})"
+        )
+    tdcf = c0 + c1 * pmiss_cm + c2 * pfa_cm
+    return tdcf / (c0 + min(c1, c2)), thresholds
+
+
+def compute_min_tdcf_2021(
+    bonafide_scores: Any,
+    spoof_scores: Any,
+    asv: AsvScores,
+    cost_model: CostModel = ASVSPOOF2019_COST_MODEL,
+) -> float:
+    """Minimum normalised t-DCF of a CM, ASVspoof 2021 revised formulation (see `compute_tdcf_curve_2021`)."""
+    tdcf_norm, _ = compute_tdcf_curve_2021(bonafide_scores, spoof_scores, asv, cost_model)
+    return float(tdcf_norm.min())
+
+
+# --- ASVspoof 5 track-1 metrics: minDCF, actDCF, Cllr -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectionCosts:
+    """Prior and costs of the CM's own detection cost function (ASVspoof 5 evaluation plan, track 1).
+
+    The one owner of these numbers: minDCF, actDCF, the Bayes threshold and the calibration prior all read them
+    from here. The DCF of a threshold is Cmiss (1 - Pspoof) Pmiss + Cfa Pspoof Pfa, where a miss is a bona fide
+    trial rejected and a false alarm a spoof accepted.
+    """
+
+    p_spoof: float = 0.05  # prior of a spoofing attack
+    c_miss: float = 1.0  # cost of rejecting a bona fide trial
+    c_fa: float = 10.0  # cost of accepting a spoof
+
+    def __post_init__(self) -> None:
+        if not 0 < self.p_spoof < 1:
+            raise ValueError(f"DCF prior p_spoof must be in (0, 1), got {self.p_spoof}")
+        if not (self.c_miss > 0 and self.c_fa > 0):
+            raise ValueError(f"DCF costs must be positive, got c_miss {self.c_miss}, c_fa {self.c_fa}")
+
+    @property
+    def beta(self) -> float:
+        """Cmiss (1 - Pspoof) / (Cfa Pspoof), the evaluation plan's beta (1.9 for the ASVspoof 5 costs)."""
+        return self.c_miss * (1 - self.p_spoof) / (self.c_fa * self.p_spoof)
+
+    @property
+    def effective_prior(self) -> float:
+        """The bona fide prior that alone gives the same Bayes decisions as these prior and costs:
+        Cmiss (1 - Pspoof) / (Cmiss (1 - Pspoof) + Cfa Pspoof) = beta / (1 + beta) (0.655172 for ASVspoof 5)."""
+        return self.beta / (1 + self.beta)
+
+
+ASVSPOOF5_COSTS = DetectionCosts()
+
+
+def bayes_threshold(costs: DetectionCosts = ASVSPOOF5_COSTS) -> float:
+    """THE verdict threshold of the project on calibrated scores: -ln(beta) (-0.641854 for the ASVspoof 5 costs).
+
+    A score that is a natural-log likelihood ratio of bona fide vs spoof is accepted as bona fide when it is at
+    or above this threshold; that decision has the least expected cost under `costs` (ASVspoof 5 evaluation plan,
+    Eq. 3; the organisers' `compute_actDCF`).
+    """
+    beta = costs.c_miss * (1 - costs.p_spoof) / (costs.c_fa * costs.p_spoof)  # the organisers' float, as written
+    return float(-np.log(beta))
+
+
+def llr_to_posterior(llr: Any, prior: float) -> np.ndarray:
+    """Posterior probability of bona fide from a log-likelihood ratio and a bona fide prior (Bayes' rule in
+    log-odds: sigmoid(llr + logit(prior)), computed without overflow).
+
+    Args:
+        llr: (N,) natural-log likelihood ratios of bona fide vs spoof (calibrated scores).
+        prior: the bona fide prior in (0, 1), e.g. `ASVSPOOF5_COSTS.effective_prior` or 1 - p_spoof.
+
+    Returns:
+        (N,) float64 posteriors in [0, 1].
+    """
+    if not 0 < prior < 1:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    log_odds = _to_numpy(llr).astype(np.float64) + np.log(prior / (1 - prior))
+    return np.exp(-np.logaddexp(0.0, -log_odds))
+
+
+def compute_min_dcf(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCosts = ASVSPOOF5_COSTS) -> float:
+    """Minimum normalised DCF of a CM, the primary ASVspoof 5 track-1 metric.
+
+    The organisers' `compute_mindcf` (ASVspoof 5 `evaluation-package/calculate_modules.py`): the least
+    Cmiss (1 - Pspoof) Pmiss + Cfa Pspoof Pfa over the points of the DET curve (`compute_det_curve`, tie groups
+    crossed one trial at a time as there), divided by min(Cmiss (1 - Pspoof), Cfa Pspoof), the cost of the better
+    of "accept all" and "reject all". Invariant to any increasing map of the scores.
+
+    Args:
+        bonafide_scores: (N_bona,) CM scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) CM scores of spoofed trials.
+        costs: prior and costs; the ASVspoof 5 ones by default.
+
+    Returns:
+        minDCF: 0 = perfect, 1 = no better than a fixed decision.
+
+    Raises:
+        ValueError: as `compute_det_curve` (a class absent, not 1-D, NaN/inf).
+    """
+    frr, far, _ = compute_det_curve(bonafide_scores, spoof_scores)
+    p_target = 1 - costs.p_spoof  # the organisers' floats: their spoof prior is 1 - p_target, not p_spoof
+    dcf = costs.c_miss * frr * p_target + costs.c_fa * far * (1 - p_target)
+    return float(dcf.min() / min(costs.c_miss * p_target, costs.c_fa * (1 - p_target)))
+
+
+def compute_act_dcf(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCosts = ASVSPOOF5_COSTS) -> float:
+    """Actual normalised DCF of a CM whose scores are calibrated LLRs: the DCF at the Bayes threshold.
+
+    The organisers' `compute_actDCF` (ASVspoof 5 `calculate_modules.py`; evaluation plan Eq. 3): the threshold is
+    `bayes_threshold(costs)` = -ln(beta); Pmiss is the share of bona fide scores below it, Pfa the share of spoof
+    scores at or above it, and the DCF is normalised as in `compute_min_dcf`. Raw scores that are not LLRs (a
+    logit difference, say) get an actDCF that says how far they are from calibrated; `fit_calibration` maps them.
+
+    Args:
+        bonafide_scores: (N_bona,) bona fide scores, natural-log likelihood ratios of bona fide vs spoof.
+        spoof_scores: (N_spoof,) spoof scores, same scale.
+        costs: prior and costs; the ASVspoof 5 ones by default.
+
+    Returns:
+        actDCF >= minDCF; above 1 means the scores' decisions cost more than a fixed decision.
+
+    Raises:
+        ValueError: as `compute_eer` (a class absent, not 1-D, NaN/inf).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    threshold = bayes_threshold(costs)
+    rate_miss = np.count_nonzero(bona < threshold) / bona.size
+    rate_fa = np.count_nonzero(spoof >= threshold) / spoof.size
+    dcf = costs.c_miss * (1 - costs.p_spoof) * rate_miss + costs.c_fa * costs.p_spoof * rate_fa
+    return float(dcf / min(costs.c_fa * costs.p_spoof, costs.c_miss * (1 - costs.p_spoof)))
+
+
+def compute_cllr(bonafide_scores: Any, spoof_scores: Any) -> float:
+    """Log-likelihood-ratio cost Cllr in bits (Brümmer & du Preez, "Application-independent evaluation of speaker
+    detection", Computer Speech and Language 20, 2006), as the organisers' `calculate_CLLR` (ASVspoof 5):
+        Cllr = (mean log(1 + e^-s) over bona fide + mean log(1 + e^s) over spoof) / (2 ln 2).
+    0 = perfect, 1 = uninformative LLRs (all 0); unbounded for confident wrong LLRs. Computed with logaddexp, so
+    scores of any size stay finite (the organisers' log1p(exp(.)) overflows beyond about 709).
+
+    Args:
+        bonafide_scores: (N_bona,) natural-log likelihood ratios of bona fide trials (calibrated scores).
+        spoof_scores: (N_spoof,) natural-log likelihood ratios of spoofed trials.
+
+    Raises:
+        ValueError: as `compute_eer` (a class absent, not 1-D, NaN/inf).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    nats = np.mean(np.logaddexp(0.0, -bona)) + np.mean(np.logaddexp(0.0, spoof))
+    return float(0.5 * nats / np.log(2))
+
+
 # --- per-attack EER -----------------------------------------------------------------------------
 
 
@@ -690,14 +903,20 @@ def check_trials(scores: ScoreFile, trials: Any, protocol: str = "the protocol")
 
 
 def evaluate_scores(scores: ScoreFile, asv: AsvScores | None = None) -> dict[str, Any]:
-    """EER, min t-DCF and per-attack EER of a score file.
+    """EER, min t-DCF, the ASVspoof 5 metrics and per-attack EER of a score file.
+
+    minDCF, actDCF and Cllr use the ASVspoof 5 costs (`ASVSPOOF5_COSTS`). actDCF and Cllr read the scores as
+    calibrated natural-log likelihood ratios: on raw scores (a logit difference) they measure the calibration as
+    much as the CM; `fit_calibration` on development scores makes them meaningful. EER and minDCF do not depend
+    on calibration.
 
     Args:
         scores: the CM scores (higher = more bona fide).
         asv: the organisers' ASV scores of the same split; None skips the t-DCF.
 
     Returns:
-        {"eer": percent, "min_tdcf": float or None, "per_attack": {"A07": percent, ...}}.
+        {"eer": percent, "min_tdcf": float or None, "min_dcf", "act_dcf", "cllr" (bits), "n_bonafide", "n_spoof",
+        "per_attack": {"A07": percent, ...}}.
 
     Raises:
         ValueError: NaN/inf scores (naming the first utt id), a class absent, hard decisions.
@@ -712,16 +931,26 @@ def evaluate_scores(scores: ScoreFile, asv: AsvScores | None = None) -> dict[str
     return {
         "eer": 100 * compute_eer(bona, spoof)[0],
         "min_tdcf": None if asv is None else compute_min_tdcf(bona, spoof, asv),
+        "min_dcf": compute_min_dcf(bona, spoof),
+        "act_dcf": compute_act_dcf(bona, spoof),
+        "cllr": compute_cllr(bona, spoof),
+        "n_bonafide": int(bona.size),
+        "n_spoof": int(spoof.size),
         "per_attack": {a: 100 * e for a, e in per_attack_eer(scores.score, scores.system, scores.key).items()},
     }
 
 
 def format_report(result: dict[str, Any], title: str = "") -> str:
-    """A plain-text report of `evaluate_scores`' result: EER, min t-DCF and the per-attack table."""
+    """A plain-text report of `evaluate_scores`' result: EER, min t-DCF, minDCF / actDCF / Cllr, per-attack table."""
     lines = [title] if title else []
     lines.append(f"EER        {result['eer']:9.6f} %")
     tdcf = result["min_tdcf"]
     lines.append(f"min t-DCF  {tdcf:9.6f}" if tdcf is not None else "min t-DCF  n/a (pass --asv-scores or --data-root)")
+    if "min_dcf" in result:  # the ASVspoof 5 line; actDCF and Cllr hold only for calibrated scores
+        lines.append(
+            f"minDCF     {result['min_dcf']:9.6f}   actDCF {result['act_dcf']:.6f}   Cllr {result['cllr']:.6f} bits   "
+            f"({result['n_bonafide']:,} bona fide, {result['n_spoof']:,} spoof; actDCF and Cllr read scores as LLRs)"
+        )
     lines.append("")
     lines.append("attack   EER (%)")
     lines += [f"{attack:<6} {eer:8.3f}" for attack, eer in result["per_attack"].items()]
@@ -859,7 +1088,9 @@ def main(argv: list[str] | None = None) -> None:
         "--split", choices=("dev", "eval"), help="which ASV scores --data-root means; default: from the utt ids"
     )
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON object: eer (%%), min_tdcf, per_attack (%%)"
+        "--json",
+        action="store_true",
+        help="print one JSON object: eer (%%), min_tdcf, min_dcf, act_dcf, cllr, n_bonafide, n_spoof, per_attack (%%)",
     )
     parser.add_argument("--det", type=Path, metavar="FILE.png", help="also write a DET curve")
     parser.add_argument("--debug", action="store_true", help="show the traceback on errors")

@@ -652,6 +652,138 @@ def compute_cllr(bonafide_scores: Any, spoof_scores: Any) -> float:
     return float(0.5 * nats / np.log(2))
 
 
+# --- calibration: scores -> log-likelihood ratios ---------------------------------------------------
+
+CALIBRATION_L2 = 1e-6  # ridge on the standardised slope and offset: keeps separable data finite, shifts others ~1e-6
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An affine map from CM scores to natural-log likelihood ratios of bona fide vs spoof: llr = a * s + b.
+
+    Fitted by `fit_calibration`; stored as plain numbers (`to_dict`), so it can sit in a torch checkpoint that
+    loads with `weights_only=True`. `a > 0` always: the map keeps the ranking, so EER and minDCF are unchanged.
+    """
+
+    a: float  # slope, > 0
+    b: float  # offset
+    prior: float  # the bona fide prior it was fitted at (the costs' effective prior)
+    n_bonafide: int  # trials it was fitted on
+    n_spoof: int
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.a) and self.a > 0):
+            raise ValueError(f"calibration slope a must be a finite number > 0, got {self.a!r}")
+        if not np.isfinite(self.b):
+            raise ValueError(f"calibration offset b must be finite, got {self.b!r}")
+        if not 0 < self.prior < 1:
+            raise ValueError(f"calibration prior must be in (0, 1), got {self.prior!r}")
+        if min(self.n_bonafide, self.n_spoof) < 1:
+            raise ValueError(f"calibration trial counts must be >= 1, got {self.n_bonafide}, {self.n_spoof}")
+
+    def apply(self, scores: Any) -> np.ndarray:
+        """(N,) float64 LLRs a * s + b of (N,) scores (list, numpy array or torch tensor)."""
+        return self.a * _to_numpy(scores).astype(np.float64) + self.b
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain Python numbers only (torch.load(weights_only=True) accepts them; so does JSON)."""
+        return {"a": float(self.a), "b": float(self.b), "prior": float(self.prior),
+                "n_bonafide": int(self.n_bonafide), "n_spoof": int(self.n_spoof)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        """The inverse of `to_dict`; ValueError naming a missing or unknown key."""
+        names = ("a", "b", "prior", "n_bonafide", "n_spoof")
+        missing = [k for k in names if k not in d]
+        unknown = sorted(set(d) - set(names))
+        if missing or unknown:
+            raise ValueError(
+                f"calibration dict has keys {sorted(d)}: expected exactly {', '.join(names)}"
+                + (f" (missing {', '.join(missing)})" if missing else "")
+                + (f" (unknown {', '.join(unknown)})" if unknown else "")
+            )
+        return cls(float(d["a"]), float(d["b"]), float(d["prior"]), int(d["n_bonafide"]), int(d["n_spoof"]))
+
+
+def fit_calibration(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCosts = ASVSPOOF5_COSTS) -> Calibration:
+    """Fit llr = a * s + b by prior-weighted logistic regression, Brümmer's FoCal formulation.
+
+    Minimises the cross-entropy at the prior P = `costs.effective_prior` (0.655172 for the ASVspoof 5 costs):
+        P / N_bona  sum_bona  log(1 + exp(-(a s + b + logit P)))
+      + (1 - P) / N_spoof sum_spoof log(1 + exp(a s + b + logit P)),
+    each class weighted by its prior and not by its count, so the class balance of the fitting set does not leak
+    into b (N. Brümmer, FoCal toolkit; Brümmer & du Preez, CSL 2006; the same recipe as the ASVspoof 5 fusion
+    tool). The scores are standardised first and a ridge of CALIBRATION_L2 (1e-6) on the standardised slope and
+    offset keeps the optimum finite for separable data (a then ends large but finite, its decisions all right);
+    otherwise its effect is of the order of 1e-6. Newton's method with a backtracking line search on the two
+    parameters; the problem is strictly convex, so it converges in a few tens of steps at most.
+
+    Fit on development scores, then `apply` unchanged to test scores: actDCF and Cllr on the test set then say
+    how well the calibration carries over. Fitting and measuring on one set gives an optimistic actDCF and Cllr.
+
+    Args:
+        bonafide_scores: (N_bona,) CM scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) CM scores of spoofed trials.
+        costs: the costs whose effective prior the fit targets.
+
+    Returns:
+        Calibration(a, b, prior, n_bonafide, n_spoof).
+
+    Raises:
+        ValueError: a class absent, NaN/inf or not 1-D (as `compute_eer`); all scores equal; a fitted slope <= 0
+            (the scores do not rank bona fide above spoof: inverted polarity, or a CM at chance -- a map with
+            a <= 0 would reverse or erase the ranking, so it is refused rather than returned).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    pooled = np.concatenate((bona, spoof))
+    mean, std = float(pooled.mean()), float(pooled.std())
+    if not std > 0:
+        raise ValueError(f"all {pooled.size:,} scores equal {float(pooled[0])!r}: there is nothing to calibrate")
+    prior = costs.effective_prior
+    x = (pooled - mean) / std  # (N,) standardised, so the ridge and the start do not depend on the score scale
+    y = np.concatenate((np.ones(bona.size), np.zeros(spoof.size)))  # 1 = bona fide
+    w = np.where(y == 1, prior / bona.size, (1 - prior) / spoof.size)  # each class sums to its prior
+    logit_prior = np.log(prior / (1 - prior))
+
+    sign = 1 - 2 * y  # the loss of a trial is log(1 + exp(sign * z)): -z for bona fide, z for spoof
+
+    def objective(theta: np.ndarray) -> float:
+        z = theta[0] * x + theta[1] + logit_prior  # (N,) posterior log-odds of bona fide
+        return float(w @ np.logaddexp(0.0, sign * z) + 0.5 * CALIBRATION_L2 * theta @ theta)
+
+    theta = np.zeros(2)  # (a, b) on the standardised scale
+    value = objective(theta)
+    for _ in range(100):
+        z = theta[0] * x + theta[1] + logit_prior
+        p = np.exp(-np.logaddexp(0.0, -z))  # sigmoid(z) without overflow
+        r = w * (p - y)  # (N,) d objective / d z
+        grad = np.array([r @ x, r.sum()]) + CALIBRATION_L2 * theta
+        h = w * p * (1 - p)
+        hess = np.array([[h @ (x * x), h @ x], [h @ x, h.sum()]]) + CALIBRATION_L2 * np.eye(2)
+        step = np.linalg.solve(hess, -grad)
+        decrease = float(grad @ step)  # -(Newton decrement)^2 < 0: the Hessian is positive definite
+        if -decrease < 1e-24:  # the objective is within ~1e-24 of its minimum
+            break
+        t = 1.0
+        # Armijo backtracking far from the optimum (full steps overshoot while the sigmoids saturate); near it the
+        # full step is right and the decrease is below what the objective's rounding could confirm
+        while -decrease > 1e-12 and objective(theta + t * step) > value + 0.25 * t * decrease and t > 1e-10:
+            t /= 2
+        theta = theta + t * step
+        value = objective(theta)
+    else:
+        raise RuntimeError(f"calibration did not converge in 100 Newton steps (a, b = {theta.tolist()})")
+    if theta[0] <= 0:
+        raise ValueError(
+            f"the fitted calibration slope is {theta[0] / std:.4g} <= 0: the scores do not rank bona fide above "
+            "spoof (higher scores meaning spoof, or a CM at chance); an affine map with a <= 0 would reverse or erase "
+            "the ranking, so none is fitted"
+        )
+    a = float(theta[0] / std)
+    return Calibration(a=a, b=float(theta[1] - a * mean), prior=prior, n_bonafide=bona.size, n_spoof=spoof.size)
+
+
 # --- per-attack EER -----------------------------------------------------------------------------
 
 

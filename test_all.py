@@ -1491,6 +1491,91 @@ def test_tdcf_2021_of_a_perfect_cm_is_the_asv_floor_and_b01_matches_the_referenc
     assert metrics.compute_min_tdcf_2021(bona, spoof, asv) == official.min()
 
 
+# --- calibration ---
+
+
+def _calibrated_metrics(cal, bona, spoof):
+    b, s = cal.apply(bona), cal.apply(spoof)
+    return {
+        "eer": metrics.compute_eer(b, s)[0],
+        "min_dcf": metrics.compute_min_dcf(b, s),
+        "act_dcf": metrics.compute_act_dcf(b, s),
+        "cllr": metrics.compute_cllr(b, s),
+    }
+
+
+def test_calibration_keeps_eer_and_min_dcf_and_lowers_cllr_and_act_dcf_on_b01(protocols):
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt")
+    bona, spoof = scores.bonafide_scores, scores.spoof_scores
+    cal = metrics.fit_calibration(bona, spoof)
+    assert cal.a > 0 and cal.prior == metrics.ASVSPOOF5_COSTS.effective_prior
+    assert (cal.n_bonafide, cal.n_spoof) == (7_355, 63_882)
+    raw = metrics.evaluate_scores(scores)
+    after = _calibrated_metrics(cal, bona, spoof)
+    assert 100 * after["eer"] == pytest.approx(raw["eer"], abs=1e-9)
+    assert after["min_dcf"] == pytest.approx(raw["min_dcf"], abs=1e-9)
+    assert after["cllr"] < raw["cllr"] - 0.4  # 0.842 -> 0.322 bits
+    assert after["act_dcf"] < raw["act_dcf"] - 0.3  # 0.540 -> 0.222, close to minDCF 0.220
+    assert after["act_dcf"] >= after["min_dcf"]
+
+
+def test_calibration_recovers_the_llr_of_badly_scaled_gaussian_scores():
+    """Equal-variance Gaussians: the true LLR is affine, (mu1 - mu0) / sigma^2 * (s - (mu1 + mu0) / 2)."""
+    rng = np.random.default_rng(16)
+    mu1, mu0, sigma = 1100.0, 1000.0, 50.0  # raw scores in the thousands: Cllr ~ 700 bits before calibration
+    bona, spoof = rng.normal(mu1, sigma, 20_000), rng.normal(mu0, sigma, 20_000)
+    cal = metrics.fit_calibration(bona, spoof)
+    assert cal.a == pytest.approx((mu1 - mu0) / sigma**2, rel=0.05)
+    assert cal.b == pytest.approx(-(mu1 - mu0) / sigma**2 * (mu1 + mu0) / 2, rel=0.05)
+    after = _calibrated_metrics(cal, bona, spoof)
+    assert after["eer"] == metrics.compute_eer(bona, spoof)[0]
+    assert after["min_dcf"] == pytest.approx(metrics.compute_min_dcf(bona, spoof), abs=1e-12)
+    assert metrics.compute_cllr(bona, spoof) > 100 and after["cllr"] < 0.6
+    assert metrics.compute_act_dcf(bona, spoof) == 1.0 and after["act_dcf"] < 0.45
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_calibration_of_separable_scores_stays_finite_at_any_scale(scale):
+    rng = np.random.default_rng(3)
+    bona, spoof = scale * (0.5 + np.abs(rng.normal(0, 2, 300))), -scale * (0.5 + np.abs(rng.normal(0, 2, 500)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way to a large slope
+        cal = metrics.fit_calibration(bona, spoof)
+    assert np.isfinite(cal.a) and cal.a > 0 and np.isfinite(cal.b)
+    after = _calibrated_metrics(cal, bona, spoof)
+    assert after["act_dcf"] == 0.0 and after["cllr"] < 0.01
+
+
+@pytest.mark.parametrize(
+    "bona,spoof,match",
+    [
+        ([], [1.0, 2.0], "no bona fide scores"),
+        ([1.0, 2.0], [], "no spoof scores"),
+        ([1.0, np.nan], [0.0], r"1 of 2 scores are NaN \(first: index 1\)"),
+        ([1.0, np.inf], [0.0], r"1 of 2 scores are inf"),
+        ([1.0, 1.0], [1.0], "all 3 scores equal 1.0: there is nothing to calibrate"),
+        ([0.0, 1.0], [2.0, 3.0], r"slope is -?[\d.e+-]+ <= 0: the scores do not rank bona fide above spoof"),
+    ],
+)
+def test_fit_calibration_refuses_what_it_cannot_fit(bona, spoof, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.fit_calibration(bona, spoof)
+
+
+def test_calibration_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    cal = metrics.fit_calibration([1.0, 2.0, 0.5, 3.0], [0.0, -1.0, 1.5])
+    path = tmp_path / "ckpt.pt"
+    torch.save({"calibration": cal.to_dict()}, path)
+    back = metrics.Calibration.from_dict(torch.load(path, weights_only=True)["calibration"])
+    assert back == cal
+    assert all(type(v) in (float, int) for v in cal.to_dict().values())
+    np.testing.assert_array_equal(back.apply(torch.tensor([0.0, 1.0])), [cal.b, cal.a + cal.b])
+    with pytest.raises(ValueError, match=r"expected exactly a, b, prior, n_bonafide, n_spoof \(missing b\)"):
+        metrics.Calibration.from_dict({"a": 1.0, "prior": 0.5, "n_bonafide": 1, "n_spoof": 1})
+    with pytest.raises(ValueError, match="slope a must be a finite number > 0, got -1.0"):
+        metrics.Calibration.from_dict({**cal.to_dict(), "a": -1.0})
+
+
 # --- evaluate_scores and the report: the ASVspoof 5 line ---
 
 

@@ -787,6 +787,59 @@ def fit_calibration(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCos
 # --- per-attack EER -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class GroupEER:
+    """One row of `eer_by_group`: the trials compared and their EER (None when a class is missing)."""
+
+    n_bonafide: int
+    n_spoof: int
+    eer: float | None  # fraction in [0, 1]
+
+
+def eer_by_group(scores: Any, keys: Any, groups: Any, pool: str = "-") -> dict[str, GroupEER]:
+    """EER of each value of a metadata column (attack, codec, source, speaker, ...).
+
+    The rule, per group value g (the organisers' 2021 breakdown does the same for "spoof-only" factors such as
+    the attack and "both" factors such as the codec): the spoof trials of g are compared with the bona fide
+    trials of g when g has any; when it has none, with the bona fide trials whose group is `pool` ("-", the
+    attack column's mark for bona fide), i.e. all bona fide trials of an attack-style column. The `pool` value
+    itself is a row only when spoof trials carry it. A group left with one class reports its counts and EER None.
+
+    Args:
+        scores: (N,) CM scores; higher = more bona fide.
+        keys: (N,) "bonafide" or "spoof".
+        groups: (N,) the column's value of each trial.
+        pool: the group value of bona fide trials that stand for every group ("-").
+
+    Returns:
+        {group value: GroupEER(n_bonafide, n_spoof, eer)}, sorted by value.
+
+    Raises:
+        ValueError: lengths differ, a key other than bonafide/spoof, NaN/inf scores.
+    """
+    scores = _as_scores(scores, "scores")
+    keys = np.asarray(_to_numpy(keys)).astype(str)
+    groups = np.asarray(_to_numpy(groups)).astype(str)
+    if not (scores.shape == keys.shape == groups.shape):
+        raise ValueError(f"scores {scores.shape}, keys {keys.shape} and groups {groups.shape} must have the same shape")
+    bad = ~np.isin(keys, KEYS)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{int(bad.sum()):,} key(s) are not bonafide or spoof (first: {str(keys[i])!r} at index {i})")
+    is_bona = keys == "bonafide"
+    pooled = scores[is_bona & (groups == pool)]
+    table = {}
+    for g in sorted(set(groups.tolist())):
+        in_g = groups == g
+        if g == pool and not (in_g & ~is_bona).any():
+            continue  # the bona fide pool of an attack-style column, not a condition of its own
+        bona = scores[in_g & is_bona] if (in_g & is_bona).any() else pooled
+        spoof = scores[in_g & ~is_bona]
+        eer = compute_eer(bona, spoof)[0] if bona.size and spoof.size else None
+        table[g] = GroupEER(n_bonafide=int(bona.size), n_spoof=int(spoof.size), eer=eer)
+    return table
+
+
 def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
     """EER of each attack's spoofs against all bona fide trials.
 
@@ -799,7 +852,7 @@ def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
         {attack: EER as a fraction}, attacks sorted by name.
 
     Raises:
-        ValueError: lengths differ, no bona fide or no spoof trials, NaN/inf scores.
+        ValueError: lengths differ, no bona fide or no spoof trials, a key other than bonafide/spoof, NaN/inf scores.
     """
     scores = _as_scores(scores, "scores")
     systems = np.asarray(systems).astype(str)
@@ -808,14 +861,12 @@ def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
         raise ValueError(
             f"scores {scores.shape}, systems {systems.shape} and keys {keys.shape} must have the same shape"
         )
-    bona = scores[keys == "bonafide"]
+    _as_scores(scores[keys == "bonafide"], "bona fide scores")  # none: the same error as compute_eer's
     is_spoof = keys == "spoof"
     if not is_spoof.any():
         raise ValueError("no spoof trials: per-attack EER needs at least one attack")
-    return {
-        attack: compute_eer(bona, scores[is_spoof & (systems == attack)])[0]
-        for attack in sorted(set(systems[is_spoof].tolist()))
-    }
+    groups = np.where(keys == "bonafide", "-", systems)  # every bona fide trial is in the pool, whatever its system
+    return {attack: row.eer for attack, row in eer_by_group(scores, keys, groups).items()}
 
 
 # --- score files --------------------------------------------------------------------------------

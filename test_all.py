@@ -1576,6 +1576,50 @@ def test_calibration_round_trips_through_a_weights_only_checkpoint(tmp_path):
         metrics.Calibration.from_dict({**cal.to_dict(), "a": -1.0})
 
 
+# --- EER by group ---
+
+
+def test_eer_by_group_pools_dash_bonafide_against_each_attack():
+    scores = np.array([5.0, 6.0, 7.0, 1.0, 2.0, 6.5, 9.0])
+    groups = np.array(["-", "-", "-", "A01", "A01", "A02", "A02"])
+    keys = np.array(["bonafide"] * 3 + ["spoof"] * 4)
+    table = metrics.eer_by_group(scores, keys, groups)
+    assert list(table) == ["A01", "A02"]  # "-" holds no spoofs: it is the pool, not a row
+    assert table["A01"] == metrics.GroupEER(n_bonafide=3, n_spoof=2, eer=0.0)
+    assert table["A02"].eer == metrics.compute_eer([5.0, 6.0, 7.0], [6.5, 9.0])[0]
+
+
+def test_eer_by_group_uses_each_codec_own_bonafide_and_none_for_one_class():
+    scores = np.array([3.0, 4.0, 1.0, 5.0, 2.0, 9.0, 0.0, 1.0])
+    groups = np.array(["none", "none", "none", "alaw", "alaw", "alaw", "gsm", "opus"])
+    keys = np.array(["bonafide", "bonafide", "spoof", "bonafide", "spoof", "spoof", "spoof", "bonafide"])
+    table = metrics.eer_by_group(scores, keys, groups)
+    assert table["none"] == metrics.GroupEER(2, 1, 0.0)
+    assert table["alaw"] == metrics.GroupEER(1, 2, metrics.compute_eer([5.0], [2.0, 9.0])[0])
+    assert table["gsm"] == metrics.GroupEER(0, 1, None)  # no bona fide of its own and no "-" pool
+    assert table["opus"] == metrics.GroupEER(1, 0, None)
+
+
+def test_per_attack_eer_is_eer_by_group_of_the_attack_column(protocols):
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / "B02_LA_primary_eval.txt")
+    table = metrics.eer_by_group(scores.score, scores.key, scores.system)
+    assert {a: row.eer for a, row in table.items()} == metrics.per_attack_eer(scores.score, scores.system, scores.key)
+    assert {row.n_bonafide for row in table.values()} == {7_355}
+    assert sum(row.n_spoof for row in table.values()) == 63_882
+
+
+@pytest.mark.parametrize(
+    "keys,groups,match",
+    [
+        (["bonafide", "fake"], ["-", "A01"], r"1 key\(s\) are not bonafide or spoof \(first: 'fake' at index 1\)"),
+        (["bonafide", "spoof"], ["-"], r"groups \(1,\) must have the same shape"),
+    ],
+)
+def test_eer_by_group_refuses_bad_keys_and_lengths(keys, groups, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.eer_by_group([1.0, 0.0], keys, groups)
+
+
 # --- evaluate_scores and the report: the ASVspoof 5 line ---
 
 

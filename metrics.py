@@ -1043,6 +1043,149 @@ def read_score_file(path: str | Path) -> ScoreFile:
     return ScoreFile(np.array(utts), np.array(systems), np.array(keys), np.array(scores, dtype=np.float64), path)
 
 
+# --- ASVspoof 5 score and key files -----------------------------------------------------------------
+
+ASV5_SCORE_HEADER = ("filename", "cm-score")
+ASV5_KEY_HEADER = ("filename", "cm-label")
+
+
+def _write_asv5(path: str | Path, header: tuple[str, str], utt_ids: Any, values: list[str]) -> Path:
+    """Header + `utt<TAB>value` lines, atomically; refuses ids that are empty, hold whitespace or repeat."""
+    utts = np.asarray(_to_numpy(utt_ids)).astype(str)
+    if utts.ndim != 1 or utts.size != len(values):
+        raise ValueError(f"utt_ids {utts.shape} and {header[1]}s ({len(values)},) must be 1-D of one length")
+    seen: dict[str, int] = {}
+    for i, utt in enumerate(utts.tolist()):
+        if utt.split() != [utt]:
+            raise ValueError(f"entry {i}: filename {utt!r} is empty or contains whitespace")
+        if utt in seen:
+            raise ValueError(f"entry {i}: duplicate filename {utt} (first at entry {seen[utt]})")
+        seen[utt] = i
+    with atomic_write(path, "w") as f:
+        f.write("\t".join(header) + "\n")
+        f.writelines(f"{utt}\t{value}\n" for utt, value in zip(utts.tolist(), values))
+    return Path(path)
+
+
+def write_asv5_scores(path: str | Path, utt_ids: Any, scores: Any) -> Path:
+    """Write the ASVspoof 5 score file `filename<TAB>cm-score` (with that header), atomically.
+
+    The form the organisers' `evaluation.py --m t1 --cm FILE` reads (ASVspoof 5 `evaluation-package/util.py`).
+    Their actDCF and Cllr read the scores as natural-log likelihood ratios: write calibrated scores
+    (`Calibration.apply`) there. Scores are written with `repr`, which reads back to the same float.
+
+    Args:
+        path: destination; its folder is created if missing.
+        utt_ids: (N,) unique file names (no extension), e.g. E_0000000001.
+        scores: (N,) scores; higher = more bona fide.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: lengths differ, an id is empty, holds whitespace or repeats.
+    """
+    values = _to_numpy(scores).astype(np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {values.shape}")
+    return _write_asv5(path, ASV5_SCORE_HEADER, utt_ids, [repr(v) for v in values.tolist()])
+
+
+def write_asv5_keys(path: str | Path, utt_ids: Any, keys: Any) -> Path:
+    """Write the ASVspoof 5 key file `filename<TAB>cm-label` (with that header; labels bonafide / spoof), atomically.
+
+    Raises:
+        ValueError: lengths differ, a label other than bonafide/spoof, an id empty, with whitespace or repeated.
+    """
+    labels = np.asarray(_to_numpy(keys)).astype(str)
+    if labels.ndim != 1:
+        raise ValueError(f"keys must be 1-D, got shape {labels.shape}")
+    for i, key in enumerate(labels.tolist()):
+        if key not in KEYS:
+            raise ValueError(f"entry {i}: key {key!r} is not bonafide or spoof")
+    return _write_asv5(path, ASV5_KEY_HEADER, utt_ids, labels.tolist())
+
+
+def _read_asv5(path: str | Path, header: tuple[str, str], what: str) -> dict[str, tuple[str, int]]:
+    """{filename: (value, line number)} of a two-column ASVspoof 5 file, checked line by line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ASVspoof 5 {what} file {path} not found")
+    rows: dict[str, tuple[str, int]] = {}
+    expected = "<TAB>".join(header)
+    seen_header = False
+    for n, line in text_lines(path, f"ASVspoof 5 {what} file"):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue  # blank lines, as the organisers' pandas reader skips them
+        fields = [f.strip() for f in text.split("\t")]
+        if not seen_header:
+            if tuple(fields) != header:
+                raise ValueError(
+                    f"{path.name} line {n}: expected the header {expected!r} (tab-separated), got {text!r}"
+                )
+            seen_header = True
+            continue
+        if len(fields) != 2 or not all(fields) or len(fields[0].split()) != 1:
+            raise ValueError(
+                f"{path.name} line {n}: expected 2 tab-separated fields ({expected.replace('<TAB>', ', ')}), "
+                f"got {text!r}"
+            )
+        if fields[0] in rows:
+            raise ValueError(
+                f"{path.name} line {n}: duplicate filename {fields[0]} (first on line {rows[fields[0]][1]})"
+            )
+        rows[fields[0]] = (fields[1], n)
+    if not seen_header:
+        raise ValueError(f"{path.name} is empty: expected the header {expected!r} and one line a trial")
+    if not rows:
+        raise ValueError(f"{path.name} has a header but no {what} lines")
+    return rows
+
+
+def read_asv5_scores(scores_path: str | Path, keys_path: str | Path) -> ScoreFile:
+    """Read an ASVspoof 5 score file and its key file (`filename<TAB>cm-score`, `filename<TAB>cm-label`).
+
+    Both need their header and the same file names, each once (the organisers' `load_cm_scores_keys` requires
+    the same; the order may differ). The key file names no attack, so `system` is "-" for bona fide and "spoof"
+    for spoofs: a per-attack table has the one row "spoof", the pooled EER.
+
+    Returns:
+        ScoreFile in the score file's order (path = the score file).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: a bad header, a line without 2 tab-separated fields, a score that is not a number, a label
+            other than bonafide/spoof, a repeated file name (each naming the file and line), or files whose file
+            names differ (with counts and the first few).
+    """
+    scores_path, keys_path = Path(scores_path), Path(keys_path)
+    score_rows = _read_asv5(scores_path, ASV5_SCORE_HEADER, "score")
+    key_rows = _read_asv5(keys_path, ASV5_KEY_HEADER, "key")
+    for utt, (key, n) in key_rows.items():
+        if key not in KEYS:
+            raise ValueError(f"{keys_path.name} line {n}: label {key!r} of {utt} is not bonafide or spoof")
+    unkeyed = [u for u in score_rows if u not in key_rows]
+    unscored = [u for u in key_rows if u not in score_rows]
+    if unkeyed or unscored:
+        parts = []
+        if unkeyed:
+            parts.append(f"{len(unkeyed):,} scored file(s) have no key (first: {', '.join(unkeyed[:3])})")
+        if unscored:
+            parts.append(f"{len(unscored):,} keyed file(s) have no score (first: {', '.join(unscored[:3])})")
+        raise ValueError(f"{scores_path.name} and {keys_path.name} do not hold the same files: " + "; ".join(parts))
+    values = []
+    for utt, (score, n) in score_rows.items():
+        try:
+            values.append(float(score))
+        except ValueError:
+            raise ValueError(f"{scores_path.name} line {n}: score {score!r} of {utt} is not a number") from None
+    utts = np.array(list(score_rows))
+    keys = np.array([key_rows[u][0] for u in utts.tolist()])
+    systems = np.where(keys == "bonafide", "-", "spoof")
+    return ScoreFile(utts, systems, keys, np.array(values, dtype=np.float64), scores_path)
+
+
 # --- evaluation and report ----------------------------------------------------------------------
 
 

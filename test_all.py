@@ -1637,6 +1637,62 @@ def test_report_has_one_line_for_min_dcf_act_dcf_cllr_and_the_counts(tmp_path):
     assert f"Cllr {result['cllr']:.6f} bits" in line and "2 bona fide, 3 spoof" in line and "LLRs" in line
 
 
+# --- ASVspoof 5 score and key files ---
+
+
+def test_asv5_score_and_key_files_round_trip(tmp_path):
+    rng = np.random.default_rng(5)
+    utts = [f"E_{i:010d}" for i in range(40)]
+    scores = rng.normal(0, 3, 40)
+    keys = ["bonafide" if i % 4 == 0 else "spoof" for i in range(40)]
+    score_path = metrics.write_asv5_scores(tmp_path / "out" / "scores.tsv", utts, scores)
+    order = rng.permutation(40)  # the key file may list the trials in another order
+    key_path = metrics.write_asv5_keys(tmp_path / "keys.tsv", np.array(utts)[order], np.array(keys)[order])
+    lines = score_path.read_text().splitlines()
+    assert lines[0] == "filename\tcm-score" and lines[1] == f"E_0000000000\t{float(scores[0])!r}"
+    assert key_path.read_text().splitlines()[0] == "filename\tcm-label"
+    back = metrics.read_asv5_scores(score_path, key_path)
+    assert back.utt_id.tolist() == utts and back.key.tolist() == keys
+    np.testing.assert_array_equal(back.score, scores)
+    assert set(back.system.tolist()) == {"-", "spoof"} and back.path == score_path
+    assert [p.name for p in score_path.parent.iterdir()] == ["scores.tsv"]  # no temporary file left behind
+    assert metrics.evaluate_scores(back)["n_bonafide"] == 10
+
+
+@pytest.mark.parametrize(
+    "scores_text,keys_text,match",
+    [
+        ("filename cm-score\nE_1\t1.0\n", None, r"scores.tsv line 1: expected the header 'filename<TAB>cm-score'"),
+        ("filename\tcm-score\nE_1\t1.0\tx\n", None, r"scores.tsv line 2: expected 2 tab-separated fields"),
+        ("filename\tcm-score\nE_1 1.0\n", None, r"scores.tsv line 2: expected 2 tab-separated fields"),
+        ("filename\tcm-score\n\nE_1\tone\nE_2\t2\n", None, r"scores.tsv line 3: score 'one' of E_1 is not a number"),
+        ("filename\tcm-score\nE_1\t1\nE_1\t2\n", None, r"scores.tsv line 3: duplicate filename E_1 \(first on line 2"),
+        (None, "filename\tcm-label\nE_1\tbona-fide\nE_2\tspoof\n", r"keys.tsv line 2: label 'bona-fide' of E_1"),
+        (None, "filename\tcm-label\nE_1\tbonafide\n", r"1 scored file\(s\) have no key \(first: E_2\)"),
+        (None, "filename\tcm-label\nE_1\tbonafide\nE_2\tspoof\nE_3\tspoof\n", r"1 keyed file\(s\) have no score"),
+        ("", None, r"scores.tsv is empty: expected the header 'filename<TAB>cm-score'"),
+        ("filename\tcm-score\n", None, "scores.tsv has a header but no score lines"),
+    ],
+)
+def test_asv5_reader_names_file_and_line(tmp_path, scores_text, keys_text, match):
+    good_scores = "filename\tcm-score\nE_1\t1.0\nE_2\t2.0\n"
+    good_keys = "filename\tcm-label\nE_1\tbonafide\nE_2\tspoof\n"
+    (tmp_path / "scores.tsv").write_text(good_scores if scores_text is None else scores_text)
+    (tmp_path / "keys.tsv").write_text(good_keys if keys_text is None else keys_text)
+    with pytest.raises(ValueError, match=match):
+        metrics.read_asv5_scores(tmp_path / "scores.tsv", tmp_path / "keys.tsv")
+
+
+def test_asv5_writers_refuse_bad_ids_and_labels(tmp_path):
+    with pytest.raises(ValueError, match="entry 1: filename 'E 2' is empty or contains whitespace"):
+        metrics.write_asv5_scores(tmp_path / "s.tsv", ["E_1", "E 2"], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"entry 1: duplicate filename E_1 \(first at entry 0\)"):
+        metrics.write_asv5_keys(tmp_path / "k.tsv", ["E_1", "E_1"], ["bonafide", "spoof"])
+    with pytest.raises(ValueError, match="entry 0: key 'genuine' is not bonafide or spoof"):
+        metrics.write_asv5_keys(tmp_path / "k.tsv", ["E_1"], ["genuine"])
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------- model.py and train.py ----------------------------------------
 
 

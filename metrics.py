@@ -1,4 +1,5 @@
-"""Metrics for ASVspoof 2019 LA: EER, DET curve, min t-DCF, per-attack EER and score files.
+"""Metrics for ASVspoof 2019 LA: EER, DET curve, min t-DCF, per-attack EER and score files; ASVspoof 2021's revised
+t-DCF; ASVspoof 5's minDCF, actDCF and Cllr, score calibration, EER by any metadata column and its score files.
 
 Score polarity, once for the whole project: a HIGHER score means MORE BONA FIDE. The official
 ASVspoof code assumes it, and so does every function here; a score that grows with "spoofness"
@@ -20,6 +21,13 @@ References:
   Countermeasures and Automatic Speaker Verification", Proc. Odyssey 2018, pp. 312-319.
   ASVspoof 2019: Automatic Speaker Verification Spoofing and Countermeasures Challenge
   Evaluation Plan (the "legacy" t-DCF used to rank ASVspoof 2019 systems).
+  T. Kinnunen et al., "Tandem Assessment of Spoofing Countermeasures and Automatic Speaker
+  Verification: Fundamentals", IEEE/ACM TASLP 28, 2020 (the revised t-DCF of ASVspoof 2021).
+  ASVspoof 5 Evaluation Plan and the organisers' `evaluation-package/calculate_modules.py` (minDCF,
+  actDCF, Cllr); the test suite checks ours against a transcription of it.
+  N. Brümmer, J. du Preez, "Application-independent evaluation of speaker detection", Computer
+  Speech and Language 20, 2006 (Cllr); N. Brümmer, the FoCal toolkit (calibration by prior-weighted
+  logistic regression).
 
 Usage:
   python metrics.py --scores scores.txt --data-root /data/LA --split eval [--json] [--det det.png]
@@ -422,7 +430,397 @@ def compute_min_tdcf(
     return float(tdcf_norm.min())
 
 
+# --- min t-DCF (ASVspoof 2021, revised formulation) -------------------------------------------------
+
+
+def compute_tdcf_curve_2021(
+    bonafide_scores: Any,
+    spoof_scores: Any,
+    asv: AsvScores,
+    cost_model: CostModel = ASVSPOOF2019_COST_MODEL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised t-DCF of a CM over all its thresholds, the revised formulation ranked in ASVspoof 2021.
+
+    Kinnunen et al., "Tandem assessment of spoofing countermeasures and automatic speaker verification:
+    fundamentals", IEEE/ACM TASLP 2020, as the organisers' 2021 `eval-package/eval_metrics.py`
+    (`compute_tDCF`) computes it, with the ASV fixed at its EER threshold (`compute_asv_error_rates`):
+        C0 = Ptar Cmiss_asv Pmiss_asv + Pnon Cfa_asv Pfa_asv      (what the ASV's own errors cost)
+        C1 = Ptar Cmiss_cm - C0
+        C2 = Pspoof Cfa_cm Pfa_spoof_asv                           (spoofs the ASV accepts, at >= threshold)
+        t-DCF_norm(s) = (C0 + C1 Pmiss_cm(s) + C2 Pfa_cm(s)) / (C0 + min(C1, C2))
+    C1 equals the legacy one and C2 differs from it only in rounding; the revision is the C0 term, so 0 is no
+    longer reachable and 1 is still "no better than no CM". The 2021 costs are the 2019 ones (the 2021 package's
+    tandem Cmiss, Cfa and Cfa_spoof are `c_miss_asv` = `c_miss_cm` = 1, `c_fa_asv` = 10 and `c_fa_cm` = 10).
+
+    Args:
+        bonafide_scores: (N_bona,) CM scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) CM scores of spoofed trials.
+        asv: ASV scores of the same trials' conditions (target / nontarget / spoof).
+        cost_model: priors and costs; the ASVspoof 2019 (= 2021) values by default.
+
+    Returns:
+        (tdcf_norm, thresholds), both (N + 1,), on the thresholds of `compute_det_curve`.
+
+    Raises:
+        ValueError: as `compute_det_curve`; fewer than 3 distinct CM scores; a negative C0, C1 or C2 (ASV error
+            rates that cannot be right).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    _check_soft(bona, spoof)
+    pmiss_cm, pfa_cm, thresholds = compute_det_curve(bona, spoof)
+    rates = compute_asv_error_rates(asv)
+    pfa_spoof_asv = np.count_nonzero(asv.spoof >= rates["threshold"]) / asv.spoof.size
+    m = cost_model
+    # the organisers' expressions in their order, so the floats agree bit for bit
+    c0 = m.p_tar * m.c_miss_asv * rates["pmiss"] + m.p_non * m.c_fa_asv * rates["pfa"]
+    c1 = m.p_tar * m.c_miss_cm - c0
+    c2 = m.p_spoof * m.c_fa_cm * pfa_spoof_asv
+    if min(c0, c1, c2) < 0 or c0 + min(c1, c2) <= 0:
+        raise ValueError(
+            f"t-DCF weights C0 = {c0:.6g}, C1 = {c1:.6g}, C2 = {c2:.6g} must be non-negative with C0 + min(C1, C2) "
+            f"> 0; check the ASV scores (ASV Pmiss {rates['pmiss']:.4f}, Pfa {rates['pfa']:.4f}, spoofs accepted "
+            f"{pfa_spoof_asv:.4f})"
+        )
+    tdcf = c0 + c1 * pmiss_cm + c2 * pfa_cm
+    return tdcf / (c0 + min(c1, c2)), thresholds
+
+
+def compute_min_tdcf_2021(
+    bonafide_scores: Any,
+    spoof_scores: Any,
+    asv: AsvScores,
+    cost_model: CostModel = ASVSPOOF2019_COST_MODEL,
+) -> float:
+    """Minimum normalised t-DCF of a CM, ASVspoof 2021 revised formulation (see `compute_tdcf_curve_2021`)."""
+    tdcf_norm, _ = compute_tdcf_curve_2021(bonafide_scores, spoof_scores, asv, cost_model)
+    return float(tdcf_norm.min())
+
+
+# --- ASVspoof 5 track-1 metrics: minDCF, actDCF, Cllr -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectionCosts:
+    """Prior and costs of the CM's own detection cost function (ASVspoof 5 evaluation plan, track 1).
+
+    The one owner of these numbers: minDCF, actDCF, the Bayes threshold and the calibration prior all read them
+    from here. The DCF of a threshold is Cmiss (1 - Pspoof) Pmiss + Cfa Pspoof Pfa, where a miss is a bona fide
+    trial rejected and a false alarm a spoof accepted.
+    """
+
+    p_spoof: float = 0.05  # prior of a spoofing attack
+    c_miss: float = 1.0  # cost of rejecting a bona fide trial
+    c_fa: float = 10.0  # cost of accepting a spoof
+
+    def __post_init__(self) -> None:
+        if not 0 < self.p_spoof < 1:
+            raise ValueError(f"DCF prior p_spoof must be in (0, 1), got {self.p_spoof}")
+        if not (self.c_miss > 0 and self.c_fa > 0):
+            raise ValueError(f"DCF costs must be positive, got c_miss {self.c_miss}, c_fa {self.c_fa}")
+
+    @property
+    def beta(self) -> float:
+        """Cmiss (1 - Pspoof) / (Cfa Pspoof), the evaluation plan's beta (1.9 for the ASVspoof 5 costs)."""
+        return self.c_miss * (1 - self.p_spoof) / (self.c_fa * self.p_spoof)
+
+    @property
+    def effective_prior(self) -> float:
+        """The bona fide prior that alone gives the same Bayes decisions as these prior and costs:
+        Cmiss (1 - Pspoof) / (Cmiss (1 - Pspoof) + Cfa Pspoof) = beta / (1 + beta) (0.655172 for ASVspoof 5)."""
+        return self.beta / (1 + self.beta)
+
+
+ASVSPOOF5_COSTS = DetectionCosts()
+
+
+def bayes_threshold(costs: DetectionCosts = ASVSPOOF5_COSTS) -> float:
+    """THE verdict threshold of the project on calibrated scores: -ln(beta) (-0.641854 for the ASVspoof 5 costs).
+
+    A score that is a natural-log likelihood ratio of bona fide vs spoof is accepted as bona fide when it is at
+    or above this threshold; that decision has the least expected cost under `costs` (ASVspoof 5 evaluation plan,
+    Eq. 3; the organisers' `compute_actDCF`).
+    """
+    beta = costs.c_miss * (1 - costs.p_spoof) / (costs.c_fa * costs.p_spoof)  # the organisers' float, as written
+    return float(-np.log(beta))
+
+
+def llr_to_posterior(llr: Any, prior: float) -> np.ndarray:
+    """Posterior probability of bona fide from a log-likelihood ratio and a bona fide prior (Bayes' rule in
+    log-odds: sigmoid(llr + logit(prior)), computed without overflow).
+
+    Args:
+        llr: (N,) natural-log likelihood ratios of bona fide vs spoof (calibrated scores).
+        prior: the bona fide prior in (0, 1), e.g. `ASVSPOOF5_COSTS.effective_prior` or 1 - p_spoof.
+
+    Returns:
+        (N,) float64 posteriors in [0, 1].
+    """
+    if not 0 < prior < 1:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    log_odds = _to_numpy(llr).astype(np.float64) + np.log(prior / (1 - prior))
+    return np.exp(-np.logaddexp(0.0, -log_odds))
+
+
+def compute_min_dcf(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCosts = ASVSPOOF5_COSTS) -> float:
+    """Minimum normalised DCF of a CM, the primary ASVspoof 5 track-1 metric.
+
+    The organisers' `compute_mindcf` (ASVspoof 5 `evaluation-package/calculate_modules.py`): the least
+    Cmiss (1 - Pspoof) Pmiss + Cfa Pspoof Pfa over the points of the DET curve (`compute_det_curve`, tie groups
+    crossed one trial at a time as there), divided by min(Cmiss (1 - Pspoof), Cfa Pspoof), the cost of the better
+    of "accept all" and "reject all". Invariant to any increasing map of the scores.
+
+    Args:
+        bonafide_scores: (N_bona,) CM scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) CM scores of spoofed trials.
+        costs: prior and costs; the ASVspoof 5 ones by default.
+
+    Returns:
+        minDCF: 0 = perfect, 1 = no better than a fixed decision.
+
+    Raises:
+        ValueError: as `compute_det_curve` (a class absent, not 1-D, NaN/inf).
+    """
+    frr, far, _ = compute_det_curve(bonafide_scores, spoof_scores)
+    p_target = 1 - costs.p_spoof  # the organisers' floats: their spoof prior is 1 - p_target, not p_spoof
+    dcf = costs.c_miss * frr * p_target + costs.c_fa * far * (1 - p_target)
+    return float(dcf.min() / min(costs.c_miss * p_target, costs.c_fa * (1 - p_target)))
+
+
+def compute_act_dcf(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCosts = ASVSPOOF5_COSTS) -> float:
+    """Actual normalised DCF of a CM whose scores are calibrated LLRs: the DCF at the Bayes threshold.
+
+    The organisers' `compute_actDCF` (ASVspoof 5 `calculate_modules.py`; evaluation plan Eq. 3): the threshold is
+    `bayes_threshold(costs)` = -ln(beta); Pmiss is the share of bona fide scores below it, Pfa the share of spoof
+    scores at or above it, and the DCF is normalised as in `compute_min_dcf`. Raw scores that are not LLRs (a
+    logit difference, say) get an actDCF that says how far they are from calibrated; `fit_calibration` maps them.
+
+    Args:
+        bonafide_scores: (N_bona,) bona fide scores, natural-log likelihood ratios of bona fide vs spoof.
+        spoof_scores: (N_spoof,) spoof scores, same scale.
+        costs: prior and costs; the ASVspoof 5 ones by default.
+
+    Returns:
+        actDCF >= minDCF; above 1 means the scores' decisions cost more than a fixed decision.
+
+    Raises:
+        ValueError: as `compute_eer` (a class absent, not 1-D, NaN/inf).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    threshold = bayes_threshold(costs)
+    rate_miss = np.count_nonzero(bona < threshold) / bona.size
+    rate_fa = np.count_nonzero(spoof >= threshold) / spoof.size
+    dcf = costs.c_miss * (1 - costs.p_spoof) * rate_miss + costs.c_fa * costs.p_spoof * rate_fa
+    return float(dcf / min(costs.c_fa * costs.p_spoof, costs.c_miss * (1 - costs.p_spoof)))
+
+
+def compute_cllr(bonafide_scores: Any, spoof_scores: Any) -> float:
+    """Log-likelihood-ratio cost Cllr in bits (Brümmer & du Preez, "Application-independent evaluation of speaker
+    detection", Computer Speech and Language 20, 2006), as the organisers' `calculate_CLLR` (ASVspoof 5):
+        Cllr = (mean log(1 + e^-s) over bona fide + mean log(1 + e^s) over spoof) / (2 ln 2).
+    0 = perfect, 1 = uninformative LLRs (all 0); unbounded for confident wrong LLRs. Computed with logaddexp, so
+    scores of any size stay finite (the organisers' log1p(exp(.)) overflows beyond about 709).
+
+    Args:
+        bonafide_scores: (N_bona,) natural-log likelihood ratios of bona fide trials (calibrated scores).
+        spoof_scores: (N_spoof,) natural-log likelihood ratios of spoofed trials.
+
+    Raises:
+        ValueError: as `compute_eer` (a class absent, not 1-D, NaN/inf).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    nats = np.mean(np.logaddexp(0.0, -bona)) + np.mean(np.logaddexp(0.0, spoof))
+    return float(0.5 * nats / np.log(2))
+
+
+# --- calibration: scores -> log-likelihood ratios ---------------------------------------------------
+
+CALIBRATION_L2 = 1e-6  # ridge on the standardised slope and offset: keeps separable data finite, shifts others ~1e-6
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An affine map from CM scores to natural-log likelihood ratios of bona fide vs spoof: llr = a * s + b.
+
+    Fitted by `fit_calibration`; stored as plain numbers (`to_dict`), so it can sit in a torch checkpoint that
+    loads with `weights_only=True`. `a > 0` always: the map keeps the ranking, so EER and minDCF are unchanged.
+    """
+
+    a: float  # slope, > 0
+    b: float  # offset
+    prior: float  # the bona fide prior it was fitted at (the costs' effective prior)
+    n_bonafide: int  # trials it was fitted on
+    n_spoof: int
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.a) and self.a > 0):
+            raise ValueError(f"calibration slope a must be a finite number > 0, got {self.a!r}")
+        if not np.isfinite(self.b):
+            raise ValueError(f"calibration offset b must be finite, got {self.b!r}")
+        if not 0 < self.prior < 1:
+            raise ValueError(f"calibration prior must be in (0, 1), got {self.prior!r}")
+        if min(self.n_bonafide, self.n_spoof) < 1:
+            raise ValueError(f"calibration trial counts must be >= 1, got {self.n_bonafide}, {self.n_spoof}")
+
+    def apply(self, scores: Any) -> np.ndarray:
+        """(N,) float64 LLRs a * s + b of (N,) scores (list, numpy array or torch tensor)."""
+        return self.a * _to_numpy(scores).astype(np.float64) + self.b
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain Python numbers only (torch.load(weights_only=True) accepts them; so does JSON)."""
+        return {"a": float(self.a), "b": float(self.b), "prior": float(self.prior),
+                "n_bonafide": int(self.n_bonafide), "n_spoof": int(self.n_spoof)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        """The inverse of `to_dict`; ValueError naming a missing or unknown key."""
+        names = ("a", "b", "prior", "n_bonafide", "n_spoof")
+        missing = [k for k in names if k not in d]
+        unknown = sorted(set(d) - set(names))
+        if missing or unknown:
+            raise ValueError(
+                f"calibration dict has keys {sorted(d)}: expected exactly {', '.join(names)}"
+                + (f" (missing {', '.join(missing)})" if missing else "")
+                + (f" (unknown {', '.join(unknown)})" if unknown else "")
+            )
+        return cls(float(d["a"]), float(d["b"]), float(d["prior"]), int(d["n_bonafide"]), int(d["n_spoof"]))
+
+
+def fit_calibration(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCosts = ASVSPOOF5_COSTS) -> Calibration:
+    """Fit llr = a * s + b by prior-weighted logistic regression, Brümmer's FoCal formulation.
+
+    Minimises the cross-entropy at the prior P = `costs.effective_prior` (0.655172 for the ASVspoof 5 costs):
+        P / N_bona  sum_bona  log(1 + exp(-(a s + b + logit P)))
+      + (1 - P) / N_spoof sum_spoof log(1 + exp(a s + b + logit P)),
+    each class weighted by its prior and not by its count, so the class balance of the fitting set does not leak
+    into b (N. Brümmer, FoCal toolkit; Brümmer & du Preez, CSL 2006; the same recipe as the ASVspoof 5 fusion
+    tool). The scores are standardised first and a ridge of CALIBRATION_L2 (1e-6) on the standardised slope and
+    offset keeps the optimum finite for separable data (a then ends large but finite, its decisions all right);
+    otherwise its effect is of the order of 1e-6. Newton's method with a backtracking line search on the two
+    parameters; the problem is strictly convex, so it converges in a few tens of steps at most.
+
+    Fit on development scores, then `apply` unchanged to test scores: actDCF and Cllr on the test set then say
+    how well the calibration carries over. Fitting and measuring on one set gives an optimistic actDCF and Cllr.
+
+    Args:
+        bonafide_scores: (N_bona,) CM scores of bona fide trials; higher = more bona fide.
+        spoof_scores: (N_spoof,) CM scores of spoofed trials.
+        costs: the costs whose effective prior the fit targets.
+
+    Returns:
+        Calibration(a, b, prior, n_bonafide, n_spoof).
+
+    Raises:
+        ValueError: a class absent, NaN/inf or not 1-D (as `compute_eer`); all scores equal; a fitted slope <= 0
+            (the scores do not rank bona fide above spoof: inverted polarity, or a CM at chance -- a map with
+            a <= 0 would reverse or erase the ranking, so it is refused rather than returned).
+    """
+    bona = _as_scores(bonafide_scores, "bona fide scores")
+    spoof = _as_scores(spoof_scores, "spoof scores")
+    pooled = np.concatenate((bona, spoof))
+    mean, std = float(pooled.mean()), float(pooled.std())
+    if not std > 0:
+        raise ValueError(f"all {pooled.size:,} scores equal {float(pooled[0])!r}: there is nothing to calibrate")
+    prior = costs.effective_prior
+    x = (pooled - mean) / std  # (N,) standardised, so the ridge and the start do not depend on the score scale
+    y = np.concatenate((np.ones(bona.size), np.zeros(spoof.size)))  # 1 = bona fide
+    w = np.where(y == 1, prior / bona.size, (1 - prior) / spoof.size)  # each class sums to its prior
+    logit_prior = np.log(prior / (1 - prior))
+
+    sign = 1 - 2 * y  # the loss of a trial is log(1 + exp(sign * z)): -z for bona fide, z for spoof
+
+    def objective(theta: np.ndarray) -> float:
+        z = theta[0] * x + theta[1] + logit_prior  # (N,) posterior log-odds of bona fide
+        return float(w @ np.logaddexp(0.0, sign * z) + 0.5 * CALIBRATION_L2 * theta @ theta)
+
+    theta = np.zeros(2)  # (a, b) on the standardised scale
+    value = objective(theta)
+    for _ in range(100):
+        z = theta[0] * x + theta[1] + logit_prior
+        p = np.exp(-np.logaddexp(0.0, -z))  # sigmoid(z) without overflow
+        r = w * (p - y)  # (N,) d objective / d z
+        grad = np.array([r @ x, r.sum()]) + CALIBRATION_L2 * theta
+        h = w * p * (1 - p)
+        hess = np.array([[h @ (x * x), h @ x], [h @ x, h.sum()]]) + CALIBRATION_L2 * np.eye(2)
+        step = np.linalg.solve(hess, -grad)
+        decrease = float(grad @ step)  # -(Newton decrement)^2 < 0: the Hessian is positive definite
+        if -decrease < 1e-24:  # the objective is within ~1e-24 of its minimum
+            break
+        t = 1.0
+        # Armijo backtracking far from the optimum (full steps overshoot while the sigmoids saturate); near it the
+        # full step is right and the decrease is below what the objective's rounding could confirm
+        while -decrease > 1e-12 and objective(theta + t * step) > value + 0.25 * t * decrease and t > 1e-10:
+            t /= 2
+        theta = theta + t * step
+        value = objective(theta)
+    else:
+        raise RuntimeError(f"calibration did not converge in 100 Newton steps (a, b = {theta.tolist()})")
+    if theta[0] <= 0:
+        raise ValueError(
+            f"the fitted calibration slope is {theta[0] / std:.4g} <= 0: the scores do not rank bona fide above "
+            "spoof (higher scores meaning spoof, or a CM at chance); an affine map with a <= 0 would reverse or erase "
+            "the ranking, so none is fitted"
+        )
+    a = float(theta[0] / std)
+    return Calibration(a=a, b=float(theta[1] - a * mean), prior=prior, n_bonafide=bona.size, n_spoof=spoof.size)
+
+
 # --- per-attack EER -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupEER:
+    """One row of `eer_by_group`: the trials compared and their EER (None when a class is missing)."""
+
+    n_bonafide: int
+    n_spoof: int
+    eer: float | None  # fraction in [0, 1]
+
+
+def eer_by_group(scores: Any, keys: Any, groups: Any, pool: str = "-") -> dict[str, GroupEER]:
+    """EER of each value of a metadata column (attack, codec, source, speaker, ...).
+
+    The rule, per group value g (the organisers' 2021 breakdown does the same for "spoof-only" factors such as
+    the attack and "both" factors such as the codec): the spoof trials of g are compared with the bona fide
+    trials of g when g has any; when it has none, with the bona fide trials whose group is `pool` ("-", the
+    attack column's mark for bona fide), i.e. all bona fide trials of an attack-style column. The `pool` value
+    itself is a row only when spoof trials carry it. A group left with one class reports its counts and EER None.
+
+    Args:
+        scores: (N,) CM scores; higher = more bona fide.
+        keys: (N,) "bonafide" or "spoof".
+        groups: (N,) the column's value of each trial.
+        pool: the group value of bona fide trials that stand for every group ("-").
+
+    Returns:
+        {group value: GroupEER(n_bonafide, n_spoof, eer)}, sorted by value.
+
+    Raises:
+        ValueError: lengths differ, a key other than bonafide/spoof, NaN/inf scores.
+    """
+    scores = _as_scores(scores, "scores")
+    keys = np.asarray(_to_numpy(keys)).astype(str)
+    groups = np.asarray(_to_numpy(groups)).astype(str)
+    if not (scores.shape == keys.shape == groups.shape):
+        raise ValueError(f"scores {scores.shape}, keys {keys.shape} and groups {groups.shape} must have the same shape")
+    bad = ~np.isin(keys, KEYS)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{int(bad.sum()):,} key(s) are not bonafide or spoof (first: {str(keys[i])!r} at index {i})")
+    is_bona = keys == "bonafide"
+    pooled = scores[is_bona & (groups == pool)]
+    table = {}
+    for g in sorted(set(groups.tolist())):
+        in_g = groups == g
+        if g == pool and not (in_g & ~is_bona).any():
+            continue  # the bona fide pool of an attack-style column, not a condition of its own
+        bona = scores[in_g & is_bona] if (in_g & is_bona).any() else pooled
+        spoof = scores[in_g & ~is_bona]
+        eer = compute_eer(bona, spoof)[0] if bona.size and spoof.size else None
+        table[g] = GroupEER(n_bonafide=int(bona.size), n_spoof=int(spoof.size), eer=eer)
+    return table
 
 
 def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
@@ -437,7 +835,7 @@ def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
         {attack: EER as a fraction}, attacks sorted by name.
 
     Raises:
-        ValueError: lengths differ, no bona fide or no spoof trials, NaN/inf scores.
+        ValueError: lengths differ, no bona fide or no spoof trials, a key other than bonafide/spoof, NaN/inf scores.
     """
     scores = _as_scores(scores, "scores")
     systems = np.asarray(systems).astype(str)
@@ -446,14 +844,12 @@ def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
         raise ValueError(
             f"scores {scores.shape}, systems {systems.shape} and keys {keys.shape} must have the same shape"
         )
-    bona = scores[keys == "bonafide"]
+    _as_scores(scores[keys == "bonafide"], "bona fide scores")  # none: the same error as compute_eer's
     is_spoof = keys == "spoof"
     if not is_spoof.any():
         raise ValueError("no spoof trials: per-attack EER needs at least one attack")
-    return {
-        attack: compute_eer(bona, scores[is_spoof & (systems == attack)])[0]
-        for attack in sorted(set(systems[is_spoof].tolist()))
-    }
+    groups = np.where(keys == "bonafide", "-", systems)  # every bona fide trial is in the pool, whatever its system
+    return {attack: row.eer for attack, row in eer_by_group(scores, keys, groups).items()}
 
 
 # --- score files --------------------------------------------------------------------------------
@@ -576,6 +972,149 @@ def read_score_file(path: str | Path) -> ScoreFile:
     return ScoreFile(np.array(utts), np.array(systems), np.array(keys), np.array(scores, dtype=np.float64), path)
 
 
+# --- ASVspoof 5 score and key files -----------------------------------------------------------------
+
+ASV5_SCORE_HEADER = ("filename", "cm-score")
+ASV5_KEY_HEADER = ("filename", "cm-label")
+
+
+def _write_asv5(path: str | Path, header: tuple[str, str], utt_ids: Any, values: list[str]) -> Path:
+    """Header + `utt<TAB>value` lines, atomically; refuses ids that are empty, hold whitespace or repeat."""
+    utts = np.asarray(_to_numpy(utt_ids)).astype(str)
+    if utts.ndim != 1 or utts.size != len(values):
+        raise ValueError(f"utt_ids {utts.shape} and {header[1]}s ({len(values)},) must be 1-D of one length")
+    seen: dict[str, int] = {}
+    for i, utt in enumerate(utts.tolist()):
+        if utt.split() != [utt]:
+            raise ValueError(f"entry {i}: filename {utt!r} is empty or contains whitespace")
+        if utt in seen:
+            raise ValueError(f"entry {i}: duplicate filename {utt} (first at entry {seen[utt]})")
+        seen[utt] = i
+    with atomic_write(path, "w") as f:
+        f.write("\t".join(header) + "\n")
+        f.writelines(f"{utt}\t{value}\n" for utt, value in zip(utts.tolist(), values))
+    return Path(path)
+
+
+def write_asv5_scores(path: str | Path, utt_ids: Any, scores: Any) -> Path:
+    """Write the ASVspoof 5 score file `filename<TAB>cm-score` (with that header), atomically.
+
+    The form the organisers' `evaluation.py --m t1 --cm FILE` reads (ASVspoof 5 `evaluation-package/util.py`).
+    Their actDCF and Cllr read the scores as natural-log likelihood ratios: write calibrated scores
+    (`Calibration.apply`) there. Scores are written with `repr`, which reads back to the same float.
+
+    Args:
+        path: destination; its folder is created if missing.
+        utt_ids: (N,) unique file names (no extension), e.g. E_0000000001.
+        scores: (N,) scores; higher = more bona fide.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: lengths differ, an id is empty, holds whitespace or repeats.
+    """
+    values = _to_numpy(scores).astype(np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {values.shape}")
+    return _write_asv5(path, ASV5_SCORE_HEADER, utt_ids, [repr(v) for v in values.tolist()])
+
+
+def write_asv5_keys(path: str | Path, utt_ids: Any, keys: Any) -> Path:
+    """Write the ASVspoof 5 key file `filename<TAB>cm-label` (with that header; labels bonafide / spoof), atomically.
+
+    Raises:
+        ValueError: lengths differ, a label other than bonafide/spoof, an id empty, with whitespace or repeated.
+    """
+    labels = np.asarray(_to_numpy(keys)).astype(str)
+    if labels.ndim != 1:
+        raise ValueError(f"keys must be 1-D, got shape {labels.shape}")
+    for i, key in enumerate(labels.tolist()):
+        if key not in KEYS:
+            raise ValueError(f"entry {i}: key {key!r} is not bonafide or spoof")
+    return _write_asv5(path, ASV5_KEY_HEADER, utt_ids, labels.tolist())
+
+
+def _read_asv5(path: str | Path, header: tuple[str, str], what: str) -> dict[str, tuple[str, int]]:
+    """{filename: (value, line number)} of a two-column ASVspoof 5 file, checked line by line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ASVspoof 5 {what} file {path} not found")
+    rows: dict[str, tuple[str, int]] = {}
+    expected = "<TAB>".join(header)
+    seen_header = False
+    for n, line in text_lines(path, f"ASVspoof 5 {what} file"):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue  # blank lines, as the organisers' pandas reader skips them
+        fields = [f.strip() for f in text.split("\t")]
+        if not seen_header:
+            if tuple(fields) != header:
+                raise ValueError(
+                    f"{path.name} line {n}: expected the header {expected!r} (tab-separated), got {text!r}"
+                )
+            seen_header = True
+            continue
+        if len(fields) != 2 or not all(fields) or len(fields[0].split()) != 1:
+            raise ValueError(
+                f"{path.name} line {n}: expected 2 tab-separated fields ({expected.replace('<TAB>', ', ')}), "
+                f"got {text!r}"
+            )
+        if fields[0] in rows:
+            raise ValueError(
+                f"{path.name} line {n}: duplicate filename {fields[0]} (first on line {rows[fields[0]][1]})"
+            )
+        rows[fields[0]] = (fields[1], n)
+    if not seen_header:
+        raise ValueError(f"{path.name} is empty: expected the header {expected!r} and one line a trial")
+    if not rows:
+        raise ValueError(f"{path.name} has a header but no {what} lines")
+    return rows
+
+
+def read_asv5_scores(scores_path: str | Path, keys_path: str | Path) -> ScoreFile:
+    """Read an ASVspoof 5 score file and its key file (`filename<TAB>cm-score`, `filename<TAB>cm-label`).
+
+    Both need their header and the same file names, each once (the organisers' `load_cm_scores_keys` requires
+    the same; the order may differ). The key file names no attack, so `system` is "-" for bona fide and "spoof"
+    for spoofs: a per-attack table has the one row "spoof", the pooled EER.
+
+    Returns:
+        ScoreFile in the score file's order (path = the score file).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: a bad header, a line without 2 tab-separated fields, a score that is not a number, a label
+            other than bonafide/spoof, a repeated file name (each naming the file and line), or files whose file
+            names differ (with counts and the first few).
+    """
+    scores_path, keys_path = Path(scores_path), Path(keys_path)
+    score_rows = _read_asv5(scores_path, ASV5_SCORE_HEADER, "score")
+    key_rows = _read_asv5(keys_path, ASV5_KEY_HEADER, "key")
+    for utt, (key, n) in key_rows.items():
+        if key not in KEYS:
+            raise ValueError(f"{keys_path.name} line {n}: label {key!r} of {utt} is not bonafide or spoof")
+    unkeyed = [u for u in score_rows if u not in key_rows]
+    unscored = [u for u in key_rows if u not in score_rows]
+    if unkeyed or unscored:
+        parts = []
+        if unkeyed:
+            parts.append(f"{len(unkeyed):,} scored file(s) have no key (first: {', '.join(unkeyed[:3])})")
+        if unscored:
+            parts.append(f"{len(unscored):,} keyed file(s) have no score (first: {', '.join(unscored[:3])})")
+        raise ValueError(f"{scores_path.name} and {keys_path.name} do not hold the same files: " + "; ".join(parts))
+    values = []
+    for utt, (score, n) in score_rows.items():
+        try:
+            values.append(float(score))
+        except ValueError:
+            raise ValueError(f"{scores_path.name} line {n}: score {score!r} of {utt} is not a number") from None
+    utts = np.array(list(score_rows))
+    keys = np.array([key_rows[u][0] for u in utts.tolist()])
+    systems = np.where(keys == "bonafide", "-", "spoof")
+    return ScoreFile(utts, systems, keys, np.array(values, dtype=np.float64), scores_path)
+
+
 # --- evaluation and report ----------------------------------------------------------------------
 
 
@@ -619,14 +1158,20 @@ def check_trials(scores: ScoreFile, trials: Any, protocol: str = "the protocol")
 
 
 def evaluate_scores(scores: ScoreFile, asv: AsvScores | None = None) -> dict[str, Any]:
-    """EER, min t-DCF and per-attack EER of a score file.
+    """EER, min t-DCF, the ASVspoof 5 metrics and per-attack EER of a score file.
+
+    minDCF, actDCF and Cllr use the ASVspoof 5 costs (`ASVSPOOF5_COSTS`). actDCF and Cllr read the scores as
+    calibrated natural-log likelihood ratios: on raw scores (a logit difference) they measure the calibration as
+    much as the CM; `fit_calibration` on development scores makes them meaningful. EER and minDCF do not depend
+    on calibration.
 
     Args:
         scores: the CM scores (higher = more bona fide).
         asv: the organisers' ASV scores of the same split; None skips the t-DCF.
 
     Returns:
-        {"eer": percent, "min_tdcf": float or None, "per_attack": {"A07": percent, ...}}.
+        {"eer": percent, "min_tdcf": float or None, "min_dcf", "act_dcf", "cllr" (bits), "n_bonafide", "n_spoof",
+        "per_attack": {"A07": percent, ...}}.
 
     Raises:
         ValueError: NaN/inf scores (naming the first utt id), a class absent, hard decisions.
@@ -641,16 +1186,26 @@ def evaluate_scores(scores: ScoreFile, asv: AsvScores | None = None) -> dict[str
     return {
         "eer": 100 * compute_eer(bona, spoof)[0],
         "min_tdcf": None if asv is None else compute_min_tdcf(bona, spoof, asv),
+        "min_dcf": compute_min_dcf(bona, spoof),
+        "act_dcf": compute_act_dcf(bona, spoof),
+        "cllr": compute_cllr(bona, spoof),
+        "n_bonafide": int(bona.size),
+        "n_spoof": int(spoof.size),
         "per_attack": {a: 100 * e for a, e in per_attack_eer(scores.score, scores.system, scores.key).items()},
     }
 
 
 def format_report(result: dict[str, Any], title: str = "") -> str:
-    """A plain-text report of `evaluate_scores`' result: EER, min t-DCF and the per-attack table."""
+    """A plain-text report of `evaluate_scores`' result: EER, min t-DCF, minDCF / actDCF / Cllr, per-attack table."""
     lines = [title] if title else []
     lines.append(f"EER        {result['eer']:9.6f} %")
     tdcf = result["min_tdcf"]
     lines.append(f"min t-DCF  {tdcf:9.6f}" if tdcf is not None else "min t-DCF  n/a (pass --asv-scores or --data-root)")
+    if "min_dcf" in result:  # the ASVspoof 5 line; actDCF and Cllr hold only for calibrated scores
+        lines.append(
+            f"minDCF     {result['min_dcf']:9.6f}   actDCF {result['act_dcf']:.6f}   Cllr {result['cllr']:.6f} bits   "
+            f"({result['n_bonafide']:,} bona fide, {result['n_spoof']:,} spoof; actDCF and Cllr read scores as LLRs)"
+        )
     lines.append("")
     lines.append("attack   EER (%)")
     lines += [f"{attack:<6} {eer:8.3f}" for attack, eer in result["per_attack"].items()]
@@ -776,7 +1331,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=("dev", "eval"), help="which ASV scores --data-root means; default: from the utt ids"
     )
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON object: eer (%%), min_tdcf, per_attack (%%)"
+        "--json",
+        action="store_true",
+        help="print one JSON object: eer (%%), min_tdcf, min_dcf, act_dcf, cllr, n_bonafide, n_spoof, per_attack (%%)",
     )
     parser.add_argument("--det", type=Path, metavar="FILE.png", help="also write a DET curve")
     parser.add_argument("--debug", action="store_true", help="show the traceback on errors")

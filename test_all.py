@@ -5,6 +5,7 @@ absent; ../shared/data/heldout is never read. Reference libraries (pytorch-grad-
 transforms, SciPy) are test-only dependencies.
 """
 
+import dataclasses
 import http.server
 import io
 import json
@@ -1226,7 +1227,7 @@ def test_cli_json_on_b01_with_data_root_gives_eer_tdcf_and_attacks(protocols, tm
     run = _run_cli("--scores", str(b01), "--data-root", str(protocols), "--split", "eval", "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    assert set(result) == {"eer", "min_tdcf", "per_attack"}
+    assert set(result) == {"eer", "min_tdcf", "min_dcf", "act_dcf", "cllr", "n_bonafide", "n_spoof", "per_attack"}
     assert result["eer"] == pytest.approx(B01_EER, abs=1e-6)
     assert result["min_tdcf"] == pytest.approx(B01_MIN_TDCF, abs=1e-6)
     assert list(result["per_attack"]) == [f"A{i:02d}" for i in range(7, 20)]
@@ -1248,7 +1249,9 @@ def test_cli_without_asv_scores_reports_eer_only(tmp_path):
     run = _run_cli("--scores", str(p), "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     # A07 alone: DET points (FRR, FAR) = (0, 1), (.5, 1), (.5, 0), (1, 0); the first |FRR - FAR| minimum is (.5, 1)
-    assert json.loads(run.stdout) == {"eer": 50.0, "min_tdcf": None, "per_attack": {"A07": 75.0, "A08": 0.0}}
+    result = json.loads(run.stdout)
+    expected = {"eer": 50.0, "min_tdcf": None, "per_attack": {"A07": 75.0, "A08": 0.0}}
+    assert {k: result[k] for k in expected} == expected and (result["n_bonafide"], result["n_spoof"]) == (2, 2)
 
 
 def test_cli_data_root_in_kaggle_layout_is_found(tmp_path):
@@ -1320,6 +1323,384 @@ def test_score_and_asv_files_that_are_not_utf8_name_the_line(tmp_path):
     (tmp_path / "asv.txt").write_bytes(b"\x00\xff\xfe\n")
     with pytest.raises(ValueError, match=r"^asv\.txt line 1: not UTF-8 text"):
         metrics.read_asv_scores(tmp_path / "asv.txt")
+
+
+# --- the organisers' ASVspoof 5 track-1 and ASVspoof 2021 formulations, transcribed as the reference ---
+# ASVspoof 5 evaluation-package/calculate_modules.py (compute_mindcf, compute_actDCF, calculate_CLLR, called as in
+# calculate_metrics.py's calculate_minDCF_EER_CLLR; their compute_det_curve / compute_eer are the 2019 ones above) and
+# ASVspoof 2021 eval-package/eval_metrics.py compute_tDCF with the ASV rates of eval_wrapper.load_asv_metrics.
+
+
+def _official5_mindcf(frr, far, thresholds, Pspoof, Cmiss, Cfa):
+    min_c_det = float("inf")
+    min_c_det_threshold = thresholds
+    p_target = 1 - Pspoof
+    for i in range(0, len(frr)):
+        c_det = Cmiss * frr[i] * p_target + Cfa * far[i] * (1 - p_target)
+        if c_det < min_c_det:
+            min_c_det = c_det
+            min_c_det_threshold = thresholds[i]
+    c_def = min(Cmiss * p_target, Cfa * (1 - p_target))
+    return min_c_det / c_def, min_c_det_threshold
+
+
+def _official5_actdcf(bonafide_scores, spoof_scores, Pspoof, Cmiss, Cfa):
+    beta = Cmiss * (1 - Pspoof) / (Cfa * Pspoof)
+    threshold = -np.log(beta)
+    rate_miss = np.sum(bonafide_scores < threshold) / bonafide_scores.size
+    rate_fa = np.sum(spoof_scores >= threshold) / spoof_scores.size
+    act_dcf = Cmiss * (1 - Pspoof) * rate_miss + Cfa * Pspoof * rate_fa
+    act_dcf = act_dcf / np.min([Cfa * Pspoof, Cmiss * (1 - Pspoof)])
+    return act_dcf, threshold
+
+
+def _official5_cllr(target_llrs, nontarget_llrs):
+    def negative_log_sigmoid(lodds):
+        return np.log1p(np.exp(-lodds))
+
+    target_llrs, nontarget_llrs = np.array(target_llrs), np.array(nontarget_llrs)
+    return (
+        0.5 * (np.mean(negative_log_sigmoid(target_llrs)) + np.mean(negative_log_sigmoid(-nontarget_llrs))) / np.log(2)
+    )
+
+
+def _official5_track1(bona_cm, spoof_cm):
+    """(minDCF, EER, Cllr, actDCF), as calculate_minDCF_EER_CLLR returns them."""
+    Pspoof, Cmiss, Cfa = 0.05, 1, 10
+    frr, far, thresholds = _official_det_curve(bona_cm, spoof_cm)
+    eer, _ = _official_eer(bona_cm, spoof_cm)
+    cllr = _official5_cllr(bona_cm, spoof_cm)
+    min_dcf, _ = _official5_mindcf(frr, far, thresholds, Pspoof, Cmiss, Cfa)
+    act_dcf, _ = _official5_actdcf(bona_cm, spoof_cm, Pspoof, Cmiss, Cfa)
+    return min_dcf, eer, cllr, act_dcf
+
+
+def _official2021_tdcf(bona_cm, spoof_cm, tar_asv, non_asv, spoof_asv):
+    Pspoof = 0.05
+    cost_model = {"Pspoof": Pspoof, "Ptar": (1 - Pspoof) * 0.99, "Pnon": (1 - Pspoof) * 0.01}
+    cost_model.update({"Cmiss": 1, "Cfa": 10, "Cfa_spoof": 10})
+    _, asv_threshold = _official_eer(tar_asv, non_asv)
+    Pfa_asv = sum(non_asv >= asv_threshold) / non_asv.size
+    Pmiss_asv = sum(tar_asv < asv_threshold) / tar_asv.size
+    Pfa_spoof_asv = np.sum(spoof_asv >= asv_threshold) / spoof_asv.size
+    Pmiss_cm, Pfa_cm, CM_thresholds = _official_det_curve(bona_cm, spoof_cm)
+    C0 = cost_model["Ptar"] * cost_model["Cmiss"] * Pmiss_asv + cost_model["Pnon"] * cost_model["Cfa"] * Pfa_asv
+    C1 = cost_model["Ptar"] * cost_model["Cmiss"] - (
+        cost_model["Ptar"] * cost_model["Cmiss"] * Pmiss_asv + cost_model["Pnon"] * cost_model["Cfa"] * Pfa_asv
+    )
+    C2 = cost_model["Pspoof"] * cost_model["Cfa_spoof"] * Pfa_spoof_asv
+    tDCF = C0 + C1 * Pmiss_cm + C2 * Pfa_cm
+    tDCF_default = C0 + np.minimum(C1, C2)
+    return tDCF / tDCF_default, CM_thresholds
+
+
+# --- ASVspoof 5 metrics: minDCF, actDCF, Cllr ---
+B01_ASV5 = (9.572028, 0.220454, 0.540309, 0.842110)  # EER %, minDCF, actDCF, Cllr bits: CORPORA.md's table
+B02_ASV5 = (8.089825, 0.197372, 0.662158, 0.644360)
+
+
+@pytest.mark.parametrize("negate", [False, True], ids=["bonafide-high", "negated"])
+@pytest.mark.parametrize("tied", [False, True], ids=["continuous", "integer-ties"])
+def test_min_dcf_act_dcf_and_cllr_equal_the_organisers_code_on_random_scores(tied, negate):
+    rng = np.random.default_rng(555 + 2 * tied + negate)
+    threshold = metrics.bayes_threshold()
+    for _ in range(200):
+        bona, spoof = _random_scores(rng, tied, negate)
+        if tied:  # scores exactly at the Bayes threshold: a bona fide one is accepted, a spoof one too
+            bona[rng.random(bona.size) < 0.2] = threshold
+            spoof[rng.random(spoof.size) < 0.2] = threshold
+        min_dcf, _, cllr, act_dcf = _official5_track1(bona, spoof)
+        assert metrics.compute_min_dcf(bona, spoof) == min_dcf
+        assert metrics.compute_act_dcf(bona, spoof) == act_dcf
+        assert metrics.compute_cllr(bona, spoof) == pytest.approx(cllr, rel=1e-12)
+
+
+def test_act_dcf_accepts_a_score_at_the_bayes_threshold():
+    t = metrics.bayes_threshold()
+    # bona fide at t: accepted, no miss; spoof at t: accepted, a false alarm (Pfa 1/2 -> 10 * 0.05 * 0.5 / 0.5)
+    assert metrics.compute_act_dcf([t, 5.0], [t, -5.0]) == pytest.approx(0.5, abs=1e-15)
+    assert metrics.compute_act_dcf([np.nextafter(t, -1), 5.0], [-5.0, -6.0]) == pytest.approx(0.95 * 0.5 / 0.5)
+
+
+def test_asvspoof5_costs_own_beta_threshold_and_effective_prior():
+    costs = metrics.ASVSPOOF5_COSTS
+    assert (costs.p_spoof, costs.c_miss, costs.c_fa) == (0.05, 1, 10)
+    assert costs.beta == pytest.approx(1.9, abs=1e-15) and costs.effective_prior == pytest.approx(1.9 / 2.9, abs=1e-15)
+    assert metrics.bayes_threshold() == pytest.approx(-0.6418539, abs=1e-7)  # CORPORA.md: -0.6419
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        costs.p_spoof = 0.5
+    with pytest.raises(ValueError, match=r"p_spoof must be in \(0, 1\), got 0"):
+        metrics.DetectionCosts(p_spoof=0)
+    with pytest.raises(ValueError, match="costs must be positive"):
+        metrics.DetectionCosts(c_fa=0)
+
+
+def test_llr_to_posterior_is_bayes_rule_and_never_overflows():
+    prior = metrics.ASVSPOOF5_COSTS.effective_prior
+    assert metrics.llr_to_posterior([0.0], 0.3)[0] == pytest.approx(0.3, abs=1e-15)
+    # at the Bayes threshold the posterior at the effective prior is one half: the verdict boundary
+    assert metrics.llr_to_posterior([metrics.bayes_threshold()], prior)[0] == pytest.approx(0.5, abs=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(metrics.llr_to_posterior([-1e4, 1e4], 0.5), [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"prior must be in \(0, 1\), got 1"):
+        metrics.llr_to_posterior([0.0], 1)
+
+
+@pytest.mark.parametrize("system,expected", [("B01", B01_ASV5), ("B02", B02_ASV5)])
+def test_baseline_min_dcf_act_dcf_and_cllr_match_the_organisers_numbers(protocols, system, expected):
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / f"{system}_LA_primary_eval.txt")
+    protocol = "ASVspoof2019.LA.cm.eval.trl.txt"
+    metrics.check_trials(scores, data.read_cm_protocol(protocols / protocol), protocol)  # all 71,237 trials, keys
+    result = metrics.evaluate_scores(scores)
+    measured = (result["eer"], result["min_dcf"], result["act_dcf"], result["cllr"])
+    assert measured == pytest.approx(expected, abs=1e-6)
+    assert (result["n_bonafide"], result["n_spoof"]) == (7_355, 63_882)
+    min_dcf, eer, cllr, act_dcf = _official5_track1(scores.bonafide_scores, scores.spoof_scores)
+    assert (result["min_dcf"], result["act_dcf"], result["eer"]) == (min_dcf, act_dcf, 100 * eer)
+    assert result["cllr"] == pytest.approx(cllr, rel=1e-12)
+
+
+def test_new_metrics_refuse_what_compute_eer_refuses():
+    for f in (metrics.compute_min_dcf, metrics.compute_act_dcf, metrics.compute_cllr):
+        with pytest.raises(ValueError, match="no bona fide scores"):
+            f([], [1.0, 2.0])
+        with pytest.raises(ValueError, match=r"1 of 2 scores are NaN"):
+            f([1.0, 2.0], [np.nan, 0.0])
+
+
+# --- min t-DCF, ASVspoof 2021 revised formulation ---
+
+
+@pytest.mark.parametrize("negate", [False, True], ids=["bonafide-high", "negated"])
+@pytest.mark.parametrize("tied", [False, True], ids=["continuous", "integer-ties"])
+def test_tdcf_2021_curve_equals_the_organisers_code_on_random_scores(tied, negate):
+    rng = np.random.default_rng(2021 + 2 * tied + negate)
+    for _ in range(100):
+        bona, spoof = _random_scores(rng, tied, negate)
+        if np.unique(np.concatenate((bona, spoof))).size < 3:
+            continue
+        asv = _random_asv(rng, tied)
+        curve, thresholds = metrics.compute_tdcf_curve_2021(bona, spoof, asv)
+        official_curve, official_thresholds = _official2021_tdcf(bona, spoof, asv.target, asv.nontarget, asv.spoof)
+        np.testing.assert_array_equal(curve, official_curve)
+        np.testing.assert_array_equal(thresholds, official_thresholds)
+        assert metrics.compute_min_tdcf_2021(bona, spoof, asv) == official_curve.min()
+
+
+def test_tdcf_2021_of_a_perfect_cm_is_the_asv_floor_and_b01_matches_the_reference(protocols):
+    asv = metrics.read_asv_scores(protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt")
+    curve, _ = metrics.compute_tdcf_curve_2021([3.0, 4.0, 5.0], [0.0, 1.0], asv)
+    rates = metrics.compute_asv_error_rates(asv)
+    m = metrics.ASVSPOOF2019_COST_MODEL
+    c0 = m.p_tar * rates["pmiss"] + m.p_non * m.c_fa_asv * rates["pfa"]
+    assert curve.min() == pytest.approx(c0 / (c0 + m.c_fa_cm * m.p_spoof * (1 - rates["pmiss_spoof"])), rel=1e-12)
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt")
+    bona, spoof = scores.bonafide_scores, scores.spoof_scores
+    official, _ = _official2021_tdcf(bona, spoof, asv.target, asv.nontarget, asv.spoof)
+    assert metrics.compute_min_tdcf_2021(bona, spoof, asv) == official.min()
+
+
+# --- calibration ---
+
+
+def _calibrated_metrics(cal, bona, spoof):
+    b, s = cal.apply(bona), cal.apply(spoof)
+    return {
+        "eer": metrics.compute_eer(b, s)[0],
+        "min_dcf": metrics.compute_min_dcf(b, s),
+        "act_dcf": metrics.compute_act_dcf(b, s),
+        "cllr": metrics.compute_cllr(b, s),
+    }
+
+
+def test_calibration_keeps_eer_and_min_dcf_and_lowers_cllr_and_act_dcf_on_b01(protocols):
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt")
+    bona, spoof = scores.bonafide_scores, scores.spoof_scores
+    cal = metrics.fit_calibration(bona, spoof)
+    assert cal.a > 0 and cal.prior == metrics.ASVSPOOF5_COSTS.effective_prior
+    assert (cal.n_bonafide, cal.n_spoof) == (7_355, 63_882)
+    raw = metrics.evaluate_scores(scores)
+    after = _calibrated_metrics(cal, bona, spoof)
+    assert 100 * after["eer"] == pytest.approx(raw["eer"], abs=1e-9)
+    assert after["min_dcf"] == pytest.approx(raw["min_dcf"], abs=1e-9)
+    assert after["cllr"] < raw["cllr"] - 0.4  # 0.842 -> 0.322 bits
+    assert after["act_dcf"] < raw["act_dcf"] - 0.3  # 0.540 -> 0.222, close to minDCF 0.220
+    assert after["act_dcf"] >= after["min_dcf"]
+
+
+def test_calibration_recovers_the_llr_of_badly_scaled_gaussian_scores():
+    """Equal-variance Gaussians: the true LLR is affine, (mu1 - mu0) / sigma^2 * (s - (mu1 + mu0) / 2)."""
+    rng = np.random.default_rng(16)
+    mu1, mu0, sigma = 1100.0, 1000.0, 50.0  # raw scores in the thousands: Cllr ~ 700 bits before calibration
+    bona, spoof = rng.normal(mu1, sigma, 20_000), rng.normal(mu0, sigma, 20_000)
+    cal = metrics.fit_calibration(bona, spoof)
+    assert cal.a == pytest.approx((mu1 - mu0) / sigma**2, rel=0.05)
+    assert cal.b == pytest.approx(-(mu1 - mu0) / sigma**2 * (mu1 + mu0) / 2, rel=0.05)
+    after = _calibrated_metrics(cal, bona, spoof)
+    assert after["eer"] == metrics.compute_eer(bona, spoof)[0]
+    assert after["min_dcf"] == pytest.approx(metrics.compute_min_dcf(bona, spoof), abs=1e-12)
+    assert metrics.compute_cllr(bona, spoof) > 100 and after["cllr"] < 0.6
+    assert metrics.compute_act_dcf(bona, spoof) == 1.0 and after["act_dcf"] < 0.45
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_calibration_of_separable_scores_stays_finite_at_any_scale(scale):
+    rng = np.random.default_rng(3)
+    bona, spoof = scale * (0.5 + np.abs(rng.normal(0, 2, 300))), -scale * (0.5 + np.abs(rng.normal(0, 2, 500)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way to a large slope
+        cal = metrics.fit_calibration(bona, spoof)
+    assert np.isfinite(cal.a) and cal.a > 0 and np.isfinite(cal.b)
+    after = _calibrated_metrics(cal, bona, spoof)
+    assert after["act_dcf"] == 0.0 and after["cllr"] < 0.01
+
+
+@pytest.mark.parametrize(
+    "bona,spoof,match",
+    [
+        ([], [1.0, 2.0], "no bona fide scores"),
+        ([1.0, 2.0], [], "no spoof scores"),
+        ([1.0, np.nan], [0.0], r"1 of 2 scores are NaN \(first: index 1\)"),
+        ([1.0, np.inf], [0.0], r"1 of 2 scores are inf"),
+        ([1.0, 1.0], [1.0], "all 3 scores equal 1.0: there is nothing to calibrate"),
+        ([0.0, 1.0], [2.0, 3.0], r"slope is -?[\d.e+-]+ <= 0: the scores do not rank bona fide above spoof"),
+    ],
+)
+def test_fit_calibration_refuses_what_it_cannot_fit(bona, spoof, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.fit_calibration(bona, spoof)
+
+
+def test_calibration_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    cal = metrics.fit_calibration([1.0, 2.0, 0.5, 3.0], [0.0, -1.0, 1.5])
+    path = tmp_path / "ckpt.pt"
+    torch.save({"calibration": cal.to_dict()}, path)
+    back = metrics.Calibration.from_dict(torch.load(path, weights_only=True)["calibration"])
+    assert back == cal
+    assert all(type(v) in (float, int) for v in cal.to_dict().values())
+    np.testing.assert_array_equal(back.apply(torch.tensor([0.0, 1.0])), [cal.b, cal.a + cal.b])
+    with pytest.raises(ValueError, match=r"expected exactly a, b, prior, n_bonafide, n_spoof \(missing b\)"):
+        metrics.Calibration.from_dict({"a": 1.0, "prior": 0.5, "n_bonafide": 1, "n_spoof": 1})
+    with pytest.raises(ValueError, match="slope a must be a finite number > 0, got -1.0"):
+        metrics.Calibration.from_dict({**cal.to_dict(), "a": -1.0})
+
+
+# --- EER by group ---
+
+
+def test_eer_by_group_pools_dash_bonafide_against_each_attack():
+    scores = np.array([5.0, 6.0, 7.0, 1.0, 2.0, 6.5, 9.0])
+    groups = np.array(["-", "-", "-", "A01", "A01", "A02", "A02"])
+    keys = np.array(["bonafide"] * 3 + ["spoof"] * 4)
+    table = metrics.eer_by_group(scores, keys, groups)
+    assert list(table) == ["A01", "A02"]  # "-" holds no spoofs: it is the pool, not a row
+    assert table["A01"] == metrics.GroupEER(n_bonafide=3, n_spoof=2, eer=0.0)
+    assert table["A02"].eer == metrics.compute_eer([5.0, 6.0, 7.0], [6.5, 9.0])[0]
+
+
+def test_eer_by_group_uses_each_codec_own_bonafide_and_none_for_one_class():
+    scores = np.array([3.0, 4.0, 1.0, 5.0, 2.0, 9.0, 0.0, 1.0])
+    groups = np.array(["none", "none", "none", "alaw", "alaw", "alaw", "gsm", "opus"])
+    keys = np.array(["bonafide", "bonafide", "spoof", "bonafide", "spoof", "spoof", "spoof", "bonafide"])
+    table = metrics.eer_by_group(scores, keys, groups)
+    assert table["none"] == metrics.GroupEER(2, 1, 0.0)
+    assert table["alaw"] == metrics.GroupEER(1, 2, metrics.compute_eer([5.0], [2.0, 9.0])[0])
+    assert table["gsm"] == metrics.GroupEER(0, 1, None)  # no bona fide of its own and no "-" pool
+    assert table["opus"] == metrics.GroupEER(1, 0, None)
+
+
+def test_per_attack_eer_is_eer_by_group_of_the_attack_column(protocols):
+    scores = metrics.read_score_file(protocols / "baseline_cm_scores" / "B02_LA_primary_eval.txt")
+    table = metrics.eer_by_group(scores.score, scores.key, scores.system)
+    assert {a: row.eer for a, row in table.items()} == metrics.per_attack_eer(scores.score, scores.system, scores.key)
+    assert {row.n_bonafide for row in table.values()} == {7_355}
+    assert sum(row.n_spoof for row in table.values()) == 63_882
+
+
+@pytest.mark.parametrize(
+    "keys,groups,match",
+    [
+        (["bonafide", "fake"], ["-", "A01"], r"1 key\(s\) are not bonafide or spoof \(first: 'fake' at index 1\)"),
+        (["bonafide", "spoof"], ["-"], r"groups \(1,\) must have the same shape"),
+    ],
+)
+def test_eer_by_group_refuses_bad_keys_and_lengths(keys, groups, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.eer_by_group([1.0, 0.0], keys, groups)
+
+
+# --- evaluate_scores and the report: the ASVspoof 5 line ---
+
+
+def test_report_has_one_line_for_min_dcf_act_dcf_cllr_and_the_counts(tmp_path):
+    p = metrics.write_score_file(tmp_path / "s.txt", ["a", "b", "c", "d", "e"], ["-", "-", "A07", "A07", "A08"],
+                                 ["bonafide", "bonafide", "spoof", "spoof", "spoof"], [2.0, 1.0, 1.5, -1.0, -2.0])  # fmt: skip
+    result = metrics.evaluate_scores(metrics.read_score_file(p))
+    bona, spoof = [2.0, 1.0], [1.5, -1.0, -2.0]
+    assert result["min_dcf"] == metrics.compute_min_dcf(bona, spoof)
+    assert result["act_dcf"] == metrics.compute_act_dcf(bona, spoof)
+    assert result["cllr"] == metrics.compute_cllr(bona, spoof)
+    assert (result["n_bonafide"], result["n_spoof"]) == (2, 3)
+    [line] = [s for s in metrics.format_report(result).splitlines() if s.startswith("minDCF")]
+    assert f"{result['min_dcf']:.6f}" in line and f"actDCF {result['act_dcf']:.6f}" in line
+    assert f"Cllr {result['cllr']:.6f} bits" in line and "2 bona fide, 3 spoof" in line and "LLRs" in line
+
+
+# --- ASVspoof 5 score and key files ---
+
+
+def test_asv5_score_and_key_files_round_trip(tmp_path):
+    rng = np.random.default_rng(5)
+    utts = [f"E_{i:010d}" for i in range(40)]
+    scores = rng.normal(0, 3, 40)
+    keys = ["bonafide" if i % 4 == 0 else "spoof" for i in range(40)]
+    score_path = metrics.write_asv5_scores(tmp_path / "out" / "scores.tsv", utts, scores)
+    order = rng.permutation(40)  # the key file may list the trials in another order
+    key_path = metrics.write_asv5_keys(tmp_path / "keys.tsv", np.array(utts)[order], np.array(keys)[order])
+    lines = score_path.read_text().splitlines()
+    assert lines[0] == "filename\tcm-score" and lines[1] == f"E_0000000000\t{float(scores[0])!r}"
+    assert key_path.read_text().splitlines()[0] == "filename\tcm-label"
+    back = metrics.read_asv5_scores(score_path, key_path)
+    assert back.utt_id.tolist() == utts and back.key.tolist() == keys
+    np.testing.assert_array_equal(back.score, scores)
+    assert set(back.system.tolist()) == {"-", "spoof"} and back.path == score_path
+    assert [p.name for p in score_path.parent.iterdir()] == ["scores.tsv"]  # no temporary file left behind
+    assert metrics.evaluate_scores(back)["n_bonafide"] == 10
+
+
+@pytest.mark.parametrize(
+    "scores_text,keys_text,match",
+    [
+        ("filename cm-score\nE_1\t1.0\n", None, r"scores.tsv line 1: expected the header 'filename<TAB>cm-score'"),
+        ("filename\tcm-score\nE_1\t1.0\tx\n", None, r"scores.tsv line 2: expected 2 tab-separated fields"),
+        ("filename\tcm-score\nE_1 1.0\n", None, r"scores.tsv line 2: expected 2 tab-separated fields"),
+        ("filename\tcm-score\n\nE_1\tone\nE_2\t2\n", None, r"scores.tsv line 3: score 'one' of E_1 is not a number"),
+        ("filename\tcm-score\nE_1\t1\nE_1\t2\n", None, r"scores.tsv line 3: duplicate filename E_1 \(first on line 2"),
+        (None, "filename\tcm-label\nE_1\tbona-fide\nE_2\tspoof\n", r"keys.tsv line 2: label 'bona-fide' of E_1"),
+        (None, "filename\tcm-label\nE_1\tbonafide\n", r"1 scored file\(s\) have no key \(first: E_2\)"),
+        (None, "filename\tcm-label\nE_1\tbonafide\nE_2\tspoof\nE_3\tspoof\n", r"1 keyed file\(s\) have no score"),
+        ("", None, r"scores.tsv is empty: expected the header 'filename<TAB>cm-score'"),
+        ("filename\tcm-score\n", None, "scores.tsv has a header but no score lines"),
+    ],
+)
+def test_asv5_reader_names_file_and_line(tmp_path, scores_text, keys_text, match):
+    good_scores = "filename\tcm-score\nE_1\t1.0\nE_2\t2.0\n"
+    good_keys = "filename\tcm-label\nE_1\tbonafide\nE_2\tspoof\n"
+    (tmp_path / "scores.tsv").write_text(good_scores if scores_text is None else scores_text)
+    (tmp_path / "keys.tsv").write_text(good_keys if keys_text is None else keys_text)
+    with pytest.raises(ValueError, match=match):
+        metrics.read_asv5_scores(tmp_path / "scores.tsv", tmp_path / "keys.tsv")
+
+
+def test_asv5_writers_refuse_bad_ids_and_labels(tmp_path):
+    with pytest.raises(ValueError, match="entry 1: filename 'E 2' is empty or contains whitespace"):
+        metrics.write_asv5_scores(tmp_path / "s.tsv", ["E_1", "E 2"], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"entry 1: duplicate filename E_1 \(first at entry 0\)"):
+        metrics.write_asv5_keys(tmp_path / "k.tsv", ["E_1", "E_1"], ["bonafide", "spoof"])
+    with pytest.raises(ValueError, match="entry 0: key 'genuine' is not bonafide or spoof"):
+        metrics.write_asv5_keys(tmp_path / "k.tsv", ["E_1"], ["genuine"])
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------- model.py and train.py ----------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -135,6 +136,146 @@ def check_output_path(path: str | os.PathLike, flag: str, folder: bool = False) 
     except OSError as e:
         raise OSError(f"{flag} {path}: cannot write in {where} ({e.strerror or e}); choose another {flag}") from None
     return path
+
+
+def existing_file(path: str | os.PathLike, what: str) -> Path:
+    """The path of an input file that exists, or one error saying what is there instead (a folder, nothing).
+
+    Raises:
+        FileNotFoundError: "`what` PATH not found" or "`what` PATH is a folder, expected a file".
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{what} {path} is a folder, expected a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same inode when both exist (hard links, symlinks), else the same
+    resolved path."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None],
+                  folders: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """The one output-path rule of every script, applied before any work: each output can be written
+    (`check_output_path`), is none of the run's inputs (the data it reads, a protocol, the checkpoint in use ...),
+    and no two outputs of the run are the same file.
+
+    Args:
+        outputs: flag -> path of what the run writes (None: not written).
+        inputs: what the run reads, named as the user knows it (a flag, or e.g. "the dev CM protocol").
+        folders: the output flags that name folders.
+
+    Raises:
+        ValueError: one line naming the two flags and the path.
+    """
+    given = {flag: Path(p) for flag, p in outputs.items() if p is not None}
+    for flag, path in given.items():
+        check_output_path(path, flag, folder=flag in folders)
+    for flag, path in given.items():
+        for other, other_path in list(given.items())[: list(given).index(flag)]:
+            if same_file(path, other_path):
+                raise ValueError(f"{flag} {path} is also {other}: two outputs of one run would overwrite each other; "
+                                 f"give {flag} another path")  # fmt: skip
+        for what, src in inputs.items():
+            if src is None:
+                continue
+            if same_file(path, src):
+                raise ValueError(f"{flag} {path} is {what}: the run would overwrite its own input; give {flag} "
+                                 "another path")  # fmt: skip
+
+
+def read_json_object(path: str | os.PathLike, what: str, remedy: str) -> dict | None:
+    """The JSON object a run left at `path` (None when there is none); a damaged or foreign file is one ValueError
+    naming it, `what` it should be, and the `remedy`."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not {what} ({first_line(e)}); {remedy}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not {what}; {remedy}")
+    return obj
+
+
+def check_same_settings(path: str | os.PathLike, saved: dict, now: dict, remedy: str) -> None:
+    """The one rule for resuming into an output: the settings `saved` beside it must equal the run's `now`.
+
+    Raises:
+        ValueError: naming the file, each differing setting (then and now) and the `remedy`.
+    """
+    differ = [k for k in now if saved.get(k) != now[k]]
+    if differ:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} now {now[k]!r}" for k in differ)
+        raise ValueError(f"{path} was written by another run ({changes}); {remedy}")
+
+
+class RunLock:
+    """One process per output folder: `with RunLock(folder, "--out"):` holds `folder/.lock` (its pid and command)
+    for the run's life.
+
+    A second run into the same folder stops at once, naming the other process. A lock whose process is gone
+    (kill -9, a crash) is stale and taken over with a note. The lock is created with O_EXCL, so two runs started
+    together cannot both take it.
+
+    Raises:
+        RuntimeError: the folder is in use by a live process (named).
+    """
+
+    def __init__(self, folder: str | os.PathLike, flag: str = "--out"):
+        self.path, self.flag, self.held = Path(folder) / ".lock", flag, False
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = f"{os.getpid()} {' '.join(sys.argv)}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.path.read_text(errors="replace").strip() if self.path.is_file() else ""
+                pid = owner.split(" ", 1)[0]
+                if pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
+                    raise RuntimeError(f"{self.flag} {self.path.parent} is in use by process {pid} "
+                                       f"({owner.split(' ', 1)[-1][:120]}); wait for it, stop it, or give another "
+                                       f"{self.flag}") from None  # fmt: skip
+                print(f"note: {self.path} was left by a process that is gone ({owner[:80] or 'empty'}): taken over",
+                      file=sys.stderr)  # fmt: skip
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            self.held = True
+            return self
+        raise RuntimeError(f"{self.flag} {self.path.parent}: another process took the lock first; try again")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def remove_stale_in(folder: str | os.PathLike) -> list[Path]:
+    """The `.NAME.PID.TID.tmp` temporaries that killed `atomic_write`s left in a folder (their process is gone),
+    removed; returns them. A resumed run calls it so that its folder holds no leftovers."""
+    folder = Path(folder)
+    removed = []
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        parts = tmp.name[1:].rsplit(".", 3)  # NAME (may hold dots), PID, TID, "tmp"
+        if len(parts) == 4 and parts[1].isdigit() and not pid_alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 class Progress:

@@ -185,6 +185,14 @@ def find_utterance(layout: LALayout, utt_id: str) -> tuple[str, ProtocolEntry]:
     )
 
 
+def spread_entries(entries: Sequence, limit: int) -> list:
+    """`limit` entries spread evenly over a protocol (protocols are sorted by class, so not the first N); all of
+    them when `limit` is 0 or covers the whole protocol. The one rule behind --limit-train / --limit-dev and bench."""
+    if not limit or limit >= len(entries):
+        return list(entries)
+    return [entries[i * len(entries) // limit] for i in range(limit)]
+
+
 def split_of_utt(utt_id: str) -> str | None:
     """The split an ASVspoof 2019 LA utt id's prefix names (LA_T_ train, LA_D_ dev, LA_E_ eval), else None."""
     return SPLIT_PREFIXES.get(utt_id[:5])

@@ -44,7 +44,10 @@ from cli import (
     add_common_args,
     atomic_write,
     check_output_path,
+    check_outputs,
+    check_same_settings,
     default_num_workers,
+    read_json_object,
     resolve_device,
     run_cli,
 )
@@ -254,22 +257,9 @@ def read_partial(out: Path, run_info: dict, by_id: dict[str, ProtocolEntry]) -> 
     partial, meta_path = partial_paths(out)
     if not partial.is_file():
         return {}
-    meta = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{meta_path}: not the JSON an interrupted run writes ({e}); delete it and {partial.name} "
-                             "to start over") from None  # fmt: skip
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path}: holds a {type(meta).__name__}, not the JSON object an interrupted run "
-                             f"writes; delete it and {partial.name} to start over")  # fmt: skip
-    differ = [k for k in run_info if meta.get(k) != run_info[k]]
-    if differ:
-        raise ValueError(
-            f"{partial} was written by another run ({', '.join(f'{k}: {meta.get(k)!r} now {run_info[k]!r}' for k in differ)}); "
-            "delete it (and its .json) to start over, or choose another --out"
-        )
+    remedy = f"delete it and {partial.name} to start over, or choose another --out"
+    meta = read_json_object(meta_path, "the JSON object an interrupted run writes", remedy) or {}
+    check_same_settings(partial, meta, run_info, remedy)
     saved = metrics.read_score_file(partial)
     for i, (utt, system, key) in enumerate(zip(saved.utt_id, saved.system, saved.key), 1):
         e = by_id.get(str(utt))
@@ -703,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics.read_asv_scores(args.asv_scores)
     out = args.out or args.ckpt.parent / f"scores_{args.split}.txt"
     det = args.det or out.with_name(f"{out.stem}_det.png")
+    check_outputs({"--out": out, "--det": det}, {"--ckpt": args.ckpt, "--asv-scores": args.asv_scores,
+                                                 f"the {args.split} CM protocol": layout.protocol_path(args.split)})  # fmt: skip
     res = score_split(scorer, layout, args.split, out, args.batch_size, args.num_workers, args.save_every,
                       args.skip_bad, args.full_length, progress=True)  # fmt: skip
     sf = res.scores

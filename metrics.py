@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from cli import ArgumentParser, atomic_write, run_cli, text_lines
+from cli import ArgumentParser, atomic_write, check_outputs, existing_file, run_cli, text_lines
 from corpora import find_la_root, split_of_utt
 
 KEYS = ("bonafide", "spoof")
@@ -291,8 +291,7 @@ def read_asv_scores(path: str | Path) -> AsvScores:
             (the message names the file and line), or a key with no trials.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ASV score file {path} not found")
+    existing_file(path, "ASV score file")
     columns: dict[str, list[float]] = {k: [] for k in ASV_KEYS}
     for n, line in text_lines(path, "ASV score file"):
         fields = line.split()
@@ -938,8 +937,7 @@ def read_score_file(path: str | Path) -> ScoreFile:
             that is not a number, a duplicate utt id (each names the file and line), or no lines.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"score file {path} not found")
+    existing_file(path, "score file")
     utts, systems, keys, scores = [], [], [], []
     first_line: dict[str, int] = {}
     for n, line in text_lines(path, "score file"):
@@ -1038,8 +1036,7 @@ def write_asv5_keys(path: str | Path, utt_ids: Any, keys: Any) -> Path:
 def _read_asv5(path: str | Path, header: tuple[str, str], what: str) -> dict[str, tuple[str, int]]:
     """{filename: (value, line number)} of a two-column ASVspoof 5 file, checked line by line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ASVspoof 5 {what} file {path} not found")
+    existing_file(path, f"ASVspoof 5 {what} file")
     rows: dict[str, tuple[str, int]] = {}
     expected = "<TAB>".join(header)
     seen_header = False
@@ -1345,6 +1342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.asv_scores is not None:
         args.data_root = None  # an explicit ASV file wins over $ASVSPOOF_ROOT
+    check_outputs({"--det": args.det}, {"--scores": args.scores, "--asv-scores": args.asv_scores})
     scores = read_score_file(args.scores)
     asv_path = args.asv_scores
     if args.data_root is not None:

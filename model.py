@@ -175,6 +175,50 @@ def asoftmax_lambda(step: int, lambda_max: float = 1500.0, lambda_min: float = 5
 # ----------------------------------------------------------------------------- the LCNN
 
 
+LCNN_ARGS = ("in_bins", "num_frames", "dropout", "head", "margin")  # the constructor's arguments = model_args' keys
+MARGINS = (1, 2, 3, 4)  # A-softmax angular margins with a cos(m theta) polynomial (AngleLinear.COS_M)
+
+
+def check_lcnn_args(values: dict, name: Callable[[str], str] = str) -> dict:
+    """The rules of the LCNN's arguments, one owner for the constructor, a checkpoint's model_args and train.py's flags.
+
+    in_bins and num_frames: whole numbers of at least 16 (four 2x2 max-pools); dropout in [0, 1); head one of HEADS;
+    margin one of MARGINS. Only the keys present are checked.
+
+    Args:
+        values: some of LCNN_ARGS -> value.
+        name: how the caller's user knows a key (e.g. "--num-frames", "ckpt.pt: stored model_args['num_frames']").
+
+    Raises:
+        ValueError: unknown keys, or the first value that breaks a rule, named by `name`.
+    """
+    unknown = sorted(map(str, set(values) - set(LCNN_ARGS)))
+    if unknown:
+        raise ValueError(
+            f"unknown LCNN argument(s) {', '.join(unknown)}; expected some of {', '.join(sorted(LCNN_ARGS))}"
+        )
+    rules = {
+        "in_bins": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 16,
+                    "at least 16 (four 2x2 max-pools), a whole number"),
+        "num_frames": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 16,
+                       "at least 16 (four 2x2 max-pools), a whole number"),
+        "dropout": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
+        "head": (lambda v: v in HEADS, f"one of {', '.join(HEADS)}"),
+        "margin": (lambda v: v in MARGINS and not isinstance(v, bool), "1, 2, 3 or 4 (the A-softmax angular margin)"),
+    }  # fmt: skip
+    for key, value in values.items():
+        ok, expected = rules[key]
+        if not ok(value):
+            raise ValueError(f"{name(key)} must be {expected}, got {value!r}")
+    return values
+
+
+def fc29_inputs(in_bins: int, num_frames: int) -> int:
+    """Inputs of fc29: 32 maps of (in_bins / 16) x (num_frames / 16) after four 2x2 max-pools (floor at each pool
+    equals the floor of the whole division). The one formula behind LCNN.feature_shape and the checkpoint check."""
+    return 32 * (in_bins // 16) * (num_frames // 16)
+
+
 def conv_mfm(name: str, in_ch: int, filters: int, kernel: int) -> list[tuple[str, nn.Module]]:
     """Conv (kernel x kernel, 'same' padding, `filters` maps) -> MFM (filters / 2 maps), named as in Table 1."""
     number = int(name.removeprefix("conv"))
@@ -200,12 +244,7 @@ class LCNN(nn.Module):
         self, in_bins: int = 863, num_frames: int = 600, dropout: float = 0.75, head: str = "linear", margin: int = 4
     ):
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-        if in_bins < 16 or num_frames < 16:
-            raise ValueError(
-                f"LCNN needs inputs of at least 16 x 16 (four 2x2 max-pools), got {in_bins} x {num_frames}"
-            )
+        check_lcnn_args(dict(in_bins=in_bins, num_frames=num_frames, dropout=dropout, head=head, margin=margin))
         self.in_bins, self.num_frames, self.dropout, self.head, self.margin = in_bins, num_frames, dropout, head, margin
         pool = lambda: nn.MaxPool2d(2, 2)  # noqa: E731
         self.features = nn.Sequential(OrderedDict([
@@ -219,9 +258,8 @@ class LCNN(nn.Module):
             *conv_mfm("conv23", 32, 64, 1),  ("bn25", nn.BatchNorm2d(32)),
             *conv_mfm("conv26", 32, 64, 3),  ("pool28", pool()),
         ]))  # fmt: skip
-        channels, height, width = self.feature_shape()
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc29", nn.Linear(channels * height * width, 160)),
+            ("fc29", nn.Linear(fc29_inputs(self.in_bins, self.num_frames), 160)),
             ("mfm30", MFM()),
             ("dropout", nn.Dropout(dropout)),
             ("bn31", nn.BatchNorm1d(80)),
@@ -230,7 +268,7 @@ class LCNN(nn.Module):
 
     def feature_shape(self) -> tuple[int, int, int]:
         """(C, H, W) that `features` makes of a (1, in_bins, num_frames) input: 'same' convs, four 2x2 max-pools."""
-        return 32, self.in_bins // 16, self.num_frames // 16  # floor at each pool == floor of the whole division
+        return 32, self.in_bins // 16, self.num_frames // 16  # fc29_inputs is their product
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, lamb: float = 0.0) -> torch.Tensor:
         """Score a batch of features.
@@ -257,19 +295,12 @@ class LCNN(nn.Module):
 
     def model_args(self) -> dict:
         """Constructor arguments as a plain dict (stored in checkpoints, read by `build_model`)."""
-        return {
-            "in_bins": self.in_bins, "num_frames": self.num_frames, "dropout": self.dropout,
-            "head": self.head, "margin": self.margin,
-        }  # fmt: skip
+        return {key: getattr(self, key) for key in LCNN_ARGS}
 
 
 def build_model(model_args: dict) -> LCNN:
     """LCNN from a checkpoint's `model_args` dict; unknown keys are an error (a typo must not pass silently)."""
-    known = {"in_bins", "num_frames", "dropout", "head", "margin"}
-    unknown = sorted(set(model_args) - known)
-    if unknown:
-        raise ValueError(f"unknown LCNN argument(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-    return LCNN(**model_args)
+    return LCNN(**check_lcnn_args(model_args))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -444,45 +475,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def _check_type(path: Path, where: str, value, kind: type | tuple, what: str) -> None:
-    """ValueError naming the checkpoint and the stored key when `value` is not of `kind` (bool is not an int)."""
-    if (
-        isinstance(value, bool)
-        and bool not in (kind if isinstance(kind, tuple) else (kind,))
-        or not isinstance(value, kind)
-    ):
-        raise ValueError(
-            f"{path}: stored {where} = {value!r} is not {what}; the checkpoint is damaged or not train.py's"
-        )
-
-
 def check_model_args(model_args, path: Path) -> dict:
-    """The checkpoint's `model_args` with their types and values checked (one ValueError naming the key)."""
+    """The checkpoint's `model_args` with their types and values checked (one ValueError naming the file and key)."""
     if not isinstance(model_args, dict):
         raise ValueError(f"{path}: stored model_args is a {type(model_args).__name__}, expected a dict")
-    known = {"in_bins", "num_frames", "dropout", "head", "margin"}
-    unknown = sorted(set(model_args) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown LCNN argument(s) {', '.join(map(str, unknown))} in model_args; "
-                         f"expected some of {', '.join(sorted(known))}")  # fmt: skip
-    for key in ("in_bins", "num_frames"):
-        if key in model_args:
-            _check_type(path, f"model_args[{key!r}]", model_args[key], int, "an integer")
-            if model_args[key] < 16:
-                raise ValueError(f"{path}: stored model_args[{key!r}] = {model_args[key]} is below 16 (four 2x2 pools)")
-    if "dropout" in model_args:
-        _check_type(path, "model_args['dropout']", model_args["dropout"], (int, float), "a number")
-        if not 0 <= model_args["dropout"] < 1:
-            raise ValueError(f"{path}: stored model_args['dropout'] = {model_args['dropout']} is not in [0, 1)")
-    if "head" in model_args and model_args["head"] not in HEADS:
-        raise ValueError(
-            f"{path}: stored model_args['head'] = {model_args['head']!r}; expected one of {', '.join(HEADS)}"
-        )
-    if "margin" in model_args:
-        _check_type(path, "model_args['margin']", model_args["margin"], int, "an integer")
-        if model_args["margin"] not in (1, 2, 3, 4):
-            raise ValueError(f"{path}: stored model_args['margin'] = {model_args['margin']}; expected 1, 2, 3 or 4")
-    return model_args
+    try:
+        return check_lcnn_args(model_args, lambda key: f"stored model_args[{key!r}]")
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}; the checkpoint is damaged or not train.py's") from None
 
 
 @dataclass
@@ -564,7 +564,7 @@ def load_checkpoint(
         raise ValueError(f"{path}: stored model is a {type(ckpt['model']).__name__}, expected a state dict")
     # fc29's weight shape follows from in_bins x num_frames: checked first, so that forged sizes never build an LCNN
     fc = ckpt["model"].get("classifier.fc29.weight")
-    need = 32 * (model_args.get("in_bins", 863) // 16) * (model_args.get("num_frames", 600) // 16)
+    need = fc29_inputs(model_args.get("in_bins", 863), model_args.get("num_frames", 600))
     if not isinstance(fc, torch.Tensor) or fc.dim() != 2 or fc.shape[1] != need:
         have = f"{fc.shape[1]:,}" if isinstance(fc, torch.Tensor) and fc.dim() == 2 else "none"
         raise ValueError(f"{path}: stored model_args {model_args} give fc29 {need:,} inputs, but its weights have "

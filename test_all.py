@@ -1937,9 +1937,9 @@ def test_unknown_recipe_and_bad_values_stop_at_start():
 
 def test_spread_limit_takes_both_classes_of_a_sorted_protocol():
     entries = ["bonafide"] * 228 + ["spoof"] * 51  # the mini train protocol's order
-    picked = lcnn_train.spread(entries, 20)
+    picked = corpora.spread_entries(entries, 20)
     assert len(picked) == 20 and set(picked) == {"bonafide", "spoof"}
-    assert lcnn_train.spread(entries, 0) == entries
+    assert corpora.spread_entries(entries, 0) == entries
 
 
 # ----------------------------------------------------------------------------- train.py: runs
@@ -2065,9 +2065,9 @@ def _train_tree_with_a_corrupt_file(tmp_path: Path, split: str = "train", kind: 
     protocols.mkdir(parents=True)
     bad = {"train": "LA_T_9999999", "dev": "LA_D_9999999"}[split]
     for part, n in (("train", 12), ("dev", 10)):
-        name = lcnn_train.find_la_root(src).protocol_path(part).name
+        name = corpora.find_la_root(src).protocol_path(part).name
         lines = (src / "ASVspoof2019_LA_cm_protocols" / name).read_text().splitlines()
-        lines = lcnn_train.spread(lines, n)
+        lines = corpora.spread_entries(lines, n)
         (dst / f"ASVspoof2019_LA_{part}" / "flac").mkdir(parents=True)
         for line in lines:
             utt = line.split()[1]
@@ -2213,6 +2213,86 @@ def test_best_state_survives_a_failed_checkpoint_write(tmp_path, monkeypatch, fa
     assert torch.load(run / "best.pt", weights_only=True)["epoch"] == final["best_epoch"] == 3
 
 
+def test_a_stop_before_last_pt_leaves_a_folder_that_agrees_with_itself_after_resume(tmp_path, monkeypatch):
+    """last.pt is the commit point: a stop while the last epoch's files are written (here: as last.pt is saved)
+    resumes into that epoch again, and dev_scores.txt, metrics.jsonl and curves.png then describe last.pt's epoch."""
+    run, real = tmp_path / "run", lcnn_train.save_atomic
+
+    def stop_at_last_epoch(obj, path):
+        if path.name == "last.pt" and obj["epoch"] == 2 and "dev_pending" not in obj:
+            raise KeyboardInterrupt  # SIGTERM / Ctrl-C after the epoch's other files were written
+        real(obj, path)
+
+    monkeypatch.setattr(lcnn_train, "save_atomic", stop_at_last_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        lcnn_train.main(_train_small_flags(run, "--epochs", "2"))
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    stale = run / ".curves.png.999999999.1.tmp"  # what a kill -9 during a write leaves (a pid that cannot run)
+    stale.write_bytes(b"x")
+    monkeypatch.setattr(lcnn_train, "save_atomic", real)
+    lcnn_train.main(["--resume", str(run)])
+    last = torch.load(run / "last.pt", weights_only=True)
+    history = _train_metrics(run)
+    dev = metrics.read_score_file(run / "dev_scores.txt")
+    eer = metrics.compute_eer(dev.bonafide_scores, dev.spoof_scores)[0] * 100
+    assert last["epoch"] == 2 and [h["epoch"] for h in history] == [1, 2] and not stale.exists()
+    assert abs(eer - history[-1]["dev_eer"]) < 1e-9 and last["history"] == history
+
+
+def test_two_trainings_into_one_folder_the_second_stops_naming_the_first(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(["sleep", "60"])  # a live process that holds the folder's lock
+    try:
+        run.mkdir()
+        (run / ".lock").write_text(f"{holder.pid} train.py --out {run}\n")
+        with pytest.raises(RuntimeError, match=rf"--out {re.escape(str(run))} is in use by process {holder.pid} "):
+            lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
+        assert not (run / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, taken over with a note, and released at the end
+    lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
+    assert (run / "last.pt").is_file() and not (run / ".lock").exists()
+
+
+def test_run_lock_is_exclusive_and_released():
+    import tempfile as tf
+
+    with tf.TemporaryDirectory() as d:
+        with cli.RunLock(d, "--out") as lock:
+            assert lock.held and Path(d, ".lock").read_text().split()[0] == str(os.getpid())
+            code = subprocess.run([sys.executable, "-c", f"import cli; cli.RunLock({d!r}).__enter__()"], cwd=REPO,
+                                  capture_output=True, text=True)  # fmt: skip
+            assert code.returncode != 0 and f"in use by process {os.getpid()}" in code.stderr
+        assert not Path(d, ".lock").exists()
+
+
+def test_resume_into_another_folder_names_the_best_pt_that_exists(tmp_path, capsys):
+    base, copy = tmp_path / "base", tmp_path / "copy"
+    lcnn_train.main(_train_small_flags(base, "--epochs", "1"))
+    capsys.readouterr()
+    lcnn_train.main(["--resume", str(base / "last.pt"), "--out", str(copy), "--epochs", "2"])
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")][0]
+    named = re.findall(r"(/\S+best\.pt)", done)
+    assert named and all(Path(p).is_file() for p in named), done
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    lcnn_train.save_atomic({"epoch": 1}, path)
+
+    def full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(lcnn_train.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 4096))
+    with pytest.raises(OSError, match=rf"cannot write checkpoint {re.escape(str(path))}: the disk is full .*"
+                                      "the previous last.pt is kept"):  # fmt: skip
+        lcnn_train.save_atomic({"epoch": 2}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1} and not list(tmp_path.glob(".*.tmp"))
+
+
 @pytest.mark.parametrize("flags,match", [
     (("--device", "foo"), r"--device 'foo': expected auto, cpu, cuda"),
     (("--seed", "-1"), r"--seed must be in \[0, 2\*\*32"),
@@ -2286,7 +2366,7 @@ def test_vocoded_training_spoofs_are_made_once_cached_and_added(tmp_path, capsys
                                "melgl", "--vocoded-cache", str(cache))  # fmt: skip
     lcnn_train.main(flags)
     (h,) = _train_metrics(tmp_path / "run")
-    bona = sum(e.key == "bonafide" for e in lcnn_train.spread(find_la_root(DEMO).protocol("train"), 24))
+    bona = sum(e.key == "bonafide" for e in corpora.spread_entries(find_la_root(DEMO).protocol("train"), 24))
     assert h["n_train"] == 24 + 2 * bona
     made = sorted(p.name for p in cache.rglob("*.wav"))
     assert len(made) == 2 * bona and made[0].startswith("griffinlim_LA_T_")
@@ -2369,7 +2449,7 @@ def test_pinned_memory_loader_path_trains(tmp_path, monkeypatch):
 
 def test_patience_stops_when_dev_eer_stops_improving_and_eval_is_never_read(tmp_path, monkeypatch):
     monkeypatch.setattr(lcnn_train, "dev_metrics", lambda scores: dict(dev_loss=0.5, dev_eer=10.0))
-    layout_class, splits = type(lcnn_train.find_la_root(DEMO)), []
+    layout_class, splits = type(corpora.find_la_root(DEMO)), []
     for method in ("protocol_path", "audio_dir"):  # record every split train.py asks the layout for
         real = getattr(layout_class, method)
         monkeypatch.setattr(
@@ -2394,7 +2474,7 @@ def test_torchrun_two_cpu_processes_gather_every_dev_file_once(tmp_path):
     assert "2 process(es)" in done.stdout and done.stdout.count("epoch 1/1: train loss") == 1  # only rank 0 prints
     (h,) = _train_metrics(run)
     # every dev file of the run exactly once, from both ranks
-    expected = sorted(e.utt_id for e in lcnn_train.spread(lcnn_train.find_la_root(DEMO).protocol("dev"), 21))
+    expected = sorted(e.utt_id for e in corpora.spread_entries(corpora.find_la_root(DEMO).protocol("dev"), 21))
     lines = [line.split() for line in (run / "dev_scores.txt").read_text().splitlines()]
     assert sorted(line[0] for line in lines) == expected and h["n_dev"] == 21
     scores = {line[0]: float(line[3]) for line in lines}
@@ -2776,6 +2856,57 @@ def test_usage_errors_are_one_line(script, argv, match):
 
 
 # --- evaluate.py: checkpoints and flags ---
+
+
+def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_work(evaluate_ckpt, tmp_path):
+    """One output-path rule (cli.check_outputs) in evaluate.py and metrics.py: nothing is overwritten, exit 1."""
+    tree = tmp_path / "LA"
+    shutil.copytree(DEMO, tree)
+    ckpt = shutil.copy(evaluate_ckpt, tmp_path / "best.pt")
+    protocol = find_la_root(tree).protocol_path("dev")
+    before = {p: Path(p).read_bytes() for p in (ckpt, protocol)}
+    base = [sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(ckpt), "--data-root", str(tree), "--split", "dev"]
+    for extra, match in ((["--out", str(ckpt)], "--out .* is --ckpt"),
+                         (["--out", str(protocol)], "--out .* is the dev CM protocol"),
+                         (["--out", str(tmp_path / "s.txt"), "--det", str(tmp_path / "s.txt")], "--det .* is also --out")):  # fmt: skip
+        run = subprocess.run(base + extra, capture_output=True, text=True, env=_train_env())
+        assert run.returncode == 1 and run.stderr.count("\n") == 1 and re.search(match, run.stderr), run.stderr
+    assert all(Path(p).read_bytes() == raw for p, raw in before.items())
+    scores = tmp_path / "s.txt"
+    metrics.write_score_file(scores, ["LA_D_1"], ["-"], ["bonafide"], [1.0])
+    run = subprocess.run([sys.executable, str(REPO / "metrics.py"), "--scores", str(scores), "--det", str(scores)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 1 and "--det" in run.stderr and "is --scores" in run.stderr
+    assert metrics.read_score_file(scores).utt_id.tolist() == ["LA_D_1"]
+    run = subprocess.run([sys.executable, str(REPO / "metrics.py"), "--scores", str(tmp_path)], capture_output=True,
+                         text=True)  # fmt: skip
+    assert run.returncode == 1 and "is a folder, expected a file" in run.stderr, run.stderr
+
+
+def test_an_utt_id_that_names_a_path_is_refused_at_its_protocol_line(tmp_path):
+    """The one id-to-path rule: no reader can turn a protocol line into a file outside the data root."""
+    for bad in ("../../../outside/good", "a/b", "..", "x\\y"):
+        with pytest.raises(ValueError, match=r"p\.txt line 3: utt id .* is not a plain file name"):
+            corpora.parse_protocol_line(f"LA_0079 {bad} - - bonafide", "p.txt line 3")
+    layout = data_small_tree(tmp_path / "LA")
+    with pytest.raises(ValueError, match="not a plain file name"):
+        find_la_root(layout).audio_path("dev", "../../x")
+
+
+def test_a_broken_symlink_in_a_flac_folder_costs_only_that_file(tmp_path, capsys):
+    la = data_small_tree(tmp_path / "LA")
+    flac = la / "ASVspoof2019_LA_dev" / "flac"
+    (flac / "LA_D_9999999.flac").symlink_to(tmp_path / "nowhere.flac")  # dangling, listed by no protocol
+    loop = flac / "LA_D_0000001.flac"
+    loop.unlink()
+    loop.symlink_to(loop)  # a loop, listed
+    report = data.check_dataset(la, ["dev"], progress=False)
+    problems = report["splits"]["dev"]["problems"]
+    assert [p["path"] for p in problems] == [str(loop)] and "broken symbolic link" in problems[0]["problem"]
+    ds = data.ASVspoof2019LA(find_la_root(la), "dev", 8000, skip_bad=True)
+    assert [e.utt_id for e in ds.entries] == ["LA_D_0000002"]
+
+
 
 
 @pytest.mark.parametrize(

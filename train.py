@@ -23,13 +23,16 @@ reaches (bit for bit on CPU; on CUDA up to cuDNN's non-deterministic kernels).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +44,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cli import (
     ArgumentParser,
     Progress,
+    RunLock,
     add_common_args,
     atomic_write,
     default_num_workers,
     first_line,
     format_seconds,
+    remove_stale_in,
     resolve_device,
     run_cli,
 )
-from corpora import (
-    find_la_root,
-)
+from corpora import find_la_root, spread_entries
 from data import (
     ASVspoof2019LA,
     add_input_args,
@@ -65,6 +68,7 @@ from model import (
     add_model_args,
     asoftmax_lambda,
     bonafide_score,
+    check_lcnn_args,
     configure_backend,
     count_parameters,
     make_adam,
@@ -185,15 +189,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.recipe = recipe
     args.out = args.out or (str(resume_path.parent) if resume_path else f"runs/{recipe}")
-    for flag, low in (("epochs", 1), ("batch_size", 2), ("lr_step", 1), ("num_frames", 16), ("patience", 0)):
+    for flag, low in (("epochs", 1), ("batch_size", 2), ("lr_step", 1), ("patience", 0)):
         if getattr(args, flag) < low:
-            why = {"batch_size": " (BatchNorm trains on two items at least)", "num_frames": " (four 2x2 max-pools)"}
+            why = {"batch_size": " (BatchNorm trains on two items at least)"}
             raise ValueError(f"--{flag.replace('_', '-')} must be at least {low}{why.get(flag, '')}, got "
                              f"{getattr(args, flag)}")  # fmt: skip
     if not 0 <= args.seed < 2**32 - 1024:
         raise ValueError(f"--seed must be in [0, 2**32 - 1024), got {args.seed}")
-    if args.margin not in (1, 2, 3, 4):
-        raise ValueError(f"--margin must be 1, 2, 3 or 4 (the A-softmax angular margin), got {args.margin}")
+    # the LCNN's own rules (model.check_lcnn_args), named as flags
+    check_lcnn_args({"num_frames": args.num_frames, "dropout": args.dropout, "margin": args.margin},
+                    lambda key: "--" + key.replace("_", "-"))  # fmt: skip
     for flag in ("limit_train", "limit_dev"):
         if getattr(args, flag) < 0 or getattr(args, flag) == 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be 0 (every file) or at least 2 (a file of each class), "
@@ -201,8 +206,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("lr", "lr_gamma"):
         if not getattr(args, flag) > 0 or not math.isfinite(getattr(args, flag)):
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got {getattr(args, flag)}")
-    if not 0 <= args.dropout < 1:
-        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     args.resume_changes = {}
     if saved:
         for key in ARCH_FLAGS + DATA_FLAGS:
@@ -310,13 +313,6 @@ def setup_distributed(device_flag: str) -> torch.device:
 # ----------------------------------------------------------------------------- data
 
 
-def spread(entries: list, limit: int) -> list:
-    """`limit` entries spread evenly over a protocol (protocols are sorted by class, so not the first N)."""
-    if not limit or limit >= len(entries):
-        return entries
-    return [entries[i * len(entries) // limit] for i in range(limit)]
-
-
 def check_both_classes(entries, what: str, flag: str, limit: int) -> None:
     """Training needs both classes, the dev EER too: ValueError before any work when a subset lacks one."""
     keys = Counter(e.key for e in entries)
@@ -362,8 +358,8 @@ def make_loaders(
     layout = find_la_root(args.data_root)
     num_samples = frontend.num_samples(args.num_frames)
     common = dict(num_samples=num_samples, pad=args.pad, cache=args.cache_audio, skip_bad=args.skip_bad)
-    train_entries = spread(layout.protocol("train"), args.limit_train)
-    dev_entries = spread(layout.protocol("dev"), args.limit_dev)
+    train_entries = spread_entries(layout.protocol("train"), args.limit_train)
+    dev_entries = spread_entries(layout.protocol("dev"), args.limit_dev)
     check_both_classes(train_entries, "training", "--limit-train", args.limit_train)  # before any decoding
     check_both_classes(dev_entries, "dev", "--limit-dev", args.limit_dev)
     train_entries = train_entries + vocoded_entries(args, layout, train_entries)
@@ -544,9 +540,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save through cli.atomic_write: a crash never leaves half a checkpoint."""
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+    """torch.save through cli.atomic_write: a crash never leaves half a checkpoint, and a failed write (a full disk)
+    keeps the previous file and says so in one line naming it."""
+    try:
+        with atomic_write(path, "wb") as f:
+            torch.save(obj, f)
+    except (RuntimeError, OSError) as e:
+        free = shutil.disk_usage(path.parent).free
+        cause = f"the disk is full ({free / 1e6:,.1f} MB free in {path.parent})" if free < 64e6 else first_line(e)
+        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written"
+        raise OSError(f"cannot write checkpoint {path}: {cause}; {kept}") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -623,17 +626,19 @@ def open_tensorboard(run_dir: Path):
 
 
 def write_epoch(run_dir: Path, checkpoint: dict, scores: dict, title: str, writer=None) -> None:
-    """Everything an epoch leaves in RUN: last.pt (and best.pt), metrics.jsonl, dev_scores.txt, curves.png, tb/."""
+    """Everything an epoch leaves in RUN: dev_scores.txt, curves.png, metrics.jsonl, best.pt, then last.pt, tb/.
+
+    last.pt is the commit point, written last: a run stopped anywhere before it resumes from the previous epoch and
+    writes this one's files again, so the folder agrees with last.pt after any stop. best.pt goes before last.pt:
+    if either write fails, last.pt still names a best epoch whose best.pt exists.
+    """
     metrics = checkpoint["history"][-1]
-    # best.pt before last.pt: if either write fails, last.pt still names a best epoch whose best.pt exists (a
-    # failed best.pt write leaves the previous last.pt, and --resume trains this epoch again)
+    write_score_file(run_dir / "dev_scores.txt", scores["utt_id"], scores["system"], scores["key"], scores["score"])
+    plot_curves(checkpoint["history"], run_dir / "curves.png", title)
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in checkpoint["history"]))
     if checkpoint["best_epoch"] == checkpoint["epoch"]:
         save_atomic(checkpoint, run_dir / "best.pt")
     save_atomic(checkpoint, run_dir / "last.pt")
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(metrics) + "\n")
-    write_score_file(run_dir / "dev_scores.txt", scores["utt_id"], scores["system"], scores["key"], scores["score"])
-    plot_curves(checkpoint["history"], run_dir / "curves.png", title)
     if writer:
         for key in ("train_loss", "dev_loss", "dev_eer", "lr"):
             writer.add_scalar(key, metrics[key], checkpoint["epoch"])
@@ -677,10 +682,88 @@ def make_model(args: argparse.Namespace, n_bins: int, device: torch.device):
     return model, optimizer, scheduler
 
 
+@dataclass
+class RunState:
+    """What a run has done so far: everything `last.pt` must hold besides the weights and the optimiser.
+
+    The loop changes only this object; `checkpoint` reads it, so no closure sees a stale variable.
+    """
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimiser steps taken
+    history: list[dict] = field(default_factory=list)  # one metrics record per finished epoch
+    best_eer: float = math.inf
+    best_epoch: int = 0
+    pending: dict | None = None  # an epoch trained whose dev scoring did not finish (the epoch's train result)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict | None) -> RunState:
+        if not ckpt:
+            return cls()
+        return cls(ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["best_dev_eer"], ckpt["best_epoch"],
+                   ckpt.get("dev_pending"))  # fmt: skip
+
+    def record(self, metrics: dict) -> dict:
+        """Add a finished epoch's metrics (with the best epoch so far) to the history; returns the record."""
+        if metrics["dev_eer"] < self.best_eer:
+            self.best_eer, self.best_epoch = metrics["dev_eer"], metrics["epoch"]
+        metrics.update(best_dev_eer=self.best_eer, best_epoch=self.best_epoch)
+        self.history.append(metrics)
+        self.epoch = metrics["epoch"]
+        return metrics
+
+    def checkpoint(self, model, optimizer, scheduler, flags: dict, data_root: str, epoch: int, **extra) -> dict:
+        """The checkpoint dict (plain types and tensors: torch.load(weights_only=True) reads it)."""
+        return {
+            "model": model.state_dict(), "model_args": model.model_args(), "args": flags,
+            "epoch": epoch, "step": self.step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "dev_eer": self.history[-1]["dev_eer"] if self.history else None, "best_dev_eer": self.best_eer,
+            "best_epoch": self.best_epoch, "history": self.history, "rng": gather_objects(rng_state()),
+            "data_root_abs": str(Path(data_root).resolve()), **extra,
+        }  # fmt: skip
+
+
+def start_run(args: argparse.Namespace, run_dir: Path, flags: dict) -> dict | None:
+    """Check the run folder and the resumed checkpoint before any work; returns that checkpoint (None: a new run)."""
+    ckpt = read_resume_checkpoint(resume_checkpoint_path(args.resume)) if args.resume else None
+    if not args.resume and (run_dir / "last.pt").exists():  # checked on every rank, so that all stop together
+        raise FileExistsError(
+            f"--out {run_dir} already holds a run (last.pt): pass --resume {run_dir} or another --out"
+        )
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in remove_stale_in(run_dir):  # what a killed write left (curves.png's temporary, ...)
+            print(f"removed {tmp.name}, left by an interrupted write", file=sys.stderr)
+        write_text_atomic(run_dir / "args.json", json.dumps(flags, indent=2) + "\n")
+        print(f"recipe {args.recipe}, flags: " + ", ".join(f"{k}={v}" for k, v in sorted(flags.items())), flush=True)
+    return ckpt
+
+
+def resume_into(ckpt: dict, args: argparse.Namespace, run_dir: Path, model, optimizer, scheduler) -> RunState:
+    """Restore weights, optimiser, schedule and RNG from a checkpoint; say what changed and what is missing."""
+    path, changes = resume_checkpoint_path(args.resume), getattr(args, "resume_changes", {})
+    restore_state(ckpt, path, model, optimizer, scheduler)
+    state = RunState.from_checkpoint(ckpt)
+    if any(k in changes for k in SCHEDULE_FLAGS):
+        set_schedule(optimizer, scheduler, args, state.epoch)
+    if is_main() and changes:
+        print(f"resuming {args.resume} after epoch {state.epoch}; changed on resume: " + describe_changes(changes),
+              flush=True)  # fmt: skip
+    if is_main() and state.best_epoch and not (run_dir / "best.pt").is_file():
+        print(f"warning: {run_dir / 'best.pt'} (epoch {state.best_epoch}, dev EER {state.best_eer:.2f} %) is missing; "
+              "the run goes on and writes best.pt at its next best epoch", file=sys.stderr)  # fmt: skip
+    if len(ckpt["rng"]) == world_size():
+        set_rng_state(ckpt["rng"][rank()])
+    elif is_main():
+        print(f"note: {args.resume} was written by {len(ckpt['rng'])} process(es), this run has {world_size()}: "
+              "RNG streams restart from --seed, so the result will differ from an uninterrupted run")  # fmt: skip
+    return state
+
+
 def train(args: argparse.Namespace) -> list[dict]:
-    """Train as the flags say; returns the history (one metrics dict per epoch)."""
+    """Train as the flags say; returns the history (one metrics dict per epoch). Reads top to bottom as nanoGPT's:
+    set-up -> data -> model (scratch or resume) -> for each epoch: train, score dev, write the epoch."""
     flags = {k: v for k, v in vars(args).items() if k != "resume_changes"}  # as given: args.json, checkpoints
-    changes = getattr(args, "resume_changes", {})
     device = setup_distributed(args.device)
     args.channels_last = use_channels_last(args.channels_last, device)
     use_bf16(args.precision, device)  # a bad --precision fails here, before any work
@@ -689,15 +772,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     random.seed(args.seed + rank())
     configure_backend(device)  # cuDNN autotuning + TF32 on CUDA; the allocator on the CPU
     run_dir = Path(args.out)
-    ckpt = read_resume_checkpoint(resume_checkpoint_path(args.resume)) if args.resume else None
-    if not args.resume and (run_dir / "last.pt").exists():  # checked on every rank, so that all stop together
-        raise FileExistsError(
-            f"--out {run_dir} already holds a run (last.pt): pass --resume {run_dir} or another --out"
-        )
-    if is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "args.json", json.dumps(flags, indent=2) + "\n")
-        print(f"recipe {args.recipe}, flags: " + ", ".join(f"{k}={v}" for k, v in sorted(flags.items())), flush=True)
+    ckpt = start_run(args, run_dir, flags)
 
     # data: waveforms from the loaders, features on the device
     frontend = make_frontend(args.frontend).to(device)
@@ -706,64 +781,37 @@ def train(args: argparse.Namespace) -> list[dict]:
     n_left_out = len(train_loader.dataset.skipped) + len(dev_loader.dataset.skipped)
 
     # model, optimiser, scheduler: from scratch or from the checkpoint
-    model, optimizer, scheduler = make_model(args, frontend.n_bins, device)
-    start_epoch, step, history, best = 0, 0, [], (math.inf, 0)
-    if ckpt:
-        restore_state(ckpt, resume_checkpoint_path(args.resume), model, optimizer, scheduler)
-        start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
-        best = (ckpt["best_dev_eer"], ckpt["best_epoch"])
-        if any(k in changes for k in SCHEDULE_FLAGS):
-            set_schedule(optimizer, scheduler, args, start_epoch)
-        if is_main() and changes:
-            print(f"resuming {args.resume} after epoch {start_epoch}; changed on resume: " + describe_changes(changes),
-                  flush=True)  # fmt: skip
-        if is_main() and best[1] and not (run_dir / "best.pt").is_file():
-            print(f"warning: {run_dir / 'best.pt'} (epoch {best[1]}, dev EER {best[0]:.2f} %) is missing; the run "
-                  "goes on and writes best.pt at its next best epoch", file=sys.stderr)  # fmt: skip
-        if len(ckpt["rng"]) == world_size():
-            set_rng_state(ckpt["rng"][rank()])
-        elif is_main():
-            print(f"note: {args.resume} was written by {len(ckpt['rng'])} process(es), this run has {world_size()}: "
-                  "RNG streams restart from --seed, so the result will differ from an uninterrupted run")  # fmt: skip
-    raw_model = model
+    raw_model, optimizer, scheduler = make_model(args, frontend.n_bins, device)
+    state = resume_into(ckpt, args, run_dir, raw_model, optimizer, scheduler) if ckpt else RunState()
+    model = raw_model
     if world_size() > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            raw_model, device_ids=[device.index] if device.type == "cuda" else None
         )
     n_dev = sum(gather_objects(len(dev_loader.dataset)))
     if is_main():
-        write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
         print(f"LCNN: {count_parameters(raw_model):,} parameters, input {frontend.n_bins} x {args.num_frames}; "
               f"train {len(train_loader.dataset):,} / dev {n_dev:,} files, {world_size()} process(es) on {device}", flush=True)  # fmt: skip
+        if state.epoch >= args.epochs and not state.pending:
+            print(f"{args.resume} already holds {state.epoch} epochs (--epochs {args.epochs}): nothing to train")
     writer = open_tensorboard(run_dir) if is_main() else None
-
-    pending = ckpt.get("dev_pending") if ckpt else None  # an epoch trained, its dev scoring not done
-    if is_main() and start_epoch >= args.epochs and not pending:
-        print(f"{args.resume} already holds {start_epoch} epochs (--epochs {args.epochs}): nothing to train")
-    run_start = time.monotonic()
+    run_start, first_epoch = time.monotonic(), state.epoch + (0 if state.pending else 1)
     title = f"{run_dir.name}: LCNN, recipe {args.recipe}, {args.frontend} {frontend.n_bins} x {args.num_frames}"
+    saved_parts = (raw_model, optimizer, scheduler, flags, args.data_root)  # what RunState.checkpoint saves
 
-    def checkpoint_now(epoch: int, **extra) -> dict:
-        return {
-            "model": raw_model.state_dict(), "model_args": raw_model.model_args(), "args": flags,
-            "epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "dev_eer": history[-1]["dev_eer"] if history else None, "best_dev_eer": best[0], "best_epoch": best[1],
-            "history": history, "rng": gather_objects(rng_state()), "data_root_abs": str(Path(args.data_root).resolve()),
-            **extra,
-        }  # fmt: skip
-
-    for epoch in range(start_epoch + (0 if pending else 1), args.epochs + 1):
-        if pending:  # resume of an epoch whose dev scoring failed: its training is in the checkpoint
-            result, pending = pending, None
+    for epoch in range(first_epoch, args.epochs + 1):
+        if state.pending:  # resume of an epoch whose dev scoring failed: its training is in the checkpoint
+            result, state.pending = state.pending, None
             if is_main():
                 print(f"epoch {epoch}: trained before the interruption; scoring dev now", flush=True)
         else:
             train_loader.sampler.set_epoch(epoch)
             generator.manual_seed(args.seed * 1_000_003 + epoch * 1009 + rank())  # this epoch's worker seeds
             lr = optimizer.param_groups[0]["lr"]
-            result = train_one_epoch(model, frontend, train_loader, optimizer, device, args, epoch, step)
+            result = train_one_epoch(model, frontend, train_loader, optimizer, device, args, epoch, state.step)
             result = dict(result, lr=lr, seconds=round(result["seconds"], 2))
-            step = result["steps"]
+            state.step = result["steps"]
             scheduler.step()
             sync_buffers(raw_model)
         try:
@@ -773,41 +821,49 @@ def train(args: argparse.Namespace) -> list[dict]:
             dev = dev_metrics(scores)
         except BaseException:
             if is_main() and world_size() == 1:  # (under torchrun the other ranks may be gone: no collective here)
-                save_atomic(checkpoint_now(epoch, dev_pending=result), run_dir / "last.pt")
+                save_atomic(state.checkpoint(*saved_parts, epoch, dev_pending=result), run_dir / "last.pt")
                 print(f"epoch {epoch} is trained and kept in {run_dir / 'last.pt'}; its dev scoring failed (below). "
                       f"Fix the cause and pass --resume {run_dir}: dev is scored again, nothing is retrained",
                       file=sys.stderr, flush=True)  # fmt: skip
             raise
-        metrics = dict(epoch=epoch, train_loss=result["train_loss"], **dev, lr=result["lr"],
-                       n_bad=n_left_out + result["n_bad"] + scores["n_bad"], n_train=result["n_files"], n_dev=len(scores["score"]),
-                       seconds=result["seconds"], files_per_s=round(result["n_files"] / max(result["seconds"], 1e-9), 2))  # fmt: skip
-        if metrics["dev_eer"] < best[0]:
-            best = (metrics["dev_eer"], epoch)
-        metrics.update(best_dev_eer=best[0], best_epoch=best[1])
-        history.append(metrics)
-        checkpoint = checkpoint_now(epoch)
+        metrics = state.record(dict(
+            epoch=epoch, train_loss=result["train_loss"], **dev, lr=result["lr"],
+            n_bad=n_left_out + result["n_bad"] + scores["n_bad"], n_train=result["n_files"], n_dev=len(scores["score"]),
+            seconds=result["seconds"], files_per_s=round(result["n_files"] / max(result["seconds"], 1e-9), 2)))  # fmt: skip
         if is_main():
-            write_epoch(run_dir, checkpoint, scores, title, writer)
-            left = (time.monotonic() - run_start) / max(epoch - start_epoch, 1) * (args.epochs - epoch)
+            write_epoch(run_dir, state.checkpoint(*saved_parts, epoch), scores, title, writer)
+            left = (time.monotonic() - run_start) / max(epoch - first_epoch + 1, 1) * (args.epochs - epoch)
             print(f"epoch {epoch}/{args.epochs}: train loss {metrics['train_loss']:.4f}, dev loss "
-                  f"{metrics['dev_loss']:.4f}, dev EER {metrics['dev_eer']:.2f} % (best {best[0]:.2f} % @ {best[1]}), "
-                  f"lr {metrics['lr']:.2e}, {metrics['files_per_s']:.1f} files/s, {format_seconds(result['seconds'])}, "
-                  f"bad files {metrics['n_bad']}, run ETA {format_seconds(left)}", flush=True)  # fmt: skip
-        if args.patience and epoch - best[1] >= args.patience:
+                  f"{metrics['dev_loss']:.4f}, dev EER {metrics['dev_eer']:.2f} % (best {state.best_eer:.2f} % @ "
+                  f"{state.best_epoch}), lr {metrics['lr']:.2e}, {metrics['files_per_s']:.1f} files/s, "
+                  f"{format_seconds(result['seconds'])}, bad files {metrics['n_bad']}, run ETA {format_seconds(left)}",
+                  flush=True)  # fmt: skip
+        if args.patience and epoch - state.best_epoch >= args.patience:
             if is_main():
-                print(f"early stop: no better dev EER for {args.patience} epochs (best {best[0]:.2f} % @ {best[1]})")
+                print(f"early stop: no better dev EER for {args.patience} epochs (best {state.best_eer:.2f} % @ "
+                      f"{state.best_epoch})")  # fmt: skip
             break
     if writer:
         writer.close()
-    if is_main() and history:
-        print(f"done: best dev EER {best[0]:.2f} % at epoch {best[1]}; {run_dir / 'best.pt'}", flush=True)
-    return history
+    if is_main() and state.history:
+        best_pt = run_dir / "best.pt"
+        where = (
+            best_pt
+            if best_pt.is_file()
+            else f"best.pt of the run resumed ({resume_checkpoint_path(args.resume).parent / 'best.pt'}); {run_dir} holds none, since no epoch here beat it"
+        )
+        print(f"done: best dev EER {state.best_eer:.2f} % at epoch {state.best_epoch}; {where}", flush=True)
+    return state.history
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # one run per folder: a second train.py into the same --out stops at once (rank 0 holds the lock; torchrun's
+    # RANK is read before the process group exists)
+    lock = RunLock(args.out, "--out") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
-        train(args)
+        with lock:
+            train(args)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -146,18 +146,24 @@ class AngleLinear(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, lamb: float = 0.0) -> torch.Tensor:
-        """(B, D) embeddings -> (B, C) logits; margin logits on the target class when `labels` (B,) is given."""
-        x = x.float()  # angles in float32 even under autocast
-        norm = x.norm(dim=1, keepdim=True)  # (B, 1)
-        cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1, 1)  # (B, C)
-        if labels is None:
-            return norm * cos
-        cos_y = cos.gather(1, labels.view(-1, 1))  # (B, 1)
-        with torch.no_grad():
-            k = torch.floor(self.margin * torch.acos(cos_y) / math.pi)  # which [k pi/m, (k+1) pi/m] theta lies in
-        psi_y = (1 - 2 * (k % 2)) * self.COS_M[self.margin](cos_y) - 2 * k  # (-1)^k cos(m theta) - 2k
-        target = norm * (lamb * cos_y + psi_y) / (1 + lamb)
-        return (norm * cos).scatter(1, labels.view(-1, 1), target)
+        """(B, D) embeddings -> (B, C) float32 logits; margin logits on the target class when `labels` (B,) is given.
+
+        The whole head runs in float32 with autocast off: F.linear is an autocast op, so under bf16 autocast the
+        cosines would come back in bf16 (an 8-bit mantissa: margin logits ~0.05 off fp32 on the CPU), and
+        cos(m theta) of a bf16 cosine amplifies that error up to m^2 times (the slope of the Chebyshev polynomial).
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            norm = x.norm(dim=1, keepdim=True)  # (B, 1)
+            cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1, 1)  # (B, C)
+            if labels is None:
+                return norm * cos
+            cos_y = cos.gather(1, labels.view(-1, 1))  # (B, 1)
+            with torch.no_grad():
+                k = torch.floor(self.margin * torch.acos(cos_y) / math.pi)  # which [k pi/m, (k+1) pi/m] theta is in
+            psi_y = (1 - 2 * (k % 2)) * self.COS_M[self.margin](cos_y) - 2 * k  # (-1)^k cos(m theta) - 2k
+            target = norm * (lamb * cos_y + psi_y) / (1 + lamb)
+            return (norm * cos).scatter(1, labels.view(-1, 1), target)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, margin={self.margin}"

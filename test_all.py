@@ -1498,6 +1498,37 @@ def test_asoftmax_margin_applies_only_to_the_target_class():
         lcnn_model.AngleLinear(80, 2, margin=7)
 
 
+def _asoftmax_before_the_fix(head, x, labels):
+    """AngleLinear.forward as it was before issue 20: x.float(), but F.linear left to autocast."""
+    import math
+
+    F = torch.nn.functional
+    x = x.float()
+    norm = x.norm(dim=1, keepdim=True)
+    cos = F.linear(F.normalize(x, dim=1), F.normalize(head.weight.float(), dim=1)).clamp(-1, 1)
+    cos_y = cos.gather(1, labels.view(-1, 1))
+    k = torch.floor(head.margin * torch.acos(cos_y) / math.pi)
+    psi_y = (1 - 2 * (k % 2)) * head.COS_M[head.margin](cos_y) - 2 * k
+    return (norm * cos).scatter(1, labels.view(-1, 1), norm * psi_y)
+
+
+def test_asoftmax_head_computes_its_angles_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = lcnn_model.AngleLinear(80, 2, margin=4)
+    emb = (3 * torch.randn(64, 80)).bfloat16().float()  # bf16-representable: both paths see the same input
+    labels = torch.randint(0, 2, (64,))
+    fp32_margin, fp32_plain = head(emb, labels, lamb=0.0), head(emb)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        margin, plain = head(emb.bfloat16(), labels, lamb=0.0), head(emb.bfloat16())
+        old = _asoftmax_before_the_fix(head, emb.bfloat16(), labels)
+    assert margin.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(margin, fp32_margin, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(plain, fp32_plain, atol=1e-6, rtol=1e-6)
+    assert (old.float() - fp32_margin).abs().max() > 1e-2  # what the fix removes (bf16 cosines)
+    margin.sum().backward()  # gradients flow through the float32 head
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
+
+
 def test_build_model_rejects_unknown_arguments_and_bad_heads():
     assert lcnn_model.build_model({"in_bins": 20, "num_frames": 64, "dropout": 0.1, "head": "linear"}).in_bins == 20
     with pytest.raises(ValueError, match="unknown LCNN argument.*n_bins"):

@@ -1761,9 +1761,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of every script that runs the model (train, evaluate, explain, bench); rules in model.py."""
     g = parser.add_argument_group("model execution")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast on a CUDA device that supports it, fp32 elsewhere (model.use_bf16)")  # fmt: skip
+                   help="auto: measured on this machine, bf16 only where native (tune.choose_settings; cached)")  # fmt: skip
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on CUDA and CPU, model.use_channels_last)")  # fmt: skip
+                   help="channels_last memory format (default: measured, tune.choose_settings)")  # fmt: skip
     return parser
 
 

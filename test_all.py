@@ -34,6 +34,7 @@ import explain
 import metrics
 import model as lcnn_model
 import train as lcnn_train
+import tune
 from data import LALayout, find_la_root
 from model import build_model
 
@@ -1336,6 +1337,17 @@ def _train_env() -> dict:
 # ----------------------------------------------------------------------------- model.py
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_measured_settings(tmp_path_factory):
+    """The suite's numbers must not depend on which precision a timing picked on this machine (bf16 scores move by
+    ~1e-3 and with the batch): every test runs with LCNN_TUNE=off, i.e. the unmeasured rules, and a cache of its own;
+    the tune tests below turn measuring back on. Subprocesses inherit both."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LCNN_TUNE", "off")
+        mp.setenv("LCNN_TUNE_CACHE", str(tmp_path_factory.mktemp("tune") / "tune.json"))
+        yield
+
+
 def _lcnn_expected_parameters(in_bins: int, num_frames: int) -> int:
     """Parameter count written out from the STC table (arXiv:1904.05576, Table 1), not from the model."""
 
@@ -1422,6 +1434,180 @@ def test_precision_and_memory_format_rules():
     assert not lcnn_model.use_channels_last(None, torch.device("mps"))
     assert lcnn_model.bonafide_score(torch.tensor([[1.0, 3.5], [2.0, -1.0]])).tolist() == [2.5, -3.0]
     assert lcnn_model.bonafide_score(np.array([[1.0, 3.5]])).tolist() == [2.5]  # the same function on numpy
+
+
+# --- tune.py: the measured choice of precision and memory format ---
+
+_TUNE_TIMES = {(False, True): 1.0, (False, False): 1.3, (True, True): 0.5, (True, False): 0.6}  # bf16/cl fastest
+
+
+@pytest.fixture
+def fake_timing(monkeypatch, tmp_path):
+    """Measuring on, a fresh cache, native bf16, and steps whose 'timing' is a table lookup (deterministic choices);
+    returns the list of timed (bf16, channels_last) candidates."""
+    monkeypatch.delenv("LCNN_TUNE", raising=False)
+    monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "cache" / "tune.json"))
+    monkeypatch.setattr(tune, "native_bf16", lambda device: True)
+    monkeypatch.setattr(tune, "make_step", lambda model, fe, dev, shape, mode, bf16, cl: (bf16, cl))
+    timed = []
+    monkeypatch.setattr(tune, "time_step", lambda step, device: timed.append(step) or _TUNE_TIMES[step])
+    return timed
+
+
+def _tune_inputs(frames: int = 32):
+    fe = data.make_frontend("mel")
+    return build_model({"in_bins": 20, "num_frames": frames, "dropout": 0.1, "head": "linear"}), fe
+
+
+def test_tune_measures_once_then_reads_the_cache(fake_timing, tmp_path):
+    net, fe = _tune_inputs()
+    cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
+    first = tune.choose_settings(net, fe, cpu, shape, "score")
+    assert (first.bf16, first.channels_last, first.source, first.cached) == (True, True, "measured", True)
+    assert set(first.timings) == {"fp32/cl", "fp32", "bf16/cl", "bf16"} and fake_timing
+    line = first.describe()
+    assert (
+        line.startswith("settings: bf16 + channels_last (measured per score step of 8 x ") and "bf16/cl 0.5 s" in line
+    )
+    assert f"cached in {tmp_path / 'cache' / 'tune.json'}" in line
+    fake_timing.clear()
+    again = tune.choose_settings(net, fe, cpu, shape, "score")
+    assert not fake_timing and (again.source, again.bf16, again.channels_last, again.cost_s) == ("cache", True, True, 0)
+    assert list(again.timings) == list(first.timings) and "cached, measured before" in again.describe()
+    tune.choose_settings(net, fe, cpu, (4, shape[1]), "score")  # another batch: another key, measured again
+    assert fake_timing
+    entries = json.loads((tmp_path / "cache" / "tune.json").read_text())["entries"]
+    assert len(entries) == 2 and {json.loads(k)["shape"][0] for k in entries} == {8, 4}
+
+
+def test_tune_explicit_flags_win_and_skip_their_dimension(fake_timing):
+    net, fe = _tune_inputs()
+    cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
+    both = tune.choose_settings(net, fe, cpu, shape, "score", "fp32", False)
+    assert (both.bf16, both.channels_last, both.source) == (False, False, "flags") and not fake_timing
+    assert both.describe() == "settings: fp32 (from the flags, nothing measured)"
+    layout = tune.choose_settings(net, fe, cpu, shape, "score", "fp32")  # only the memory format is measured
+    assert set(layout.timings) == {"fp32/cl", "fp32"} and set(fake_timing) == {(False, True), (False, False)}
+    fmt = tune.choose_settings(net, fe, cpu, shape, "score", channels_last=False)
+    assert set(fmt.timings) == {"fp32", "bf16"} and (fmt.bf16, fmt.channels_last) == (True, False)
+    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16"):
+        tune.choose_settings(net, fe, cpu, shape, "score", "fp16")
+
+
+def test_tune_bf16_is_a_candidate_only_where_native_and_allowed(fake_timing, monkeypatch):
+    net, fe = _tune_inputs()
+    cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
+    train = tune.choose_settings(net, fe, cpu, shape, "train")  # native here, but not cleared for CPU training
+    assert set(train.timings) == {"fp32/cl", "fp32"} and not train.bf16
+    assert "bf16 not tried for training on the cpu: its dev EER against fp32 is not yet measured" in train.describe()
+    monkeypatch.setattr(tune, "native_bf16", lambda device: False)
+    score = tune.choose_settings(net, fe, cpu, (2, shape[1]), "score")
+    assert set(score.timings) == {"fp32/cl", "fp32"} and "bf16 not tried: not native on this cpu" in score.describe()
+    monkeypatch.setitem(tune.BF16_AUTO, "train", ("cuda", "cpu"))  # the one switch, flipped
+    monkeypatch.setattr(tune, "native_bf16", lambda device: True)
+    flipped = tune.choose_settings(net, fe, cpu, shape, "train")
+    assert flipped.bf16 and set(flipped.timings) == {"fp32/cl", "fp32", "bf16/cl", "bf16"}
+
+
+def test_tune_damaged_cache_is_noted_ignored_and_rewritten(fake_timing, tmp_path):
+    net, fe = _tune_inputs()
+    path = tmp_path / "cache" / "tune.json"
+    path.parent.mkdir()
+    path.write_text("{not json")
+    s = tune.choose_settings(net, fe, torch.device("cpu"), (8, fe.num_samples(32)), "score")
+    assert (
+        s.source == "measured"
+        and f"the cache {path} is damaged (JSONDecodeError), ignored and rewritten" in s.describe()
+    )
+    assert len(json.loads(path.read_text())["entries"]) == 1
+
+
+def test_tune_keeps_the_unmeasured_choice_unless_clearly_faster_and_caches_only_complete_measurements(
+    fake_timing, monkeypatch, tmp_path
+):
+    net, fe = _tune_inputs()
+    cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
+    monkeypatch.setitem(_TUNE_TIMES, (True, True), 0.97)  # 3 % faster than fp32/cl: noise, not a reason to change
+    monkeypatch.setitem(_TUNE_TIMES, (True, False), 2.0)
+    s = tune.choose_settings(net, fe, cpu, shape, "score")
+    assert (s.bf16, s.channels_last) == (False, True)
+    # a warm-up and REPEATS timed steps each, but 2x slower than the best after one timed step: dropped there
+    assert fake_timing.count((False, True)) == 1 + tune.REPEATS and fake_timing.count((True, False)) == 2
+    monkeypatch.setattr(tune, "time_step", lambda step, device: time.sleep(0.02) or 1.0)
+    cut = tune.choose_settings(net, fe, cpu, (3, shape[1]), "score", budget_s=0.01)
+    assert cut.source == "measured" and not cut.cached and "not cached" in cut.describe()
+    assert "fp32, bf16/cl, bf16 not measured within the 0.01 s budget" in cut.describe()
+    assert len(json.loads((tmp_path / "cache" / "tune.json").read_text())["entries"]) == 1
+
+
+def test_tune_off_follows_the_unmeasured_rules(fake_timing, monkeypatch):
+    monkeypatch.setenv("LCNN_TUNE", "off")
+    net, fe = _tune_inputs()
+    s = tune.choose_settings(net, fe, torch.device("cpu"), (8, fe.num_samples(32)), "score")
+    assert (s.bf16, s.channels_last, s.source) == (False, True, "off") and not fake_timing
+    assert "LCNN_TUNE=off" in s.describe()
+
+
+def test_tune_measures_the_real_step_without_touching_the_model_or_the_rng(monkeypatch, tmp_path):
+    monkeypatch.delenv("LCNN_TUNE", raising=False)
+    monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
+    calls = []
+    real = tune.time_step
+    monkeypatch.setattr(tune, "time_step", lambda step, device: calls.append(1) or real(step, device))
+    net, fe = _tune_inputs()
+    net.classifier.fc32 = lcnn_model.AngleLinear(80, 2)  # the A-softmax head takes labels in training
+    net.head = "asoftmax"
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    for mode in ("train", "score"):
+        s = tune.choose_settings(net, fe, torch.device("cpu"), (4, fe.num_samples(32)), mode)
+        assert s.source == "measured" and s.cached and all(t > 0 for t in s.timings.values())
+    assert torch.rand(1) == expected  # dropout and the probe's input drew from forked streams
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BatchNorm statistics included
+    assert net.training and net.features.conv1.weight.is_contiguous() and net.features.conv1.weight.grad is None
+    assert len(calls) >= 2 * 2  # every candidate: a warm-up and at least one timed step
+    calls.clear()
+    tune.choose_settings(net, fe, torch.device("cpu"), (4, fe.num_samples(32)), "score")
+    assert not calls
+
+
+def test_train_and_evaluate_print_their_measured_settings_and_keep_the_flags_as_given(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("LCNN_TUNE", raising=False)
+    monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
+    run = tmp_path / "run"
+    lcnn_train.main(_train_small_flags(run, "--epochs", "1", "--limit-train", "8", "--limit-dev", "4"))
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("settings: ")]
+    assert "measured per train step of 32 x " in line and "fp32/cl" in line, line
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["precision"] == "auto" and saved["channels_last"] is None  # the flags as given, not the choice
+    flac = next((DEMO / "ASVspoof2019_LA_dev" / "flac").glob("*.flac"))
+    evaluate.main(["--ckpt", str(run / "best.pt"), "--files", str(flac), "--json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["files"][0]["score"] is not None  # stdout stays one JSON object
+    assert "settings: " in captured.err and "score step of 1 x " in captured.err
+    evaluate.main(["--ckpt", str(run / "best.pt"), "--files", str(flac), "--precision", "fp32", "--no-channels-last"])
+    assert "settings: fp32 (from the flags, nothing measured)" in capsys.readouterr().err
+
+
+def test_native_bf16_reads_the_cpu_flags_and_the_cuda_capability(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    for flags, native in [({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
+                          ({"fp", "asimd", "bf16"}, True), ({"fp", "asimd"}, False)]:  # fmt: skip
+        monkeypatch.setattr(tune, "_cpu_flags", lambda flags=flags: flags)
+        assert tune.native_bf16(cpu) is native, flags
+    monkeypatch.setattr(tune, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # torch's kernels stop at AVX2
+    assert not tune.native_bf16(cpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: seen.update(
+        emulation=including_emulation) or True)  # fmt: skip
+    assert tune.native_bf16(torch.device("cuda")) and seen == {"emulation": False}  # emulated bf16 does not count
+    assert not tune.native_bf16(torch.device("mps"))
 
 
 def test_waves_to_logits_makes_features_outside_autocast_and_logits_in_float32():

@@ -13,9 +13,11 @@ Every measurement runs in a child process of its own (`--task`), so that one pip
 state and resident memory never leak into another's numbers. Peak memory: torch.cuda.max_memory_allocated on CUDA;
 on the CPU the resident set of the child plus the private memory of its workers, sampled from /proc (`PeakMemory`).
 
-The compute limit: FLOPs per sample of the LCNN (torch.utils.flop_counter; convolutions and matmuls) over a matmul
-peak measured in the same run (fp32 sgemm on the CPU; bf16 and TF32 on CUDA). The share of it that a pipeline reaches
-is printed next to its rate.
+The compute limit: FLOPs per sample of the LCNN (torch.utils.flop_counter; convolutions and matmuls) over the matmul
+peak of the precision a row runs in, each measured in the same run (fp32 and bf16 on the CPU; TF32 and bf16 on CUDA),
+so "of limit" means the same on every row. The row "ours (defaults)" is the pipeline with no flags: precision and
+memory format as `tune.choose_settings` measures them on this machine (the choice is printed under the table).
+Generated audio, trees and the memory probe are in benchkit.py.
 
 Audio: training and scoring files are generated LA-like FLAC files (`synth_utterance`: lognormal lengths, mean
 ~3.5 s); `--what scale` and the GPU check's 71,237-file set are hard links to a few files, so the audio repeats
@@ -62,6 +64,7 @@ HERE = Path(__file__).resolve().parent
 LA_EVAL_FILES = 71_237
 STC_MODEL = {"dropout": 0.75, "head": "linear"}  # the stc recipe's model; --num-frames changes only the input length
 RESULT_TAG = "BENCH_RESULT "
+DEFAULTS = "ours (defaults)"  # the row of the pipeline as users get it: no flags, the measured choice
 
 
 # ----------------------------------------------------------------------------- the compute limit
@@ -125,15 +128,15 @@ def task_train_ours(root: str, n: int, batch_size: int, device: str, frontend: s
     """`train.train_one_epoch` as train.py runs it: `epochs` epochs over n files, the last one timed (the first
     ones warm up workers, cuDNN autotuning and the allocator)."""
     import train
-    from model import configure_backend, use_channels_last
+    from model import configure_backend
 
     with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
         args = _train_args(root, n, batch_size, device, frontend, num_frames, num_workers, precision, channels_last,
                            cache, out, recipe)  # fmt: skip
         dev = resolve_device(args.device)
         configure_backend(dev)
-        args.channels_last = use_channels_last(args.channels_last, dev)
         fe = make_frontend(args.frontend).to(dev)
+        settings = train.choose_run_settings(args, fe, dev)  # as train.py: flags, cache or measurement
         torch.manual_seed(0)
         loader, _, generator = train.make_loaders(args, fe, dev)
         model, optimizer, _ = train.make_model(args, fe.n_bins, dev)
@@ -145,7 +148,13 @@ def task_train_ours(root: str, n: int, batch_size: int, device: str, frontend: s
                 generator.manual_seed(epoch)
                 result = train.train_one_epoch(model, fe, loader, optimizer, dev, args, epoch, 0)
     return {"samples": result["n_files"], "seconds": result["seconds"], "peak_bytes": mem.peak, "memory": mem.label,
-            "loss": result["train_loss"]}  # fmt: skip
+            "loss": result["train_loss"], **settings_fields(settings)}  # fmt: skip
+
+
+def settings_fields(settings) -> dict:
+    """What a result row says about the precision and memory format it ran with (`tune.Settings`)."""
+    return {"bf16": settings.bf16, "channels_last": settings.channels_last, "settings": settings.describe(),
+            "tune_s": settings.cost_s}  # fmt: skip
 
 
 def task_train_naive(root: str, n: int, batch_size: int, device: str, frontend: str = "stft", num_frames: int = 600,
@@ -175,7 +184,8 @@ def task_train_naive(root: str, n: int, batch_size: int, device: str, frontend: 
                 done += len(y)
             sync(dev)
             seconds = time.monotonic() - t0
-    return {"samples": done, "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
+    return {"samples": done, "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label, "bf16": False,
+            "channels_last": False}  # fmt: skip
 
 
 def save_bench_checkpoint(path: Path, num_frames: int, frontend: str = "stft", recipe: str = "stc") -> Path:
@@ -194,7 +204,8 @@ def save_bench_checkpoint(path: Path, num_frames: int, frontend: str = "stft", r
 
 
 def task_score_ours(ckpt: str, root: str, out: str, device: str, batch_size: int | None = None,
-                    num_workers: int | None = None, precision: str = "auto", split: str = "eval", report: bool = True) -> dict:  # fmt: skip
+                    num_workers: int | None = None, precision: str = "auto", split: str = "eval", report: bool = True,
+                    channels_last: bool | None = None) -> dict:  # fmt: skip
     """evaluate.py end to end: load the checkpoint, score the split, write and check the score file, EER, min
     t-DCF when ASV scores are there, per-attack table, DET plot. Wall time from loading to the written plot."""
     import evaluate
@@ -207,14 +218,14 @@ def task_score_ours(ckpt: str, root: str, out: str, device: str, batch_size: int
     num_workers = default_num_workers(num_workers, dev)
     with PeakMemory(dev) as mem:
         t0 = time.monotonic()
-        scorer = evaluate.load_scorer(ckpt, dev, precision)
+        scorer = evaluate.load_scorer(ckpt, dev, precision, channels_last=channels_last, batch_size=batch_size)
         res = evaluate.score_split(scorer, root, split, out, batch_size, num_workers, progress=False)
         eer = None
         if report:
             eer = evaluate.report_split(res.scores, root, split, out.with_name(f"{out.stem}_det.png"))["eer"]
         seconds = time.monotonic() - t0
     return {"samples": len(res.scores), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label,
-            "eer": eer, "loop_per_s": res.files_per_s}  # fmt: skip
+            "eer": eer, "loop_per_s": res.files_per_s, **settings_fields(scorer.settings)}  # fmt: skip
 
 
 @torch.no_grad()
@@ -239,7 +250,8 @@ def task_score_naive(ckpt: str, root: str, n: int, out: str, device: str, batch_
                 for utt, system, s in zip(batch["utt_id"], batch["system"], bonafide_score(logits).tolist()):
                     f.write(f"{utt} {system} {'bonafide' if system == '-' else 'spoof'} {s}\n")
         seconds = time.monotonic() - t0
-    return {"samples": len(ds), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
+    return {"samples": len(ds), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label, "bf16": False,
+            "channels_last": False}  # fmt: skip
 
 
 def task_check(root: str, workers: int | None = None) -> dict:
@@ -356,35 +368,42 @@ def gib(n: float) -> str:
 
 
 def format_table(rows: list[dict], device_text: str, peak: dict[str, float], flops: dict[str, float]) -> str:
-    """One line per pipeline: samples/s, peak memory, ratio against naive, share of the compute limit."""
+    """One line per pipeline: samples/s, peak memory, ratio against naive, share of its own precision's limit."""
     naive = {r["what"]: rate(r) for r in rows if r["pipeline"] == "naive"}
     naive_mem = {r["what"]: r["peak_bytes"] for r in rows if r["pipeline"] == "naive"}
     lines = [f"device: {device_text}"]
     lines += [f"matmul peak ({k}): {v / 1e9:,.0f} GFLOP/s" for k, v in peak.items()]
+    limits = "; ".join(f"{k} {peak_limit(peak, flops, 'train', k == 'bf16'):.2f} training samples/s, "
+                       f"{peak_limit(peak, flops, 'forward', k == 'bf16'):.2f} forwards/s" for k in peak)  # fmt: skip
     lines.append(f"LCNN FLOPs per sample: {flops['train'] / 1e9:.1f} G training step, {flops['forward'] / 1e9:.1f} G "
-                 f"forward -> compute limit {peak_limit(peak, flops, 'train'):.2f} training samples/s, "
-                 f"{peak_limit(peak, flops, 'forward'):.2f} forwards/s")  # fmt: skip
-    head = (f"{'task':<6} {'pipeline':<22} {'items':>7} {'seconds':>8} {'samples/s':>10} {'peak memory':>22} "
-            f"{'vs naive':>9} {'mem vs naive':>12} {'of limit':>9}")  # fmt: skip
+                 f"forward -> compute limit {limits}")  # fmt: skip
+    lines.append("of limit: a row's rate over the limit of the precision it ran in (its matmul peak / FLOPs)")
+    head = (f"{'task':<6} {'pipeline':<24} {'runs as':<8} {'items':>6} {'seconds':>8} {'samples/s':>10} "
+            f"{'peak memory':>22} {'vs naive':>9} {'mem vs naive':>12} {'of limit':>9}")  # fmt: skip
     lines += [head, "-" * len(head)]
     for r in rows:
         ratio = rate(r) / naive[r["what"]] if r["what"] in naive else float("nan")
         mem_ratio = r["peak_bytes"] / naive_mem[r["what"]] if naive_mem.get(r["what"]) else float("nan")
         kind = "train" if r["what"] == "train" else "forward"
-        share = rate(r) / peak_limit(peak, flops, kind)
+        share = rate(r) / peak_limit(peak, flops, kind, r.get("bf16", False))
         memory = f"{gib(r['peak_bytes'])} {r['memory']}"
-        lines.append(f"{r['what']:<6} {r['pipeline']:<22} {r['samples']:>7,} {r['seconds']:>8.2f} {rate(r):>10.2f} "
-                     f"{memory:>22} {ratio:>8.2f}x {mem_ratio:>11.2f}x {share:>8.0%}")  # fmt: skip
+        runs_as = f"{'bf16' if r.get('bf16') else 'fp32'}{'/cl' if r.get('channels_last') else ''}"
+        lines.append(f"{r['what']:<6} {r['pipeline']:<24} {runs_as:<8} {r['samples']:>6,} {r['seconds']:>8.2f} "
+                     f"{rate(r):>10.2f} {memory:>22} {ratio:>8.2f}x {mem_ratio:>11.2f}x {share:>8.0%}")  # fmt: skip
         if r["what"] == "score" and r["pipeline"].startswith("ours"):
-            lines.append(f"       ours: end to end (load, score, write + check, EER, DET); its scoring loop alone "
+            lines.append(f"       end to end (load, score, write + check, EER, DET); its scoring loop alone "
                          f"{r['loop_per_s']:.2f} files/s; LA eval ({LA_EVAL_FILES:,} files) at the end-to-end rate: "
                          f"{format_seconds(LA_EVAL_FILES / rate(r))}")  # fmt: skip
+        if r["pipeline"] == DEFAULTS:
+            lines.append(f"       {DEFAULTS} chose {r['settings']}")
     return "\n".join(lines)
 
 
-def peak_limit(peak: dict[str, float], flops: dict[str, float], kind: str) -> float:
-    """Samples/s at the best measured matmul rate: the compute limit of a training step or a forward."""
-    return max(peak.values()) / flops[kind]
+def peak_limit(peak: dict[str, float], flops: dict[str, float], kind: str, bf16: bool = False) -> float:
+    """Samples/s at the measured matmul rate of the row's precision (bf16, else fp32 on the CPU / TF32 on CUDA):
+    the compute limit of a training step or a forward in that precision."""
+    rate_ = peak["bf16"] if bf16 else peak.get("fp32", peak.get("tf32"))
+    return rate_ / flops[kind]
 
 
 def describe_device(device: torch.device) -> str:
@@ -394,11 +413,12 @@ def describe_device(device: torch.device) -> str:
 
 
 def measure_peak(device: torch.device) -> dict[str, float]:
-    """The matmul peaks the limit is computed from: fp32 on the CPU; bf16 and TF32 on CUDA."""
+    """The matmul peak of each precision a row may run in, measured in this run: fp32 and bf16 on the CPU (bf16 is
+    emulated, and slow, where the CPU has no native bf16); TF32 and bf16 on CUDA."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-        return {"bf16": matmul_peak(device, torch.bfloat16), "tf32": matmul_peak(device, torch.float32)}
-    return {"fp32": matmul_peak(device)}
+        return {"tf32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
+    return {"fp32": matmul_peak(device), "bf16": matmul_peak(device, torch.bfloat16)}
 
 
 # ----------------------------------------------------------------------------- the benchmarks
@@ -420,12 +440,16 @@ def bench_train_and_score(args, device: torch.device, folder: Path) -> list[dict
         rows.append(dict(pipeline="naive", what="train", **run_task("train_naive", root=root, n=n, batch_size=batch,
                                                                      **naive)))  # fmt: skip
         print(format_row(rows[-1]), file=sys.stderr)
-        variants = [("ours", {})]
+        # the defaults (no flags: the measured choice), then fixed settings: fp32 + channels_last, the CPU's
+        # choice before issue 20, and one change at a time from it
+        fixed = {"precision": "fp32", "channels_last": True}
+        variants = [(DEFAULTS, {"precision": args.precision, "channels_last": args.channels_last})]
         if not cuda:
-            variants += [("ours --cache-audio", {"cache": True}), ("ours --no-channels-last", {"channels_last": False}),
-                         ("ours --precision bf16", {"precision": "bf16"})]  # fmt: skip
+            variants += [("ours --precision fp32", fixed), ("ours --cache-audio", {**fixed, "cache": True}),
+                         ("ours --no-channels-last", {**fixed, "channels_last": False}),
+                         ("ours --precision bf16", {**fixed, "precision": "bf16"})]  # fmt: skip
         for label, extra in variants:
-            kw = {**common, "precision": args.precision, **extra}
+            kw = {**common, **extra}
             rows.append(dict(pipeline=label, what="train", **run_task("train_ours", root=root, n=n, batch_size=batch,
                                                                        **kw)))  # fmt: skip
             print(format_row(rows[-1]), file=sys.stderr)
@@ -441,10 +465,13 @@ def bench_train_and_score(args, device: torch.device, folder: Path) -> list[dict
             device=str(device), batch_size=args.batch_size or (64 if cuda else 8),
             num_workers=args.num_workers if args.num_workers is not None else os.cpu_count() or 1)))  # fmt: skip
         print(format_row(rows[-1]), file=sys.stderr)
-        rows.append(dict(pipeline="ours", what="score", **run_task(
-            "score_ours", ckpt=str(ckpt), root=root, out=str(score / "scores_eval.txt"), device=str(device),
-            batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)))  # fmt: skip
-        print(format_row(rows[-1]), file=sys.stderr)
+        variants = [(DEFAULTS, args.precision)] + ([] if cuda else [("ours --precision fp32", "fp32")])
+        for label, precision in variants:
+            rows.append(dict(pipeline=label, what="score", **run_task(
+                "score_ours", ckpt=str(ckpt), root=root, out=str(score / "scores_eval.txt"), device=str(device),
+                batch_size=args.batch_size, num_workers=args.num_workers, precision=precision,
+                channels_last=args.channels_last if label == DEFAULTS else True)))  # fmt: skip
+            print(format_row(rows[-1]), file=sys.stderr)
     return rows
 
 
@@ -471,7 +498,9 @@ def bench_metrics(protocols: Path) -> str | None:
 
 
 def format_row(r: dict) -> str:
-    return f"  {r['what']} {r['pipeline']}: {rate(r):.2f} samples/s, peak {gib(r['peak_bytes'])} ({r['wall_s']:.0f} s)"
+    chose = f"; {r['settings']}" if r["pipeline"] == DEFAULTS else ""
+    return (f"  {r['what']} {r['pipeline']}: {rate(r):.2f} samples/s, peak {gib(r['peak_bytes'])} "
+            f"({r['wall_s']:.0f} s){chose}")  # fmt: skip
 
 
 def parse_sizes(text: str) -> list[int | None]:
@@ -555,17 +584,23 @@ def bench_gpu(args, device: torch.device, folder: Path) -> str:
                   num_workers=workers, cache=True)  # fmt: skip
 
     def line(label: str, r: dict, kind: str = "train") -> str:
-        share = rate(r) / peak_limit(peak, flops, kind)
+        share = rate(r) / peak_limit(peak, flops, kind, r["bf16"])
+        limit = "bf16" if r["bf16"] else next(k for k in peak if k != "bf16")
         return (f"{label:<52} {rate(r):>10,.0f} /s  peak {gib(r['peak_bytes']):>10}  {share:>5.0%} of the "
-                f"{max(peak, key=peak.get)} limit  ({r['wall_s']:.0f} s)")  # fmt: skip
+                f"{limit} limit  ({r['wall_s']:.0f} s)")  # fmt: skip
 
-    steps = [("train bf16, --cache-audio", "train_ours", dict(common, precision="bf16"), "train"),
+    defaults = dict(common, precision=args.precision, channels_last=args.channels_last)
+    steps = [("train, no flags (the measured choice), --cache-audio", "train_ours", defaults, "train"),
+             ("train bf16, --cache-audio", "train_ours", dict(common, precision="bf16"), "train"),
              ("train fp32 (TF32), --cache-audio", "train_ours", dict(common, precision="fp32"), "train"),
              ("train bf16, --cache-audio, torch.compile", "train_ours", dict(common, precision="bf16", compile=True),
               "train")]  # fmt: skip
     for label, name, kw, kind in steps:
         try:
-            lines.append(line(f"{label} (batch {batch})", run_task(name, **kw), kind))
+            r = run_task(name, **kw)
+            lines.append(line(f"{label} (batch {batch})", r, kind))
+            if kw is defaults:
+                lines.append(f"  chose {r['settings']}")
         except RuntimeError as e:
             lines.append(f"{label}: failed: {str(e).splitlines()[-1]}")
         print(lines[-1], file=sys.stderr)
@@ -593,9 +628,10 @@ def bench_gpu(args, device: torch.device, folder: Path) -> str:
         f.write("\n".join(lines_eval) + "\n")
     ckpt = save_bench_checkpoint(ev / "ckpt.pt", frames, fe_name)
     r = run_task("score_ours", ckpt=str(ckpt), root=str(layout.root), out=str(ev / "scores.txt"), device=str(device),
-                 num_workers=workers, precision=args.precision)  # fmt: skip
+                 num_workers=workers, precision=args.precision, channels_last=args.channels_last)  # fmt: skip
     lines.append(line(f"score {n_eval:,} eval-size files end to end", r, "forward")
                  + f"; {r['seconds']:.1f} s in all")  # fmt: skip
+    lines.append(f"  chose {r['settings']}")
     if not quick:
         lines.append("goals: >= 6,000 training samples/s (>= 3,000 at the least); LA eval end to end in <= 60 s")
     print(lines[-1], file=sys.stderr)

@@ -2690,19 +2690,39 @@ def test_generated_files_are_la_like_and_reused(tmp_path):
     assert layout.audio_path("eval", entries[0].utt_id).stat().st_mtime_ns == mtime
 
 
-def test_bench_times_the_real_loops_against_naive_on_a_tiny_config(tmp_path, capsys):
+def test_bench_times_the_real_loops_against_naive_on_a_tiny_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LCNN_TUNE", raising=False)  # the defaults row measures (at toy size: well under a second)
+    monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
     bench.main(["--device", "cpu", "--what", "all", "--frontend", "mel", "--num-frames", "32", "--n", "4",
                 "--naive-n", "4", "--batch-size", "2", "--train-pool", "6", "--num-workers", "0",
                 "--files-dir", str(tmp_path), "--json-out", str(tmp_path / "bench.json")])  # fmt: skip
     out = capsys.readouterr().out
-    for row in ("train  naive", "train  ours ", "train  ours --cache-audio", "train  ours --no-channels-last",
-                "train  ours --precision bf16", "score  naive", "score  ours", "LA eval (71,237 files)"):  # fmt: skip
+    for row in ("train  naive", "train  ours (defaults)", "train  ours --precision fp32", "train  ours --cache-audio",
+                "train  ours --no-channels-last", "train  ours --precision bf16", "score  naive",
+                "score  ours (defaults)", "score  ours --precision fp32", "LA eval (71,237 files)"):  # fmt: skip
         assert row in out, row
-    assert "matmul peak (fp32)" in out and "compute limit" in out and "of limit" in out
+    assert "matmul peak (fp32)" in out and "matmul peak (bf16)" in out and "compute limit fp32" in out
+    assert out.count("ours (defaults) chose settings: ") == 2 and "measured per train step of 2 x" in out
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    ours = next(r for r in rows if r["pipeline"] == "ours" and r["what"] == "train")
+    ours = next(r for r in rows if r["pipeline"] == "ours --precision fp32" and r["what"] == "train")
     assert ours["samples"] == 4 and np.isfinite(ours["loss"]) and ours["peak_bytes"] > 0  # train_one_epoch's own result
+    assert (ours["bf16"], ours["channels_last"]) == (False, True)
+    assert next(r for r in rows if r["pipeline"] == "ours --precision bf16")["bf16"]
     assert (tmp_path / "score" / "scores_eval.txt").is_file()
+
+
+def test_bench_of_limit_is_against_the_peak_of_the_rows_own_precision():
+    peak, flops = {"fp32": 2e12, "bf16": 8e12}, {"train": 1e9, "forward": 0.5e9}
+    assert bench.peak_limit(peak, flops, "train") == 2000 and bench.peak_limit(peak, flops, "train", True) == 8000
+    assert bench.peak_limit({"tf32": 4e12, "bf16": 8e12}, flops, "forward") == 8000  # CUDA: fp32 rows run as TF32
+    rows = [dict(what="train", pipeline="naive", samples=10, seconds=10.0, peak_bytes=1, memory="RSS", bf16=False),
+            dict(what="train", pipeline="ours --precision bf16", samples=80, seconds=10.0, peak_bytes=1, memory="RSS",
+                 bf16=True, channels_last=True)]  # fmt: skip
+    table = bench.format_table(rows, "cpu", peak, flops)
+    assert "naive                    fp32" in table and "bf16/cl" in table
+    assert [line.split()[-1] for line in table.splitlines()[-2:]] == ["0%", "0%"]  # 1/2000 and 8/8000 round to 0 %
+    rows[1]["samples"] = 4000 * 10
+    assert table != (table := bench.format_table(rows, "cpu", peak, flops)) and table.splitlines()[-1].endswith("50%")
 
 
 @pytest.mark.parametrize("flag", ["--naive-n", "--train-pool", "--gpu-eval-files", "--batch-size"])
@@ -2722,9 +2742,10 @@ def test_bench_gpu_check_runs_every_step_at_toy_size_on_the_cpu(tmp_path, capsys
     bench.main(["--device", "cpu", "--what", "gpu", "--num-workers", "0", "--files-dir", str(tmp_path),
                 "--real-root", str(real) if real else str(tmp_path / "none")])  # fmt: skip
     out = capsys.readouterr().out
-    for step in ("train bf16, --cache-audio", "train fp32 (TF32)", "torch.compile", "loader only, 0 workers",
-                 "score 40 eval-size files end to end", "real run"):  # fmt: skip
+    for step in ("train, no flags (the measured choice)", "train bf16, --cache-audio", "train fp32 (TF32)",
+                 "torch.compile", "loader only, 0 workers", "score 40 eval-size files end to end", "real run"):  # fmt: skip
         assert step in out, step
+    assert out.count("  chose settings: ") == 2  # the choice made for training and for scoring
     failed = [line for line in out.splitlines() if "failed" in line and "torch.compile" not in line]
     assert not failed, failed  # (torch.compile may be unavailable on a machine without a compiler)
     if real:

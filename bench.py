@@ -136,9 +136,9 @@ def task_train_ours(root: str, n: int, batch_size: int, device: str, frontend: s
         dev = resolve_device(args.device)
         configure_backend(dev)
         fe = make_frontend(args.frontend).to(dev)
-        settings = train.choose_run_settings(args, fe, dev)  # as train.py: flags, cache or measurement
         torch.manual_seed(0)
         loader, _, generator = train.make_loaders(args, fe, dev)
+        settings = train.choose_run_settings(args, fe, dev, epochs * len(loader))  # as train.py does
         model, optimizer, _ = train.make_model(args, fe.n_bins, dev)
         if compile:
             model = torch.compile(model)

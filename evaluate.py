@@ -70,7 +70,7 @@ from model import (
     use_bf16,
     waves_to_logits,
 )
-from tune import BUDGET_S, FILES_BUDGET_S, Settings, choose_settings
+from tune import BUDGET_S, Settings, choose_settings
 
 # ----------------------------------------------------------------------------- the scorer: checkpoint -> logits
 
@@ -186,6 +186,7 @@ def load_scorer(
     channels_last: bool | None = None,
     batch_size: int = 8,
     budget_s: float = BUDGET_S,
+    job_steps: int | None = None,
 ) -> Scorer:
     """Load a train.py checkpoint as a `Scorer`; the front-end, input length and padding come from it.
 
@@ -196,7 +197,8 @@ def load_scorer(
         pad: override the checkpoint's padding of short files ("repeat" or "zeros").
         frontend, num_frames: must agree with the checkpoint when given (the model's input size is fixed).
         channels_last: memory format; None = measured with the precision.
-        batch_size, budget_s: the batch the measurement runs at and its time budget (`tune.choose_settings`).
+        batch_size, budget_s, job_steps: the batch the measurement runs at, its time budget and the batches the job
+            will take, when known (`tune.choose_settings`).
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a readable train.py checkpoint, or flags that contradict it.
@@ -219,7 +221,7 @@ def load_scorer(
     ckpt.frontend = ckpt.frontend.to(device)
     configure_backend(device)
     settings = choose_settings(ckpt.model, ckpt.frontend, device, (batch_size, ckpt.num_samples), "score", precision,
-                               channels_last, budget_s)  # fmt: skip
+                               channels_last, budget_s, job_steps)  # fmt: skip
     print(settings.describe(), file=sys.stderr, flush=True)
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
     ckpt.model = ckpt.model.to(device, memory_format=fmt)
@@ -683,10 +685,11 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_size = args.batch_size if args.batch_size is not None else (64 if device.type == "cuda" else 8)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    # --files: measured at the batch the files make, within a budget of a few seconds (the job itself is short)
+    # --files: measured at the batch the files make, within a share of the (short) job (`tune.choose_settings`)
     batch = min(args.batch_size, len(args.files)) if args.files and not args.full_length else args.batch_size
+    job_steps = -(-len(args.files) // batch) if args.files else None
     scorer = load_scorer(args.ckpt, device, args.precision, args.pad, args.frontend, args.num_frames,
-                         args.channels_last, batch, FILES_BUDGET_S if args.files else BUDGET_S)  # fmt: skip
+                         args.channels_last, batch, job_steps=job_steps)  # fmt: skip
     if args.files:
         rows = score_files(scorer, args.files, args.threshold, args.batch_size, args.skip_bad, args.full_length)
         if args.json:

@@ -285,11 +285,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """The precision rule of every script: `auto` = bf16 autocast on a CUDA device that supports it, fp32
-    elsewhere; `bf16` / `fp32` force it on any device (torch runs bf16 autocast on the CPU too). On the CPU it
-    depends on the chip, so auto stays fp32 there: on an earlier 2-core VM bf16 trained no faster and scored 0.7x as
-    fast; on a 2-core AMD EPYC with AVX512-BF16 it trained 1.65x faster (bench.py, README) -- pass --precision bf16
-    where bench.py says it pays."""
+    """The unmeasured precision rule: `bf16` / `fp32` force it on any device (torch runs bf16 autocast on the CPU
+    too); `auto` = bf16 autocast on a CUDA device that supports it, fp32 elsewhere. The scripts settle `auto` by
+    measurement (`tune.choose_settings`: this rule's choice is its first candidate, and what LCNN_TUNE=off keeps);
+    on the CPU the best choice depends on the chip (bf16 trained 1.65x faster on a 2-core AMD EPYC with
+    AVX512-BF16, no faster on an earlier VM without it)."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
@@ -298,10 +298,10 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def use_channels_last(flag: bool | None, device: torch.device) -> bool:
-    """The memory-format rule: channels_last unless `--no-channels-last`, on CUDA (cuDNN's fast convolutions) and on
-    the CPU, where oneDNN measured 1.2-1.4x (training) and 1.75x (scoring) the NCHW throughput of the STC LCNN
-    (bench.py, on two 2-core VMs);
-    off on other devices (MPS), where it was never measured."""
+    """The unmeasured memory-format rule: channels_last unless `--no-channels-last`, on CUDA (cuDNN's fast
+    convolutions) and on the CPU, where oneDNN measured 1.2-1.4x (training) and 1.75x (scoring) the NCHW throughput
+    of the STC LCNN (bench.py, on two 2-core VMs); off on other devices (MPS), where it was never measured. The
+    scripts measure both formats when no flag is given (`tune.choose_settings`; this rule's choice goes first)."""
     if flag is not None:
         return bool(flag)
     return device.type in ("cuda", "cpu")

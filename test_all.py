@@ -1438,7 +1438,7 @@ def test_precision_and_memory_format_rules():
 
 # --- tune.py: the measured choice of precision and memory format ---
 
-_TUNE_TIMES = {(False, True): 1.0, (False, False): 1.3, (True, True): 0.5, (True, False): 0.6}  # bf16/cl fastest
+_TUNE_TIMES = {(False, True): 0.1, (False, False): 0.13, (True, True): 0.05, (True, False): 0.06}  # bf16/cl fastest
 
 
 @pytest.fixture
@@ -1467,7 +1467,7 @@ def test_tune_measures_once_then_reads_the_cache(fake_timing, tmp_path):
     assert set(first.timings) == {"fp32/cl", "fp32", "bf16/cl", "bf16"} and fake_timing
     line = first.describe()
     assert (
-        line.startswith("settings: bf16 + channels_last (measured per score step of 8 x ") and "bf16/cl 0.5 s" in line
+        line.startswith("settings: bf16 + channels_last (measured per score step of 8 x ") and "bf16/cl 0.05 s" in line
     )
     assert f"cached in {tmp_path / 'cache' / 'tune.json'}" in line
     fake_timing.clear()
@@ -1527,8 +1527,8 @@ def test_tune_keeps_the_unmeasured_choice_unless_clearly_faster_and_caches_only_
 ):
     net, fe = _tune_inputs()
     cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
-    monkeypatch.setitem(_TUNE_TIMES, (True, True), 0.97)  # 3 % faster than fp32/cl: noise, not a reason to change
-    monkeypatch.setitem(_TUNE_TIMES, (True, False), 2.0)
+    monkeypatch.setitem(_TUNE_TIMES, (True, True), 0.097)  # 3 % faster than fp32/cl: noise, not a reason to change
+    monkeypatch.setitem(_TUNE_TIMES, (True, False), 0.2)
     s = tune.choose_settings(net, fe, cpu, shape, "score")
     assert (s.bf16, s.channels_last) == (False, True)
     # a warm-up and REPEATS timed steps each, but 2x slower than the best after one timed step: dropped there
@@ -1538,6 +1538,13 @@ def test_tune_keeps_the_unmeasured_choice_unless_clearly_faster_and_caches_only_
     assert cut.source == "measured" and not cut.cached and "not cached" in cut.describe()
     assert "fp32, bf16/cl, bf16 not measured within the 0.01 s budget" in cut.describe()
     assert len(json.loads((tmp_path / "cache" / "tune.json").read_text())["entries"]) == 1
+    # a short job bounds the measurement by its own length (at least MIN_BUDGET_S); a long one does not
+    monkeypatch.setattr(tune, "MIN_BUDGET_S", 0.05)
+    monkeypatch.setattr(tune, "time_step", lambda step, device: time.sleep(0.03) or 0.03)
+    short = tune.choose_settings(net, fe, cpu, (5, shape[1]), "score", job_steps=1)
+    assert list(short.timings) == ["fp32/cl"] and "not measured within the 0.05 s budget" in short.describe()
+    long = tune.choose_settings(net, fe, cpu, (6, shape[1]), "score", job_steps=10**6)
+    assert len(long.timings) == 4 and long.cached
 
 
 def test_tune_off_follows_the_unmeasured_rules(fake_timing, monkeypatch):

@@ -670,10 +670,12 @@ def make_model(args: argparse.Namespace, n_bins: int, device: torch.device):
     return model, optimizer, scheduler
 
 
-def choose_run_settings(args: argparse.Namespace, frontend, device: torch.device) -> Settings:
+def choose_run_settings(
+    args: argparse.Namespace, frontend, device: torch.device, job_steps: int | None = None
+) -> Settings:
     """Settle --precision auto and the memory format for this run (`tune.choose_settings`, mode "train", at the
-    run's batch and input length) and write the choice into `args` (precision "fp32"/"bf16", channels_last a bool),
-    which the training step, dev scoring and `make_model` then read. Under torchrun rank 0 measures and prints,
+    run's batch and input length; the run's `job_steps` bound its cost) and write the choice into `args` (precision
+    "fp32"/"bf16", channels_last a bool), which the training step, dev scoring and `make_model` then read. Under torchrun rank 0 measures and prints,
     every rank takes its choice. The global RNG streams are left as they were (the probe model is built in a fork)."""
     settings = None
     if is_main():
@@ -681,7 +683,8 @@ def choose_run_settings(args: argparse.Namespace, frontend, device: torch.device
             head = "asoftmax" if args.loss == "asoftmax" else "linear"
             probe = LCNN(frontend.n_bins, args.num_frames, args.dropout, head, args.margin)
         shape = (args.batch_size, frontend.num_samples(args.num_frames))
-        settings = choose_settings(probe, frontend, device, shape, "train", args.precision, args.channels_last)
+        settings = choose_settings(probe, frontend, device, shape, "train", args.precision, args.channels_last,
+                                   job_steps=job_steps)  # fmt: skip
         print(settings.describe(), flush=True)
     settings = gather_objects(settings)[0]
     args.precision, args.channels_last = settings.precision, settings.channels_last
@@ -716,7 +719,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     n_left_out = len(train_loader.dataset.skipped) + len(dev_loader.dataset.skipped)
 
     # precision and memory format: the flags, the cache, or a measurement of the real step (printed)
-    choose_run_settings(args, frontend, device)
+    choose_run_settings(args, frontend, device, args.epochs * len(train_loader))
     # model, optimiser, scheduler: from scratch or from the checkpoint
     model, optimizer, scheduler = make_model(args, frontend.n_bins, device)
     start_epoch, step, history, best = 0, 0, [], (math.inf, 0)

@@ -12,10 +12,12 @@ Candidates: channels_last on / off x fp32, plus bf16 where the device computes i
 `BF16_AUTO` lets auto choose it for the run's mode. An explicit flag wins and takes its dimension out of the
 measurement; with both flags given nothing is measured.
 
-Cost: each candidate gets one warm-up step and up to `REPEATS` timed ones; a candidate already `GIVE_UP` x slower
-than the best is dropped after one; the whole measurement stops starting candidates after `BUDGET_S` (20 s: an STC
-training step on a 2-core CPU is ~2 s, its warm-up ~3 s, and two candidates need both; an STC CPU run takes hours)
-or `FILES_BUDGET_S` (evaluate.py --files). A measurement that could not try every candidate is used but not cached.
+Cost: each candidate gets one warm-up step and timed steps until `REPEATS` or `TIMED_S` seconds of them; one already
+`GIVE_UP` x slower than the best is dropped after its first. No candidate starts after the budget: `BUDGET_S` (45 s:
+an STC training step on a 2-core CPU is 2-6 s, its first warm-up twice that, and two candidates need both; an STC
+CPU epoch takes hours), cut to `JOB_SHARE` of the job when the caller says how many steps it will take (never below
+`MIN_BUDGET_S`; evaluate.py --files, train.py), so a short job keeps the unmeasured rule rather than pay for a
+measurement. A measurement that could not try every candidate is used but not cached.
 
 The cache: JSON at $LCNN_TUNE_CACHE, else $XDG_CACHE_HOME/lcnn/tune.json (~/.cache/lcnn/tune.json), keyed by the
 CPU model or GPU name, the torch version, torch's thread count, the device type, the mode, the batch shape, the
@@ -55,11 +57,13 @@ MODES = ("train", "score")
 BF16_AUTO = {"train": ("cuda",), "score": ("cuda", "cpu")}
 BF16_TRAIN_PENDING = "its dev EER against fp32 is not yet measured over seeds (tune.BF16_AUTO)"
 
-REPEATS = 2  # timed steps per candidate (after one warm-up); the fastest of them counts
+REPEATS = 3  # at most this many timed steps per candidate (after one warm-up); the fastest of them counts
+TIMED_S = 1.0  # ... and no more timed steps once they add up to this (long steps vary little)
 GIVE_UP = 1.5  # a candidate this much slower than the best after one timed step is not timed further
 MARGIN = 0.05  # a candidate replaces an earlier one (the unmeasured rule's choice first) only if 5 % faster
-BUDGET_S = 20.0  # no candidate starts after this many seconds of measuring
-FILES_BUDGET_S = 3.0  # the same for evaluate.py --files (a few files: the job itself takes seconds)
+BUDGET_S = 45.0  # no candidate starts after this many seconds of measuring
+JOB_SHARE = 0.05  # ... nor after this share of the job's estimated time (its steps x the first timed step)
+MIN_BUDGET_S = 2.0  # ... but a measurement may always take this long (then it is cached: later runs pay nothing)
 CACHE_VERSION = 1
 
 
@@ -267,27 +271,30 @@ def time_step(step: Callable[[], None], device: torch.device) -> float:
 
 
 def measure(candidates: list[tuple[bool, bool]], make: Callable[[bool, bool], Callable[[], None]],
-            device: torch.device, budget_s: float) -> tuple[dict[str, float], list[str]]:  # fmt: skip
-    """Time every candidate (one warm-up, up to REPEATS timed steps, dropped early when GIVE_UP x slower than the
-    best so far); candidates not started within `budget_s` are left out. Returns (label -> best seconds, left out)."""
+            device: torch.device, budget_s: float, job_steps: int | None = None) -> tuple[dict[str, float], list[str], float]:  # fmt: skip
+    """Time every candidate: one warm-up, then timed steps until REPEATS or TIMED_S, dropped after one when GIVE_UP x
+    slower than the best so far. No candidate starts after `budget_s`, nor after JOB_SHARE of the job (`job_steps` x
+    the first timed step, at least MIN_BUDGET_S). Returns (label -> fastest step in seconds, labels left out, budget)."""
     start, timings, left_out = time.perf_counter(), {}, []
     for i, cand in enumerate(candidates):
         spent = time.perf_counter() - start
         if timings and spent >= budget_s:
             left_out += [candidate_label(*c) for c in candidates[i:]]
             break
-        step = make(*cand)
-        time_step(step, device)  # warm-up: oneDNN primitives, cuDNN autotuning, the allocator
-        best_so_far = min(timings.values(), default=float("inf"))
         share = (budget_s - spent) / (len(candidates) - i)  # this candidate's part of what is left
-        t_cand, times = time.perf_counter(), []
-        while len(times) < REPEATS:
-            times.append(time_step(step, device))
-            if min(times) > GIVE_UP * best_so_far or time.perf_counter() - t_cand >= share:
+        best_so_far = min(timings.values(), default=float("inf"))
+        t_cand, step = time.perf_counter(), make(*cand)
+        time_step(step, device)  # warm-up: oneDNN primitives, cuDNN autotuning, the allocator
+        times = [time_step(step, device)]
+        if job_steps is not None and not timings:  # the job's size is known now: bound the measurement by it
+            budget_s = min(budget_s, max(MIN_BUDGET_S, JOB_SHARE * job_steps * times[0]))
+        while len(times) < REPEATS and sum(times) < TIMED_S and time.perf_counter() - t_cand < share:
+            if min(times) > GIVE_UP * best_so_far:
                 break
+            times.append(time_step(step, device))
         timings[candidate_label(*cand)] = min(times)
         del step
-    return timings, left_out
+    return timings, left_out, budget_s
 
 
 def pick(candidates: list[tuple[bool, bool]], timings: dict[str, float]) -> tuple[bool, bool]:
@@ -313,6 +320,7 @@ def choose_settings(
     precision: str = "auto",
     channels_last: bool | None = None,
     budget_s: float = BUDGET_S,
+    job_steps: int | None = None,
 ) -> Settings:
     """bf16 or not and channels_last or not for a run: from the flags, the cache, or a measurement of the real step.
 
@@ -325,6 +333,7 @@ def choose_settings(
         precision: --precision ("auto", "fp32", "bf16"); "fp32" / "bf16" win.
         channels_last: --channels-last / --no-channels-last (True / False) win; None = measured.
         budget_s: no candidate starts after this many seconds of measuring.
+        job_steps: steps the job will take at `shape`, when known: the measurement then stays within JOB_SHARE of it.
     Returns:
         Settings (print `describe()` at start).
     Raises:
@@ -372,8 +381,9 @@ def choose_settings(
 
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG streams untouched
-        timings, left_out = measure(candidates, lambda p, c: make_step(model, frontend, device, shape, mode, p, c),
-                                    device, budget_s)  # fmt: skip
+        timings, left_out, budget_s = measure(
+            candidates, lambda p, c: make_step(model, frontend, device, shape, mode, p, c), device, budget_s, job_steps
+        )
     cost = time.perf_counter() - t0
     chosen = pick(candidates, timings)
     cached = False

@@ -13,9 +13,11 @@ Every measurement runs in a child process of its own (`--task`), so that one pip
 state and resident memory never leak into another's numbers. Peak memory: torch.cuda.max_memory_allocated on CUDA;
 on the CPU the resident set of the child plus the private memory of its workers, sampled from /proc (`PeakMemory`).
 
-The compute limit: FLOPs per sample of the LCNN (torch.utils.flop_counter; convolutions and matmuls) over a matmul
-peak measured in the same run (fp32 sgemm on the CPU; bf16 and TF32 on CUDA). The share of it that a pipeline reaches
-is printed next to its rate.
+The compute limit: FLOPs per sample of the LCNN (torch.utils.flop_counter; convolutions and matmuls) over the matmul
+peak of the precision a row runs in, each measured in the same run (fp32 and bf16 on the CPU; TF32 and bf16 on CUDA),
+so "of limit" means the same on every row. The row "ours (defaults)" is the pipeline with no flags: precision and
+memory format as `tune.choose_settings` measures them on this machine (the choice is printed under the table).
+Generated audio, trees and the memory probe are in benchkit.py.
 
 Audio: training and scoring files are generated LA-like FLAC files (`synth_utterance`: lognormal lengths, mean
 ~3.5 s); `--what scale` and the GPU check's 71,237-file set are hard links to a few files, so the audio repeats
@@ -30,16 +32,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from benchkit import PeakMemory, generate_la_files, link_tree, sync
 from cli import (
     ArgumentParser,
     add_common_args,
@@ -55,9 +55,9 @@ from corpora import (
     LALayout,
     find_la_root,
     read_cm_protocol,
+    spread_entries,
 )
 from data import (
-    SAMPLE_RATE,
     ASVspoof2019LA,
     add_input_args,
     collate,
@@ -71,245 +71,9 @@ from model import (
 
 HERE = Path(__file__).resolve().parent
 LA_EVAL_FILES = 71_237
-LA_FILES = {"train": 25_380, "dev": 24_844, "eval": 71_237}  # official CM protocol lines
 STC_MODEL = {"dropout": 0.75, "head": "linear"}  # the stc recipe's model; --num-frames changes only the input length
 RESULT_TAG = "BENCH_RESULT "
-
-
-# ----------------------------------------------------------------------------- synthetic LA-like audio
-
-
-def synth_utterance(num_samples: int, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Speech-like audio: voiced syllables (harmonics of a gliding f0 shaped by three formants), fricative noise
-    bursts and pauses, between short silences, over a little background noise.
-
-    Not speech, but it decodes, compresses and fills the spectrum the way LA files do, which is what the
-    benchmark needs. Returns (num_samples,) float32 in [-1, 1].
-    """
-    out = rng.normal(0, 3e-4, num_samples)  # background noise floor
-    pos = int(rng.uniform(0.1, 0.4) * sample_rate)  # leading silence
-    end = num_samples - int(rng.uniform(0.1, 0.3) * sample_rate)
-    while pos < end:
-        n = min(int(rng.uniform(0.08, 0.3) * sample_rate), end - pos)
-        kind = rng.choice(3, p=(0.65, 0.2, 0.15))  # voiced, fricative, pause
-        if kind == 0 and n > 0:
-            t = np.arange(n) / sample_rate
-            f0 = rng.uniform(90, 240) * (1 + rng.uniform(-0.15, 0.15) * t / max(t[-1], 1e-3))  # (n,) gliding
-            phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-            formants = np.array([rng.uniform(300, 900), rng.uniform(900, 2400), rng.uniform(2400, 3500)])
-            k = np.arange(1, int(7000 / f0.max()) + 1)  # harmonics below 7 kHz
-            gain = np.exp(-(((k[:, None] * f0.mean() - formants[None, :]) / 200) ** 2)).sum(1) + 0.02  # (K,)
-            seg = (gain[:, None] * np.sin(k[:, None] * phase[None, :])).sum(0) / gain.sum()
-        elif kind == 1 and n > 0:
-            spec = np.fft.rfft(rng.normal(0, 1, n))
-            freqs = np.fft.rfftfreq(n, 1 / sample_rate)
-            spec[freqs < rng.uniform(2000, 4000)] = 0  # high-pass: /s/, /f/-like
-            seg = np.fft.irfft(spec, n) * 0.3
-        else:
-            seg = np.zeros(n)
-        out[pos : pos + n] += seg * np.hanning(n) * rng.uniform(0.1, 0.5)
-        pos += n
-    return np.clip(out, -1, 1).astype(np.float32)
-
-
-def _write_one(job: tuple[str, int, int, int]) -> None:
-    path, num_samples, seed, index = job
-    import soundfile as sf
-
-    rng = np.random.default_rng([seed, index])
-    tmp = f"{path}.tmp"
-    sf.write(tmp, synth_utterance(num_samples, rng), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
-
-
-def generate_la_files(
-    folder: str | os.PathLike, n: int, split: str = "eval", seed: int = 0, workers: int | None = None
-) -> LALayout:
-    """Write n FLAC files of realistic LA length and their CM protocol into `folder/LA` (official layout).
-
-    Lengths are lognormal with mean ~3.5 s (clipped to 1..12 s); about 10 % bona fide (as LA eval), spoofs cycle
-    through the split's attacks. Idempotent: files already there are kept, and the protocol is written last, so
-    an interrupted generation is completed by the next call.
-
-    Returns:
-        The LALayout of `folder/LA`.
-    """
-    if n < 2:
-        raise ValueError(f"--n must be at least 2 (one bona fide and one spoof file), got {n}")
-    layout = LALayout(Path(folder) / "LA")
-    audio_dir = layout.audio_dir(split)
-    audio_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    seconds = np.clip(rng.lognormal(np.log(3.5) - 0.35**2 / 2, 0.35, n), 1.0, 12.0)
-    attacks = [f"A{a:02d}" for a in (range(7, 20) if split == "eval" else range(1, 7))]
-    prefix = {"train": "T", "dev": "D", "eval": "E"}[split]
-    lines, jobs = [], []
-    present = {p.name for p in os.scandir(audio_dir)}
-    for i in range(n):
-        utt = f"LA_{prefix}_{1_000_000 + i}"
-        bona = i % 10 == 0
-        system, key = ("-", "bonafide") if bona else (attacks[i % len(attacks)], "spoof")
-        lines.append(f"LA_{i % 67:04d} {utt} - {system} {key}\n")
-        if f"{utt}.flac" not in present:
-            jobs.append((str(audio_dir / f"{utt}.flac"), int(seconds[i] * SAMPLE_RATE), seed, i))
-    if jobs:
-        t0 = time.monotonic()
-        workers = workers or os.cpu_count() or 1
-        if workers > 1 and len(jobs) > 8:
-            with ProcessPoolExecutor(workers) as pool:
-                list(pool.map(_write_one, jobs, chunksize=64))
-        else:
-            for job in jobs:
-                _write_one(job)
-        print(f"generated {len(jobs):,} FLAC files in {audio_dir} in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-    protocol = layout.protocol_path(split)
-    protocol.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(protocol) as f:
-        f.write("".join(lines))
-    return layout
-
-
-# ----------------------------------------------------------------------------- timing and memory
-
-
-def _resident_bytes(pid: int | str) -> int:
-    """Resident set of a process from /proc/PID/statm (microseconds a read), 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _private_bytes(pid: int | str) -> int:
-    """Private (unshared) memory of a process, Private_Clean + Private_Dirty of /proc/PID/smaps_rollup, 0 if gone.
-
-    A forked worker maps all of its parent's pages copy-on-write; its resident set counts them again, its private
-    memory only the pages it really has of its own (its tensors, the pages it wrote). ~15 ms a read with torch's
-    mappings, so the children are read less often than the parent.
-    """
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            return sum(int(line.split()[1]) * 1024 for line in f if line.startswith(("Private_Clean", "Private_Dirty")))
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _children(pid: int) -> list[str]:
-    kids = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                kids += f.read().split()
-    except OSError:
-        pass
-    return kids
-
-
-class PeakMemory:
-    """Peak memory of the block it wraps.
-
-    CUDA: torch.cuda.max_memory_allocated. CPU: the resident set of this process plus the private memory of its
-    children (DataLoader or --check workers: what they hold of their own; the pages they share with this process,
-    copy-on-write or library, are not counted twice), sampled from /proc every `every` seconds (children every
-    5 x `every`); elsewhere the lifetime max RSS.
-    """
-
-    def __init__(self, device: torch.device, every: float = 0.05):
-        self.device, self.every, self.peak = device, every, 0
-        self.proc = Path("/proc/self/statm").exists()
-        self._stop = threading.Event()
-        self._kids: dict[str, int] = {}
-        self._n = 0
-
-    def sample(self) -> int:
-        pid = os.getpid()
-        if self.proc:
-            if self._n % 5 == 0:
-                self._kids = {k: _private_bytes(k) for k in _children(pid)}
-            self._n += 1
-            return _resident_bytes(pid) + sum(self._kids.values())
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, self.sample())
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self.peak = self.sample()
-            self._thread = threading.Thread(target=self._watch, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, self.sample())
-
-    @property
-    def label(self) -> str:
-        return "GPU alloc" if self.device.type == "cuda" else ("RSS+workers" if self.proc else "max RSS")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ----------------------------------------------------------------------------- an LA-shaped tree of hard links
-
-
-def spread_lines(lines: list[str], n: int) -> list[str]:
-    """n lines spread evenly over a protocol (protocols are sorted by class: both classes stay in)."""
-    if n >= len(lines):
-        return lines
-    return [lines[i * len(lines) // n] for i in range(n)]
-
-
-def link_tree(
-    folder: str | os.PathLike, protocols: str | os.PathLike, sources: list[Path], total: int | None
-) -> LALayout:
-    """An LA tree under `folder/LA` whose CM protocols hold `total` official lines (all: None), split as LA is.
-
-    Every listed utterance is a hard link to one of `sources` (real audio: it repeats), the ASV protocols and
-    scores are linked from `protocols`, so evaluate.py's t-DCF runs too. Idempotent; links are made only for files
-    not there yet.
-    """
-    layout = LALayout(Path(folder) / "LA")
-    protocols = Path(protocols)
-    share = {s: LA_FILES[s] / sum(LA_FILES.values()) for s in SPLITS}
-    k = 0
-    for split in SPLITS:
-        name = layout.protocol_path(split).name
-        lines = [ln for ln in (protocols / name).read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if total is not None:
-            lines = spread_lines(lines, max(2, round(total * share[split])))
-        audio = layout.audio_dir(split)
-        audio.mkdir(parents=True, exist_ok=True)
-        present = {d.name for d in os.scandir(audio)}
-        for line in lines:
-            utt = line.split()[1]
-            if f"{utt}.flac" not in present:
-                os.link(sources[k % len(sources)], audio / f"{utt}.flac")
-            k += 1
-        with atomic_write(layout.protocol_path(split)) as f:
-            f.write("\n".join(lines) + "\n")
-    asv = layout.root / "ASVspoof2019_LA_asv_scores"
-    asv.mkdir(parents=True, exist_ok=True)
-    for p in protocols.glob("ASVspoof2019.LA.asv.*.gi.trl.scores.txt"):
-        if not (asv / p.name).exists():
-            os.link(p, asv / p.name)
-    return layout
+DEFAULTS = "ours (defaults)"  # the row of the pipeline as users get it: no flags, the measured choice
 
 
 # ----------------------------------------------------------------------------- the compute limit
@@ -373,17 +137,17 @@ def task_train_ours(root: str, n: int, batch_size: int, device: str, frontend: s
     """`train.train_one_epoch` as train.py runs it: `epochs` epochs over n files, the last one timed (the first
     ones warm up workers, cuDNN autotuning and the allocator)."""
     import train
-    from model import configure_backend, use_channels_last
+    from model import configure_backend
 
     with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
         args = _train_args(root, n, batch_size, device, frontend, num_frames, num_workers, precision, channels_last,
                            cache, out, recipe)  # fmt: skip
         dev = resolve_device(args.device)
         configure_backend(dev)
-        args.channels_last = use_channels_last(args.channels_last, dev)
         fe = make_frontend(args.frontend).to(dev)
         torch.manual_seed(0)
         loader, _, generator = train.make_loaders(args, fe, dev)
+        settings = train.choose_run_settings(args, fe, dev, epochs * len(loader))  # as train.py does
         model, optimizer, _ = train.make_model(args, fe.n_bins, dev)
         if compile:
             model = torch.compile(model)
@@ -393,7 +157,13 @@ def task_train_ours(root: str, n: int, batch_size: int, device: str, frontend: s
                 generator.manual_seed(epoch)
                 result = train.train_one_epoch(model, fe, loader, optimizer, dev, args, epoch, 0)
     return {"samples": result["n_files"], "seconds": result["seconds"], "peak_bytes": mem.peak, "memory": mem.label,
-            "loss": result["train_loss"]}  # fmt: skip
+            "loss": result["train_loss"], **settings_fields(settings)}  # fmt: skip
+
+
+def settings_fields(settings) -> dict:
+    """What a result row says about the precision and memory format it ran with (`tune.Settings`)."""
+    return {"bf16": settings.bf16, "channels_last": settings.channels_last, "settings": settings.describe(),
+            "tune_s": settings.cost_s}  # fmt: skip
 
 
 def task_train_naive(root: str, n: int, batch_size: int, device: str, frontend: str = "stft", num_frames: int = 600,
@@ -405,7 +175,7 @@ def task_train_naive(root: str, n: int, batch_size: int, device: str, frontend: 
     torch.backends.cudnn.benchmark = False  # course repositories leave it off
     fe = make_frontend(frontend)
     layout = find_la_root(root)
-    entries = spread_lines_entries(layout.protocol("train"), n)
+    entries = spread_entries(layout.protocol("train"), n)
     ds = ASVspoof2019LA(layout, "train", fe.num_samples(num_frames), frontend=fe, random_crop=True, entries=entries)
     model = build_model({"in_bins": fe.n_bins, "num_frames": num_frames, **STC_MODEL}).to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
@@ -423,12 +193,8 @@ def task_train_naive(root: str, n: int, batch_size: int, device: str, frontend: 
                 done += len(y)
             sync(dev)
             seconds = time.monotonic() - t0
-    return {"samples": done, "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
-
-
-def spread_lines_entries(entries: list, n: int) -> list:
-    """`spread_lines` for protocol entries (what train.py's --limit-train does)."""
-    return entries if n >= len(entries) else [entries[i * len(entries) // n] for i in range(n)]
+    return {"samples": done, "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label, "bf16": False,
+            "channels_last": False}  # fmt: skip
 
 
 def save_bench_checkpoint(path: Path, num_frames: int, frontend: str = "stft", recipe: str = "stc") -> Path:
@@ -447,7 +213,8 @@ def save_bench_checkpoint(path: Path, num_frames: int, frontend: str = "stft", r
 
 
 def task_score_ours(ckpt: str, root: str, out: str, device: str, batch_size: int | None = None,
-                    num_workers: int | None = None, precision: str = "auto", split: str = "eval", report: bool = True) -> dict:  # fmt: skip
+                    num_workers: int | None = None, precision: str = "auto", split: str = "eval", report: bool = True,
+                    channels_last: bool | None = None) -> dict:  # fmt: skip
     """evaluate.py end to end: load the checkpoint, score the split, write and check the score file, EER, min
     t-DCF when ASV scores are there, per-attack table, DET plot. Wall time from loading to the written plot."""
     import evaluate
@@ -460,14 +227,14 @@ def task_score_ours(ckpt: str, root: str, out: str, device: str, batch_size: int
     num_workers = default_num_workers(num_workers, dev)
     with PeakMemory(dev) as mem:
         t0 = time.monotonic()
-        scorer = evaluate.load_scorer(ckpt, dev, precision)
+        scorer = evaluate.load_scorer(ckpt, dev, precision, channels_last=channels_last, batch_size=batch_size)
         res = evaluate.score_split(scorer, root, split, out, batch_size, num_workers, progress=False)
         eer = None
         if report:
             eer = evaluate.report_split(res.scores, root, split, out.with_name(f"{out.stem}_det.png"))["eer"]
         seconds = time.monotonic() - t0
     return {"samples": len(res.scores), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label,
-            "eer": eer, "loop_per_s": res.files_per_s}  # fmt: skip
+            "eer": eer, "loop_per_s": res.files_per_s, **settings_fields(scorer.settings)}  # fmt: skip
 
 
 @torch.no_grad()
@@ -492,7 +259,8 @@ def task_score_naive(ckpt: str, root: str, n: int, out: str, device: str, batch_
                 for utt, system, s in zip(batch["utt_id"], batch["system"], bonafide_score(logits).tolist()):
                     f.write(f"{utt} {system} {'bonafide' if system == '-' else 'spoof'} {s}\n")
         seconds = time.monotonic() - t0
-    return {"samples": len(ds), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label}
+    return {"samples": len(ds), "seconds": seconds, "peak_bytes": mem.peak, "memory": mem.label, "bf16": False,
+            "channels_last": False}  # fmt: skip
 
 
 def task_check(root: str, workers: int | None = None) -> dict:
@@ -609,35 +377,42 @@ def gib(n: float) -> str:
 
 
 def format_table(rows: list[dict], device_text: str, peak: dict[str, float], flops: dict[str, float]) -> str:
-    """One line per pipeline: samples/s, peak memory, ratio against naive, share of the compute limit."""
+    """One line per pipeline: samples/s, peak memory, ratio against naive, share of its own precision's limit."""
     naive = {r["what"]: rate(r) for r in rows if r["pipeline"] == "naive"}
     naive_mem = {r["what"]: r["peak_bytes"] for r in rows if r["pipeline"] == "naive"}
     lines = [f"device: {device_text}"]
     lines += [f"matmul peak ({k}): {v / 1e9:,.0f} GFLOP/s" for k, v in peak.items()]
+    limits = "; ".join(f"{k} {peak_limit(peak, flops, 'train', k == 'bf16'):.2f} training samples/s, "
+                       f"{peak_limit(peak, flops, 'forward', k == 'bf16'):.2f} forwards/s" for k in peak)  # fmt: skip
     lines.append(f"LCNN FLOPs per sample: {flops['train'] / 1e9:.1f} G training step, {flops['forward'] / 1e9:.1f} G "
-                 f"forward -> compute limit {peak_limit(peak, flops, 'train'):.2f} training samples/s, "
-                 f"{peak_limit(peak, flops, 'forward'):.2f} forwards/s")  # fmt: skip
-    head = (f"{'task':<6} {'pipeline':<22} {'items':>7} {'seconds':>8} {'samples/s':>10} {'peak memory':>22} "
-            f"{'vs naive':>9} {'mem vs naive':>12} {'of limit':>9}")  # fmt: skip
+                 f"forward -> compute limit {limits}")  # fmt: skip
+    lines.append("of limit: a row's rate over the limit of the precision it ran in (its matmul peak / FLOPs)")
+    head = (f"{'task':<6} {'pipeline':<24} {'runs as':<8} {'items':>6} {'seconds':>8} {'samples/s':>10} "
+            f"{'peak memory':>22} {'vs naive':>9} {'mem vs naive':>12} {'of limit':>9}")  # fmt: skip
     lines += [head, "-" * len(head)]
     for r in rows:
         ratio = rate(r) / naive[r["what"]] if r["what"] in naive else float("nan")
         mem_ratio = r["peak_bytes"] / naive_mem[r["what"]] if naive_mem.get(r["what"]) else float("nan")
         kind = "train" if r["what"] == "train" else "forward"
-        share = rate(r) / peak_limit(peak, flops, kind)
+        share = rate(r) / peak_limit(peak, flops, kind, r.get("bf16", False))
         memory = f"{gib(r['peak_bytes'])} {r['memory']}"
-        lines.append(f"{r['what']:<6} {r['pipeline']:<22} {r['samples']:>7,} {r['seconds']:>8.2f} {rate(r):>10.2f} "
-                     f"{memory:>22} {ratio:>8.2f}x {mem_ratio:>11.2f}x {share:>8.0%}")  # fmt: skip
+        runs_as = f"{'bf16' if r.get('bf16') else 'fp32'}{'/cl' if r.get('channels_last') else ''}"
+        lines.append(f"{r['what']:<6} {r['pipeline']:<24} {runs_as:<8} {r['samples']:>6,} {r['seconds']:>8.2f} "
+                     f"{rate(r):>10.2f} {memory:>22} {ratio:>8.2f}x {mem_ratio:>11.2f}x {share:>8.0%}")  # fmt: skip
         if r["what"] == "score" and r["pipeline"].startswith("ours"):
-            lines.append(f"       ours: end to end (load, score, write + check, EER, DET); its scoring loop alone "
+            lines.append(f"       end to end (load, score, write + check, EER, DET); its scoring loop alone "
                          f"{r['loop_per_s']:.2f} files/s; LA eval ({LA_EVAL_FILES:,} files) at the end-to-end rate: "
                          f"{format_seconds(LA_EVAL_FILES / rate(r))}")  # fmt: skip
+        if r["pipeline"] == DEFAULTS:
+            lines.append(f"       {DEFAULTS} chose {r['settings']}")
     return "\n".join(lines)
 
 
-def peak_limit(peak: dict[str, float], flops: dict[str, float], kind: str) -> float:
-    """Samples/s at the best measured matmul rate: the compute limit of a training step or a forward."""
-    return max(peak.values()) / flops[kind]
+def peak_limit(peak: dict[str, float], flops: dict[str, float], kind: str, bf16: bool = False) -> float:
+    """Samples/s at the measured matmul rate of the row's precision (bf16, else fp32 on the CPU / TF32 on CUDA):
+    the compute limit of a training step or a forward in that precision."""
+    rate_ = peak["bf16"] if bf16 else peak.get("fp32", peak.get("tf32"))
+    return rate_ / flops[kind]
 
 
 def describe_device(device: torch.device) -> str:
@@ -647,11 +422,12 @@ def describe_device(device: torch.device) -> str:
 
 
 def measure_peak(device: torch.device) -> dict[str, float]:
-    """The matmul peaks the limit is computed from: fp32 on the CPU; bf16 and TF32 on CUDA."""
+    """The matmul peak of each precision a row may run in, measured in this run: fp32 and bf16 on the CPU (bf16 is
+    emulated, and slow, where the CPU has no native bf16); TF32 and bf16 on CUDA."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-        return {"bf16": matmul_peak(device, torch.bfloat16), "tf32": matmul_peak(device, torch.float32)}
-    return {"fp32": matmul_peak(device)}
+        return {"tf32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
+    return {"fp32": matmul_peak(device), "bf16": matmul_peak(device, torch.bfloat16)}
 
 
 # ----------------------------------------------------------------------------- the benchmarks
@@ -673,12 +449,16 @@ def bench_train_and_score(args, device: torch.device, folder: Path) -> list[dict
         rows.append(dict(pipeline="naive", what="train", **run_task("train_naive", root=root, n=n, batch_size=batch,
                                                                      **naive)))  # fmt: skip
         print(format_row(rows[-1]), file=sys.stderr)
-        variants = [("ours", {})]
+        # the defaults (no flags: the measured choice), then fixed settings: fp32 + channels_last, the CPU's
+        # choice before issue 20, and one change at a time from it
+        fixed = {"precision": "fp32", "channels_last": True}
+        variants = [(DEFAULTS, {"precision": args.precision, "channels_last": args.channels_last})]
         if not cuda:
-            variants += [("ours --cache-audio", {"cache": True}), ("ours --no-channels-last", {"channels_last": False}),
-                         ("ours --precision bf16", {"precision": "bf16"})]  # fmt: skip
+            variants += [("ours --precision fp32", fixed), ("ours --cache-audio", {**fixed, "cache": True}),
+                         ("ours --no-channels-last", {**fixed, "channels_last": False}),
+                         ("ours --precision bf16", {**fixed, "precision": "bf16"})]  # fmt: skip
         for label, extra in variants:
-            kw = {**common, "precision": args.precision, **extra}
+            kw = {**common, **extra}
             rows.append(dict(pipeline=label, what="train", **run_task("train_ours", root=root, n=n, batch_size=batch,
                                                                        **kw)))  # fmt: skip
             print(format_row(rows[-1]), file=sys.stderr)
@@ -694,10 +474,13 @@ def bench_train_and_score(args, device: torch.device, folder: Path) -> list[dict
             device=str(device), batch_size=args.batch_size or (64 if cuda else 8),
             num_workers=args.num_workers if args.num_workers is not None else os.cpu_count() or 1)))  # fmt: skip
         print(format_row(rows[-1]), file=sys.stderr)
-        rows.append(dict(pipeline="ours", what="score", **run_task(
-            "score_ours", ckpt=str(ckpt), root=root, out=str(score / "scores_eval.txt"), device=str(device),
-            batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)))  # fmt: skip
-        print(format_row(rows[-1]), file=sys.stderr)
+        variants = [(DEFAULTS, args.precision)] + ([] if cuda else [("ours --precision fp32", "fp32")])
+        for label, precision in variants:
+            rows.append(dict(pipeline=label, what="score", **run_task(
+                "score_ours", ckpt=str(ckpt), root=root, out=str(score / "scores_eval.txt"), device=str(device),
+                batch_size=args.batch_size, num_workers=args.num_workers, precision=precision,
+                channels_last=args.channels_last if label == DEFAULTS else True)))  # fmt: skip
+            print(format_row(rows[-1]), file=sys.stderr)
     return rows
 
 
@@ -707,7 +490,7 @@ def bench_metrics(protocols: Path) -> str | None:
     import metrics
 
     cm = protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt"
-    asv_path = protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt"
+    asv_path = protocols / metrics.ASV_SCORES_FILE.format(split="eval")
     if not (cm.is_file() and asv_path.is_file()):
         return None
     t0 = time.perf_counter()
@@ -724,7 +507,9 @@ def bench_metrics(protocols: Path) -> str | None:
 
 
 def format_row(r: dict) -> str:
-    return f"  {r['what']} {r['pipeline']}: {rate(r):.2f} samples/s, peak {gib(r['peak_bytes'])} ({r['wall_s']:.0f} s)"
+    chose = f"; {r['settings']}" if r["pipeline"] == DEFAULTS else ""
+    return (f"  {r['what']} {r['pipeline']}: {rate(r):.2f} samples/s, peak {gib(r['peak_bytes'])} "
+            f"({r['wall_s']:.0f} s){chose}")  # fmt: skip
 
 
 def parse_sizes(text: str) -> list[int | None]:
@@ -808,17 +593,23 @@ def bench_gpu(args, device: torch.device, folder: Path) -> str:
                   num_workers=workers, cache=True)  # fmt: skip
 
     def line(label: str, r: dict, kind: str = "train") -> str:
-        share = rate(r) / peak_limit(peak, flops, kind)
+        share = rate(r) / peak_limit(peak, flops, kind, r["bf16"])
+        limit = "bf16" if r["bf16"] else next(k for k in peak if k != "bf16")
         return (f"{label:<52} {rate(r):>10,.0f} /s  peak {gib(r['peak_bytes']):>10}  {share:>5.0%} of the "
-                f"{max(peak, key=peak.get)} limit  ({r['wall_s']:.0f} s)")  # fmt: skip
+                f"{limit} limit  ({r['wall_s']:.0f} s)")  # fmt: skip
 
-    steps = [("train bf16, --cache-audio", "train_ours", dict(common, precision="bf16"), "train"),
+    defaults = dict(common, precision=args.precision, channels_last=args.channels_last)
+    steps = [("train, no flags (the measured choice), --cache-audio", "train_ours", defaults, "train"),
+             ("train bf16, --cache-audio", "train_ours", dict(common, precision="bf16"), "train"),
              ("train fp32 (TF32), --cache-audio", "train_ours", dict(common, precision="fp32"), "train"),
              ("train bf16, --cache-audio, torch.compile", "train_ours", dict(common, precision="bf16", compile=True),
               "train")]  # fmt: skip
     for label, name, kw, kind in steps:
         try:
-            lines.append(line(f"{label} (batch {batch})", run_task(name, **kw), kind))
+            r = run_task(name, **kw)
+            lines.append(line(f"{label} (batch {batch})", r, kind))
+            if kw is defaults:
+                lines.append(f"  chose {r['settings']}")
         except RuntimeError as e:
             lines.append(f"{label}: failed: {str(e).splitlines()[-1]}")
         print(lines[-1], file=sys.stderr)
@@ -846,9 +637,10 @@ def bench_gpu(args, device: torch.device, folder: Path) -> str:
         f.write("\n".join(lines_eval) + "\n")
     ckpt = save_bench_checkpoint(ev / "ckpt.pt", frames, fe_name)
     r = run_task("score_ours", ckpt=str(ckpt), root=str(layout.root), out=str(ev / "scores.txt"), device=str(device),
-                 num_workers=workers, precision=args.precision)  # fmt: skip
+                 num_workers=workers, precision=args.precision, channels_last=args.channels_last)  # fmt: skip
     lines.append(line(f"score {n_eval:,} eval-size files end to end", r, "forward")
                  + f"; {r['seconds']:.1f} s in all")  # fmt: skip
+    lines.append(f"  chose {r['settings']}")
     if not quick:
         lines.append("goals: >= 6,000 training samples/s (>= 3,000 at the least); LA eval end to end in <= 60 s")
     print(lines[-1], file=sys.stderr)

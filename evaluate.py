@@ -13,7 +13,8 @@ Nothing computed is lost: scores are saved every --save-every batches to `<out>.
 --out scores only what is missing. The final file is written atomically and the partial files are removed.
 
 Fast path: DataLoader workers decode and crop/pad waveforms; the front-end runs per batch on the device under
-torch.inference_mode, the model in channels_last (and under bf16 autocast on CUDA). Protocol order is kept.
+torch.inference_mode, in the precision and memory format measured fastest on this machine (`tune.py`; printed at
+start, cached). Protocol order is kept.
 
 The model, the front-end, the input length and the padding come from the checkpoint: evaluation crops from the
 start and pads short files as training did (the papers' fixed length). --full-length instead scores the whole
@@ -75,9 +76,9 @@ from model import (
     configure_backend,
     load_checkpoint,
     use_bf16,
-    use_channels_last,
     waves_to_logits,
 )
+from tune import BUDGET_S, Settings, choose_settings
 
 # ----------------------------------------------------------------------------- the scorer: checkpoint -> logits
 
@@ -90,8 +91,9 @@ class Scorer:
         ckpt: the rebuilt checkpoint (`model.load_checkpoint`): model in eval mode and front-end, on `device`.
         device: where features and logits are computed.
         pad: how short files are padded ("repeat" or "zeros"), as in training unless overridden.
-        bf16: run the model under bf16 autocast (`model.use_bf16`).
-        channels_last: the model's memory format (`model.use_channels_last`).
+        bf16: run the model under bf16 autocast (`tune.choose_settings`).
+        channels_last: the model's memory format (`tune.choose_settings`).
+        settings: how those two were chosen (flags, cache or measurement), None when given directly.
     """
 
     ckpt: Checkpoint
@@ -99,6 +101,7 @@ class Scorer:
     pad: str
     bf16: bool = False
     channels_last: bool = True
+    settings: Settings | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -189,22 +192,27 @@ def load_scorer(
     frontend: str | None = None,
     num_frames: int | None = None,
     channels_last: bool | None = None,
+    batch_size: int = 8,
+    budget_s: float = BUDGET_S,
+    job_steps: int | None = None,
 ) -> Scorer:
     """Load a train.py checkpoint as a `Scorer`; the front-end, input length and padding come from it.
 
     Args:
         path: checkpoint file (a plain dict: "model", "model_args", "args", ...).
         device: torch device or its name.
-        precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16" (`model.use_bf16`).
+        precision: "auto" (measured: bf16 where native and faster, `tune.choose_settings`), "fp32" or "bf16".
         pad: override the checkpoint's padding of short files ("repeat" or "zeros").
         frontend, num_frames: must agree with the checkpoint when given (the model's input size is fixed).
-        channels_last: memory format; None = `model.use_channels_last`'s rule.
+        channels_last: memory format; None = measured with the precision.
+        batch_size, budget_s, job_steps: the batch the measurement runs at, its time budget and the batches the job
+            will take, when known (`tune.choose_settings`).
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a readable train.py checkpoint, or flags that contradict it.
     """
     device = torch.device(device)
-    bf16 = use_bf16(precision, device)
+    use_bf16(precision, device)  # a bad precision fails before the checkpoint is read
     try:
         ckpt = load_checkpoint(path, "cpu", make_frontend)
     except ValueError as e:
@@ -218,11 +226,14 @@ def load_scorer(
     pad = pad or ckpt.pad
     if pad not in ("repeat", "zeros"):
         raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
-    channels_last = use_channels_last(channels_last, device)
-    ckpt.model = ckpt.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ckpt.frontend = ckpt.frontend.to(device)
     configure_backend(device)
-    return Scorer(ckpt, device, pad, bf16, channels_last)
+    settings = choose_settings(ckpt.model, ckpt.frontend, device, (batch_size, ckpt.num_samples), "score", precision,
+                               channels_last, budget_s, job_steps)  # fmt: skip
+    print(settings.describe(), file=sys.stderr, flush=True)
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    ckpt.model = ckpt.model.to(device, memory_format=fmt)
+    return Scorer(ckpt, device, pad, settings.bf16, settings.channels_last, settings)
 
 
 # ----------------------------------------------------------------------------- score files: partial, resume, check
@@ -670,9 +681,11 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_size = args.batch_size if args.batch_size is not None else (64 if device.type == "cuda" else 8)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    scorer = load_scorer(
-        args.ckpt, device, args.precision, args.pad, args.frontend, args.num_frames, args.channels_last
-    )
+    # --files: measured at the batch the files make, within a share of the (short) job (`tune.choose_settings`)
+    batch = min(args.batch_size, len(args.files)) if args.files and not args.full_length else args.batch_size
+    job_steps = -(-len(args.files) // batch) if args.files else None
+    scorer = load_scorer(args.ckpt, device, args.precision, args.pad, args.frontend, args.num_frames,
+                         args.channels_last, batch, job_steps=job_steps)  # fmt: skip
     if args.files:
         rows = score_files(scorer, args.files, args.threshold, args.batch_size, args.skip_bad, args.full_length)
         if args.json:

@@ -57,6 +57,7 @@ import corpora
 import data
 import metrics
 import model as model_lib
+import tune
 import vocoders
 
 HERE = Path(__file__).resolve().parent
@@ -629,9 +630,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modul
     Raises:
         FileNotFoundError: no --ckpt, no runs/*/best.pt and no --random-model (the message says how to get a model).
     """
-    bf16 = model_lib.use_bf16(args.precision, device)
-    channels_last = model_lib.use_channels_last(args.channels_last, device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model_lib.use_bf16(args.precision, device)  # a bad --precision fails before any work
     path = Path(args.ckpt) if args.ckpt else (None if args.random_model else find_default_checkpoint())
     if path is None and not args.random_model:
         raise FileNotFoundError(
@@ -641,25 +640,42 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modul
         )
     if path is not None:
         ckpt = model_lib.load_checkpoint(path, device)
+        settings = choose_explain_settings(args, ckpt.model, ckpt.frontend_name, device)
         info = ModelInfo(str(path), True, ckpt.frontend_name, ckpt.num_frames, ckpt.pad, ckpt.raw.get("epoch"),
                          ckpt.raw.get("best_dev_eer", ckpt.raw.get("dev_eer")), ckpt.args.get("recipe"),
-                         ckpt.data_root, bf16, channels_last,
+                         ckpt.data_root, settings.bf16, settings.channels_last,
                          hashlib.sha256(path.read_bytes()).hexdigest())  # fmt: skip
         given = {"frontend": args.frontend, "num_frames": args.num_frames, "pad": args.pad}
         differ = {k: v for k, v in given.items() if v is not None and v != getattr(info, k)}
         if differ:
             print(f"note: using the checkpoint's input settings, not {differ}", file=sys.stderr)
         print(f"model: {ckpt.describe()}")
-        return ckpt.model.to(memory_format=fmt), info
+        return ckpt.model.to(memory_format=memory_format(settings)), info
     frontend = data.make_frontend(args.frontend or "stft")
     num_frames = args.num_frames or 600
     torch.manual_seed(args.seed)
-    model = model_lib.LCNN(frontend.n_bins, num_frames).to(device, memory_format=fmt).eval()
+    model = model_lib.LCNN(frontend.n_bins, num_frames).to(device).eval()
+    settings = choose_explain_settings(args, model, frontend.name, device)
     print("WARNING: --random-model: explaining a RANDOMLY INITIALISED LCNN. Its attributions explain nothing about "
           "spoofing; they are a baseline for the sanity check.", file=sys.stderr)  # fmt: skip
-    info = ModelInfo(None, False, frontend.name, num_frames, args.pad or "repeat", None, None, None, None, bf16,
-                     channels_last)  # fmt: skip
-    return model, info
+    info = ModelInfo(None, False, frontend.name, num_frames, args.pad or "repeat", None, None, None, None,
+                     settings.bf16, settings.channels_last)  # fmt: skip
+    return model.to(memory_format=memory_format(settings)), info
+
+
+def choose_explain_settings(args: argparse.Namespace, model: nn.Module, frontend: str, device: torch.device):
+    """--precision / --channels-last for the explanations (`tune.choose_settings`, printed to stderr), measured as a
+    "train" step of 2 inputs: the maps need gradients, and bf16 auto is not yet cleared for gradients on the CPU
+    (`tune.BF16_AUTO`)."""
+    fe = data.make_frontend(frontend).to(device)
+    shape = (2, fe.num_samples(model.num_frames))
+    settings = tune.choose_settings(model, fe, device, shape, "train", args.precision, args.channels_last)
+    print(settings.describe(), file=sys.stderr, flush=True)
+    return settings
+
+
+def memory_format(settings: tune.Settings) -> torch.memory_format:
+    return torch.channels_last if settings.channels_last else torch.contiguous_format
 
 
 @torch.no_grad()

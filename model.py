@@ -150,18 +150,24 @@ class AngleLinear(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, lamb: float = 0.0) -> torch.Tensor:
-        """(B, D) embeddings -> (B, C) logits; margin logits on the target class when `labels` (B,) is given."""
-        x = x.float()  # angles in float32 even under autocast
-        norm = x.norm(dim=1, keepdim=True)  # (B, 1)
-        cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1, 1)  # (B, C)
-        if labels is None:
-            return norm * cos
-        cos_y = cos.gather(1, labels.view(-1, 1))  # (B, 1)
-        with torch.no_grad():
-            k = torch.floor(self.margin * torch.acos(cos_y) / math.pi)  # which [k pi/m, (k+1) pi/m] theta lies in
-        psi_y = (1 - 2 * (k % 2)) * self.COS_M[self.margin](cos_y) - 2 * k  # (-1)^k cos(m theta) - 2k
-        target = norm * (lamb * cos_y + psi_y) / (1 + lamb)
-        return (norm * cos).scatter(1, labels.view(-1, 1), target)
+        """(B, D) embeddings -> (B, C) float32 logits; margin logits on the target class when `labels` (B,) is given.
+
+        The whole head runs in float32 with autocast off: F.linear is an autocast op, so under bf16 autocast the
+        cosines would come back in bf16 (an 8-bit mantissa: margin logits ~0.05 off fp32 on the CPU), and
+        cos(m theta) of a bf16 cosine amplifies that error up to m^2 times (the slope of the Chebyshev polynomial).
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            norm = x.norm(dim=1, keepdim=True)  # (B, 1)
+            cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1, 1)  # (B, C)
+            if labels is None:
+                return norm * cos
+            cos_y = cos.gather(1, labels.view(-1, 1))  # (B, 1)
+            with torch.no_grad():
+                k = torch.floor(self.margin * torch.acos(cos_y) / math.pi)  # which [k pi/m, (k+1) pi/m] theta is in
+            psi_y = (1 - 2 * (k % 2)) * self.COS_M[self.margin](cos_y) - 2 * k  # (-1)^k cos(m theta) - 2k
+            target = norm * (lamb * cos_y + psi_y) / (1 + lamb)
+            return (norm * cos).scatter(1, labels.view(-1, 1), target)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, margin={self.margin}"
@@ -317,18 +323,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of every script that runs the model (train, evaluate, explain, bench); rules in model.py."""
     g = parser.add_argument_group("model execution")
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 autocast on a CUDA device that supports it, fp32 elsewhere (model.use_bf16)")  # fmt: skip
+                   help="auto: measured on this machine, bf16 only where native (tune.choose_settings; cached)")  # fmt: skip
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on CUDA and CPU, model.use_channels_last)")  # fmt: skip
+                   help="channels_last memory format (default: measured, tune.choose_settings)")  # fmt: skip
     return parser
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """The precision rule of every script: `auto` = bf16 autocast on a CUDA device that supports it, fp32
-    elsewhere; `bf16` / `fp32` force it on any device (torch runs bf16 autocast on the CPU too). On the CPU it
-    depends on the chip, so auto stays fp32 there: on an earlier 2-core VM bf16 trained no faster and scored 0.7x as
-    fast; on a 2-core AMD EPYC with AVX512-BF16 it trained 1.65x faster (bench.py, README) -- pass --precision bf16
-    where bench.py says it pays."""
+    """The unmeasured precision rule: `bf16` / `fp32` force it on any device (torch runs bf16 autocast on the CPU
+    too); `auto` = bf16 autocast on a CUDA device that supports it, fp32 elsewhere. The scripts settle `auto` by
+    measurement (`tune.choose_settings`: this rule's choice is its first candidate, and what LCNN_TUNE=off keeps);
+    on the CPU the best choice depends on the chip (bf16 trained 1.65x faster on a 2-core AMD EPYC with
+    AVX512-BF16, no faster on an earlier VM without it)."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
@@ -337,10 +343,10 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def use_channels_last(flag: bool | None, device: torch.device) -> bool:
-    """The memory-format rule: channels_last unless `--no-channels-last`, on CUDA (cuDNN's fast convolutions) and on
-    the CPU, where oneDNN measured 1.2-1.4x (training) and 1.75x (scoring) the NCHW throughput of the STC LCNN
-    (bench.py, on two 2-core VMs);
-    off on other devices (MPS), where it was never measured."""
+    """The unmeasured memory-format rule: channels_last unless `--no-channels-last`, on CUDA (cuDNN's fast
+    convolutions) and on the CPU, where oneDNN measured 1.2-1.4x (training) and 1.75x (scoring) the NCHW throughput
+    of the STC LCNN (bench.py, on two 2-core VMs); off on other devices (MPS), where it was never measured. The
+    scripts measure both formats when no flag is given (`tune.choose_settings`; this rule's choice goes first)."""
     if flag is not None:
         return bool(flag)
     return device.type in ("cuda", "cpu")

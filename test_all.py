@@ -29,6 +29,7 @@ import soundfile as sf
 import torch
 
 import bench
+import benchkit
 import cli
 import corpora
 import data
@@ -38,6 +39,7 @@ import explain
 import metrics
 import model as lcnn_model
 import train as lcnn_train
+import tune
 import vocoders
 from corpora import LALayout, find_la_root
 from model import build_model
@@ -1727,6 +1729,17 @@ def _train_env() -> dict:
 # ----------------------------------------------------------------------------- model.py
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_measured_settings(tmp_path_factory):
+    """The suite's numbers must not depend on which precision a timing picked on this machine (bf16 scores move by
+    ~1e-3 and with the batch): every test runs with LCNN_TUNE=off, i.e. the unmeasured rules, and a cache of its own;
+    the tune tests below turn measuring back on. Subprocesses inherit both."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LCNN_TUNE", "off")
+        mp.setenv("LCNN_TUNE_CACHE", str(tmp_path_factory.mktemp("tune") / "tune.json"))
+        yield
+
+
 def _lcnn_expected_parameters(in_bins: int, num_frames: int) -> int:
     """Parameter count written out from the STC table (arXiv:1904.05576, Table 1), not from the model."""
 
@@ -1815,6 +1828,187 @@ def test_precision_and_memory_format_rules():
     assert lcnn_model.bonafide_score(np.array([[1.0, 3.5]])).tolist() == [2.5]  # the same function on numpy
 
 
+# --- tune.py: the measured choice of precision and memory format ---
+
+_TUNE_TIMES = {(False, True): 0.1, (False, False): 0.13, (True, True): 0.05, (True, False): 0.06}  # bf16/cl fastest
+
+
+@pytest.fixture
+def fake_timing(monkeypatch, tmp_path):
+    """Measuring on, a fresh cache, native bf16, and steps whose 'timing' is a table lookup (deterministic choices);
+    returns the list of timed (bf16, channels_last) candidates."""
+    monkeypatch.delenv("LCNN_TUNE", raising=False)
+    monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "cache" / "tune.json"))
+    monkeypatch.setattr(tune, "native_bf16", lambda device: True)
+    monkeypatch.setattr(tune, "make_step", lambda model, fe, dev, shape, mode, bf16, cl: (bf16, cl))
+    timed = []
+    monkeypatch.setattr(tune, "time_step", lambda step, device: timed.append(step) or _TUNE_TIMES[step])
+    return timed
+
+
+def _tune_inputs(frames: int = 32):
+    fe = data.make_frontend("mel")
+    return build_model({"in_bins": 20, "num_frames": frames, "dropout": 0.1, "head": "linear"}), fe
+
+
+def test_tune_measures_once_then_reads_the_cache(fake_timing, tmp_path):
+    net, fe = _tune_inputs()
+    cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
+    first = tune.choose_settings(net, fe, cpu, shape, "score")
+    assert (first.bf16, first.channels_last, first.source, first.cached) == (True, True, "measured", True)
+    assert set(first.timings) == {"fp32/cl", "fp32", "bf16/cl", "bf16"} and fake_timing
+    line = first.describe()
+    assert (
+        line.startswith("settings: bf16 + channels_last (measured per score step of 8 x ") and "bf16/cl 0.05 s" in line
+    )
+    assert f"cached in {tmp_path / 'cache' / 'tune.json'}" in line
+    fake_timing.clear()
+    again = tune.choose_settings(net, fe, cpu, shape, "score")
+    assert not fake_timing and (again.source, again.bf16, again.channels_last, again.cost_s) == ("cache", True, True, 0)
+    assert list(again.timings) == list(first.timings) and "cached, measured before" in again.describe()
+    tune.choose_settings(net, fe, cpu, (4, shape[1]), "score")  # another batch: another key, measured again
+    assert fake_timing
+    entries = json.loads((tmp_path / "cache" / "tune.json").read_text())["entries"]
+    assert len(entries) == 2 and {json.loads(k)["shape"][0] for k in entries} == {8, 4}
+
+
+def test_tune_explicit_flags_win_and_skip_their_dimension(fake_timing):
+    net, fe = _tune_inputs()
+    cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
+    both = tune.choose_settings(net, fe, cpu, shape, "score", "fp32", False)
+    assert (both.bf16, both.channels_last, both.source) == (False, False, "flags") and not fake_timing
+    assert both.describe() == "settings: fp32 (from the flags, nothing measured)"
+    layout = tune.choose_settings(net, fe, cpu, shape, "score", "fp32")  # only the memory format is measured
+    assert set(layout.timings) == {"fp32/cl", "fp32"} and set(fake_timing) == {(False, True), (False, False)}
+    fmt = tune.choose_settings(net, fe, cpu, shape, "score", channels_last=False)
+    assert set(fmt.timings) == {"fp32", "bf16"} and (fmt.bf16, fmt.channels_last) == (True, False)
+    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16"):
+        tune.choose_settings(net, fe, cpu, shape, "score", "fp16")
+
+
+def test_tune_bf16_is_a_candidate_only_where_native_and_allowed(fake_timing, monkeypatch):
+    net, fe = _tune_inputs()
+    cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
+    train = tune.choose_settings(net, fe, cpu, shape, "train")  # native here, but not cleared for CPU training
+    assert set(train.timings) == {"fp32/cl", "fp32"} and not train.bf16
+    assert "bf16 not tried for training on the cpu: its dev EER against fp32 is not yet measured" in train.describe()
+    monkeypatch.setattr(tune, "native_bf16", lambda device: False)
+    score = tune.choose_settings(net, fe, cpu, (2, shape[1]), "score")
+    assert set(score.timings) == {"fp32/cl", "fp32"} and "bf16 not tried: not native on this cpu" in score.describe()
+    monkeypatch.setitem(tune.BF16_AUTO, "train", ("cuda", "cpu"))  # the one switch, flipped
+    monkeypatch.setattr(tune, "native_bf16", lambda device: True)
+    flipped = tune.choose_settings(net, fe, cpu, shape, "train")
+    assert flipped.bf16 and set(flipped.timings) == {"fp32/cl", "fp32", "bf16/cl", "bf16"}
+
+
+def test_tune_damaged_cache_is_noted_ignored_and_rewritten(fake_timing, tmp_path):
+    net, fe = _tune_inputs()
+    path = tmp_path / "cache" / "tune.json"
+    path.parent.mkdir()
+    path.write_text("{not json")
+    s = tune.choose_settings(net, fe, torch.device("cpu"), (8, fe.num_samples(32)), "score")
+    assert (
+        s.source == "measured"
+        and f"the cache {path} is damaged (JSONDecodeError), ignored and rewritten" in s.describe()
+    )
+    assert len(json.loads(path.read_text())["entries"]) == 1
+
+
+def test_tune_keeps_the_unmeasured_choice_unless_clearly_faster_and_caches_only_complete_measurements(
+    fake_timing, monkeypatch, tmp_path
+):
+    net, fe = _tune_inputs()
+    cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
+    monkeypatch.setitem(_TUNE_TIMES, (True, True), 0.097)  # 3 % faster than fp32/cl: noise, not a reason to change
+    monkeypatch.setitem(_TUNE_TIMES, (True, False), 0.2)
+    s = tune.choose_settings(net, fe, cpu, shape, "score")
+    assert (s.bf16, s.channels_last) == (False, True)
+    # a warm-up and REPEATS timed steps each, but 2x slower than the best after one timed step: dropped there
+    assert fake_timing.count((False, True)) == 1 + tune.REPEATS and fake_timing.count((True, False)) == 2
+    monkeypatch.setattr(tune, "time_step", lambda step, device: time.sleep(0.02) or 1.0)
+    cut = tune.choose_settings(net, fe, cpu, (3, shape[1]), "score", budget_s=0.01)
+    assert cut.source == "measured" and not cut.cached and "not cached" in cut.describe()
+    assert "fp32, bf16/cl, bf16 not measured within the 0.01 s budget" in cut.describe()
+    assert len(json.loads((tmp_path / "cache" / "tune.json").read_text())["entries"]) == 1
+    # a short job bounds the measurement by its own length (at least MIN_BUDGET_S); a long one does not
+    monkeypatch.setattr(tune, "MIN_BUDGET_S", 0.05)
+    monkeypatch.setattr(tune, "time_step", lambda step, device: time.sleep(0.03) or 0.03)
+    short = tune.choose_settings(net, fe, cpu, (5, shape[1]), "score", job_steps=1)
+    assert list(short.timings) == ["fp32/cl"] and "not measured within the 0.05 s budget" in short.describe()
+    long = tune.choose_settings(net, fe, cpu, (6, shape[1]), "score", job_steps=10**6)
+    assert len(long.timings) == 4 and long.cached
+
+
+def test_tune_off_follows_the_unmeasured_rules(fake_timing, monkeypatch):
+    monkeypatch.setenv("LCNN_TUNE", "off")
+    net, fe = _tune_inputs()
+    s = tune.choose_settings(net, fe, torch.device("cpu"), (8, fe.num_samples(32)), "score")
+    assert (s.bf16, s.channels_last, s.source) == (False, True, "off") and not fake_timing
+    assert "LCNN_TUNE=off" in s.describe()
+
+
+def test_tune_measures_the_real_step_without_touching_the_model_or_the_rng(monkeypatch, tmp_path):
+    monkeypatch.delenv("LCNN_TUNE", raising=False)
+    monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
+    calls = []
+    real = tune.time_step
+    monkeypatch.setattr(tune, "time_step", lambda step, device: calls.append(1) or real(step, device))
+    net, fe = _tune_inputs()
+    net.classifier.fc32 = lcnn_model.AngleLinear(80, 2)  # the A-softmax head takes labels in training
+    net.head = "asoftmax"
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    for mode in ("train", "score"):
+        s = tune.choose_settings(net, fe, torch.device("cpu"), (4, fe.num_samples(32)), mode)
+        assert s.source == "measured" and s.cached and all(t > 0 for t in s.timings.values())
+    assert torch.rand(1) == expected  # dropout and the probe's input drew from forked streams
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BatchNorm statistics included
+    assert net.training and net.features.conv1.weight.is_contiguous() and net.features.conv1.weight.grad is None
+    assert len(calls) >= 2 * 2  # every candidate: a warm-up and at least one timed step
+    calls.clear()
+    tune.choose_settings(net, fe, torch.device("cpu"), (4, fe.num_samples(32)), "score")
+    assert not calls
+
+
+def test_train_and_evaluate_print_their_measured_settings_and_keep_the_flags_as_given(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("LCNN_TUNE", raising=False)
+    monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
+    run = tmp_path / "run"
+    lcnn_train.main(_train_small_flags(run, "--epochs", "1", "--limit-train", "8", "--limit-dev", "4"))
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("settings: ")]
+    assert "measured per train step of 32 x " in line and "fp32/cl" in line, line
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["precision"] == "auto" and saved["channels_last"] is None  # the flags as given, not the choice
+    flac = next((DEMO / "ASVspoof2019_LA_dev" / "flac").glob("*.flac"))
+    evaluate.main(["--ckpt", str(run / "best.pt"), "--files", str(flac), "--json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["files"][0]["score"] is not None  # stdout stays one JSON object
+    assert "settings: " in captured.err and "score step of 1 x " in captured.err
+    evaluate.main(["--ckpt", str(run / "best.pt"), "--files", str(flac), "--precision", "fp32", "--no-channels-last"])
+    assert "settings: fp32 (from the flags, nothing measured)" in capsys.readouterr().err
+
+
+def test_native_bf16_reads_the_cpu_flags_and_the_cuda_capability(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    for flags, native in [({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
+                          ({"fp", "asimd", "bf16"}, True), ({"fp", "asimd"}, False)]:  # fmt: skip
+        monkeypatch.setattr(tune, "_cpu_flags", lambda flags=flags: flags)
+        assert tune.native_bf16(cpu) is native, flags
+    monkeypatch.setattr(tune, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # torch's kernels stop at AVX2
+    assert not tune.native_bf16(cpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: seen.update(
+        emulation=including_emulation) or True)  # fmt: skip
+    assert tune.native_bf16(torch.device("cuda")) and seen == {"emulation": False}  # emulated bf16 does not count
+    assert not tune.native_bf16(torch.device("mps"))
+
+
 def test_waves_to_logits_makes_features_outside_autocast_and_logits_in_float32():
     fe = data.make_frontend("mel")
     net = build_model({"in_bins": 20, "num_frames": 32, "dropout": 0.1, "head": "linear"}).eval()
@@ -1887,6 +2081,37 @@ def test_asoftmax_margin_applies_only_to_the_target_class():
     assert lcnn_model.asoftmax_lambda(0) == 1500 and lcnn_model.asoftmax_lambda(10**6) == 5
     with pytest.raises(ValueError, match="margin"):
         lcnn_model.AngleLinear(80, 2, margin=7)
+
+
+def _asoftmax_before_the_fix(head, x, labels):
+    """AngleLinear.forward as it was before issue 20: x.float(), but F.linear left to autocast."""
+    import math
+
+    F = torch.nn.functional
+    x = x.float()
+    norm = x.norm(dim=1, keepdim=True)
+    cos = F.linear(F.normalize(x, dim=1), F.normalize(head.weight.float(), dim=1)).clamp(-1, 1)
+    cos_y = cos.gather(1, labels.view(-1, 1))
+    k = torch.floor(head.margin * torch.acos(cos_y) / math.pi)
+    psi_y = (1 - 2 * (k % 2)) * head.COS_M[head.margin](cos_y) - 2 * k
+    return (norm * cos).scatter(1, labels.view(-1, 1), norm * psi_y)
+
+
+def test_asoftmax_head_computes_its_angles_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = lcnn_model.AngleLinear(80, 2, margin=4)
+    emb = (3 * torch.randn(64, 80)).bfloat16().float()  # bf16-representable: both paths see the same input
+    labels = torch.randint(0, 2, (64,))
+    fp32_margin, fp32_plain = head(emb, labels, lamb=0.0), head(emb)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        margin, plain = head(emb.bfloat16(), labels, lamb=0.0), head(emb.bfloat16())
+        old = _asoftmax_before_the_fix(head, emb.bfloat16(), labels)
+    assert margin.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(margin, fp32_margin, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(plain, fp32_plain, atol=1e-6, rtol=1e-6)
+    assert (old.float() - fp32_margin).abs().max() > 1e-2  # what the fix removes (bf16 cosines)
+    margin.sum().backward()  # gradients flow through the float32 head
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
 
 
 def test_build_model_rejects_unknown_arguments_and_bad_heads():
@@ -2522,7 +2747,7 @@ def evaluate_demo() -> Path:
 @pytest.fixture
 def evaluate_tree(tmp_path) -> LALayout:
     """A generated 12-file eval split in the official layout (no ASV scores)."""
-    return bench.generate_la_files(tmp_path / "gen", 12, "eval", workers=1)
+    return benchkit.generate_la_files(tmp_path / "gen", 12, "eval", workers=1)
 
 
 class _EvaluateCounting(torch.nn.Module):
@@ -2783,7 +3008,7 @@ def test_failed_final_write_keeps_the_partial_scores(evaluate_ckpt, evaluate_tre
 
 @pytest.mark.slow
 def test_sigterm_during_split_scoring_keeps_the_partial_and_exits_143(evaluate_ckpt, tmp_path):
-    layout = bench.generate_la_files(tmp_path / "gen", 400, "eval", workers=1)
+    layout = benchkit.generate_la_files(tmp_path / "gen", 400, "eval", workers=1)
     out = tmp_path / "s.txt"
     cmd = [sys.executable, str(EVALUATE_PY), "--ckpt", str(evaluate_ckpt), "--data-root", str(layout.root), "--out",
            str(out), "--batch-size", "2", "--save-every", "1", "--num-workers", "0", "--device", "cpu"]  # fmt: skip
@@ -2907,8 +3132,6 @@ def test_a_broken_symlink_in_a_flac_folder_costs_only_that_file(tmp_path, capsys
     assert [e.utt_id for e in ds.entries] == ["LA_D_0000002"]
 
 
-
-
 @pytest.mark.parametrize(
     "drop,message",
     [(("model",), "not a train.py checkpoint"), (("args",), "not a train.py checkpoint: no args")],
@@ -2983,7 +3206,7 @@ def test_flags_that_contradict_the_checkpoint_are_refused(evaluate_ckpt, monkeyp
 
 
 def test_generated_files_are_la_like_and_reused(tmp_path):
-    layout = bench.generate_la_files(tmp_path, 20, "eval", workers=1)
+    layout = benchkit.generate_la_files(tmp_path, 20, "eval", workers=1)
     entries = layout.protocol("eval")
     assert len(entries) == 20 and sum(e.key == "bonafide" for e in entries) == 2
     assert {e.system for e in entries if e.key == "spoof"} <= {f"A{a:02d}" for a in range(7, 20)}
@@ -2991,23 +3214,43 @@ def test_generated_files_are_la_like_and_reused(tmp_path):
     assert all(i.samplerate == 16000 and i.channels == 1 and i.format == "FLAC" for i in info)
     assert 2.0 < np.mean([i.duration for i in info]) < 5.5 and min(i.duration for i in info) >= 1.0
     mtime = layout.audio_path("eval", entries[0].utt_id).stat().st_mtime_ns
-    bench.generate_la_files(tmp_path, 20, "eval", workers=1)
+    benchkit.generate_la_files(tmp_path, 20, "eval", workers=1)
     assert layout.audio_path("eval", entries[0].utt_id).stat().st_mtime_ns == mtime
 
 
-def test_bench_times_the_real_loops_against_naive_on_a_tiny_config(tmp_path, capsys):
+def test_bench_times_the_real_loops_against_naive_on_a_tiny_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LCNN_TUNE", raising=False)  # the defaults row measures (at toy size: well under a second)
+    monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
     bench.main(["--device", "cpu", "--what", "all", "--frontend", "mel", "--num-frames", "32", "--n", "4",
                 "--naive-n", "4", "--batch-size", "2", "--train-pool", "6", "--num-workers", "0",
                 "--files-dir", str(tmp_path), "--json-out", str(tmp_path / "bench.json")])  # fmt: skip
     out = capsys.readouterr().out
-    for row in ("train  naive", "train  ours ", "train  ours --cache-audio", "train  ours --no-channels-last",
-                "train  ours --precision bf16", "score  naive", "score  ours", "LA eval (71,237 files)"):  # fmt: skip
+    for row in ("train  naive", "train  ours (defaults)", "train  ours --precision fp32", "train  ours --cache-audio",
+                "train  ours --no-channels-last", "train  ours --precision bf16", "score  naive",
+                "score  ours (defaults)", "score  ours --precision fp32", "LA eval (71,237 files)"):  # fmt: skip
         assert row in out, row
-    assert "matmul peak (fp32)" in out and "compute limit" in out and "of limit" in out
+    assert "matmul peak (fp32)" in out and "matmul peak (bf16)" in out and "compute limit fp32" in out
+    assert out.count("ours (defaults) chose settings: ") == 2 and "measured per train step of 2 x" in out
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    ours = next(r for r in rows if r["pipeline"] == "ours" and r["what"] == "train")
+    ours = next(r for r in rows if r["pipeline"] == "ours --precision fp32" and r["what"] == "train")
     assert ours["samples"] == 4 and np.isfinite(ours["loss"]) and ours["peak_bytes"] > 0  # train_one_epoch's own result
+    assert (ours["bf16"], ours["channels_last"]) == (False, True)
+    assert next(r for r in rows if r["pipeline"] == "ours --precision bf16")["bf16"]
     assert (tmp_path / "score" / "scores_eval.txt").is_file()
+
+
+def test_bench_of_limit_is_against_the_peak_of_the_rows_own_precision():
+    peak, flops = {"fp32": 2e12, "bf16": 8e12}, {"train": 1e9, "forward": 0.5e9}
+    assert bench.peak_limit(peak, flops, "train") == 2000 and bench.peak_limit(peak, flops, "train", True) == 8000
+    assert bench.peak_limit({"tf32": 4e12, "bf16": 8e12}, flops, "forward") == 8000  # CUDA: fp32 rows run as TF32
+    rows = [dict(what="train", pipeline="naive", samples=10, seconds=10.0, peak_bytes=1, memory="RSS", bf16=False),
+            dict(what="train", pipeline="ours --precision bf16", samples=80, seconds=10.0, peak_bytes=1, memory="RSS",
+                 bf16=True, channels_last=True)]  # fmt: skip
+    table = bench.format_table(rows, "cpu", peak, flops)
+    assert "naive                    fp32" in table and "bf16/cl" in table
+    assert [line.split()[-1] for line in table.splitlines()[-2:]] == ["0%", "0%"]  # 1/2000 and 8/8000 round to 0 %
+    rows[1]["samples"] = 4000 * 10
+    assert table != (table := bench.format_table(rows, "cpu", peak, flops)) and table.splitlines()[-1].endswith("50%")
 
 
 @pytest.mark.parametrize("flag", ["--naive-n", "--train-pool", "--gpu-eval-files", "--batch-size"])
@@ -3027,9 +3270,10 @@ def test_bench_gpu_check_runs_every_step_at_toy_size_on_the_cpu(tmp_path, capsys
     bench.main(["--device", "cpu", "--what", "gpu", "--num-workers", "0", "--files-dir", str(tmp_path),
                 "--real-root", str(real) if real else str(tmp_path / "none")])  # fmt: skip
     out = capsys.readouterr().out
-    for step in ("train bf16, --cache-audio", "train fp32 (TF32)", "torch.compile", "loader only, 0 workers",
-                 "score 40 eval-size files end to end", "real run"):  # fmt: skip
+    for step in ("train, no flags (the measured choice)", "train bf16, --cache-audio", "train fp32 (TF32)",
+                 "torch.compile", "loader only, 0 workers", "score 40 eval-size files end to end", "real run"):  # fmt: skip
         assert step in out, step
+    assert out.count("  chose settings: ") == 2  # the choice made for training and for scoring
     failed = [line for line in out.splitlines() if "failed" in line and "torch.compile" not in line]
     assert not failed, failed  # (torch.compile may be unavailable on a machine without a compiler)
     if real:

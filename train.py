@@ -78,6 +78,7 @@ from model import (
     use_channels_last,
     waves_to_logits,
 )
+from tune import Settings, choose_settings
 from vocoders import (
     VOCODED_CACHE,
     VOCODERS,
@@ -760,12 +761,32 @@ def resume_into(ckpt: dict, args: argparse.Namespace, run_dir: Path, model, opti
     return state
 
 
+def choose_run_settings(
+    args: argparse.Namespace, frontend, device: torch.device, job_steps: int | None = None
+) -> Settings:
+    """Settle --precision auto and the memory format for this run (`tune.choose_settings`, mode "train", at the
+    run's batch and input length; the run's `job_steps` bound its cost) and write the choice into `args` (precision
+    "fp32"/"bf16", channels_last a bool), which the training step, dev scoring and `make_model` then read. Under torchrun rank 0 measures and prints,
+    every rank takes its choice. The global RNG streams are left as they were (the probe model is built in a fork)."""
+    settings = None
+    if is_main():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            head = "asoftmax" if args.loss == "asoftmax" else "linear"
+            probe = LCNN(frontend.n_bins, args.num_frames, args.dropout, head, args.margin)
+        shape = (args.batch_size, frontend.num_samples(args.num_frames))
+        settings = choose_settings(probe, frontend, device, shape, "train", args.precision, args.channels_last,
+                                   job_steps=job_steps)  # fmt: skip
+        print(settings.describe(), flush=True)
+    settings = gather_objects(settings)[0]
+    args.precision, args.channels_last = settings.precision, settings.channels_last
+    return settings
+
+
 def train(args: argparse.Namespace) -> list[dict]:
     """Train as the flags say; returns the history (one metrics dict per epoch). Reads top to bottom as nanoGPT's:
     set-up -> data -> model (scratch or resume) -> for each epoch: train, score dev, write the epoch."""
     flags = {k: v for k, v in vars(args).items() if k != "resume_changes"}  # as given: args.json, checkpoints
     device = setup_distributed(args.device)
-    args.channels_last = use_channels_last(args.channels_last, device)
     use_bf16(args.precision, device)  # a bad --precision fails here, before any work
     torch.manual_seed(args.seed + rank())  # per-rank offset: dropout and augmentation differ between ranks
     np.random.seed(args.seed + rank())
@@ -780,6 +801,10 @@ def train(args: argparse.Namespace) -> list[dict]:
     # files --skip-bad left out before the first epoch (missing, empty, undecodable): counted in every epoch's n_bad
     n_left_out = len(train_loader.dataset.skipped) + len(dev_loader.dataset.skipped)
 
+    # precision and memory format: the flags, the cache, or a measurement of the real step (printed)
+    choose_run_settings(args, frontend, device, args.epochs * len(train_loader))
+    # precision and memory format: the flags, the cache, or a measurement of the real step (printed)
+    choose_run_settings(args, frontend, device, args.epochs * len(train_loader))
     # model, optimiser, scheduler: from scratch or from the checkpoint
     raw_model, optimizer, scheduler = make_model(args, frontend.n_bins, device)
     state = resume_into(ckpt, args, run_dir, raw_model, optimizer, scheduler) if ckpt else RunState()

@@ -861,3 +861,94 @@ def find_unkeyed_audio(corpus: Corpus) -> list[Problem]:
                 problems.append(Problem(d.name.rsplit(".", 1)[0], os.path.join(folder, d.name),
                                         f"no key: {corpus.key_file.name} does not list it"))  # fmt: skip
     return problems
+
+
+def add_corpus_args(parser) -> None:
+    """--corpus and --subset, for the scripts that read a labelled set (data.py --check, evaluate.py, metrics.py);
+    not in `cli.add_common_args`, because train.py and explain.py read only ASVspoof 2019 LA."""
+    g = parser.add_argument_group("corpus")
+    g.add_argument("--corpus", choices=CORPORA,
+                   help="the corpus at --data-root (default: detected from what is on disk)")  # fmt: skip
+    g.add_argument("--subset", help="LA21/DF21: eval (default), progress, hidden_track or all; ASVspoof 5: the "
+                   "protocol (train, dev, eval or its path); LA19 takes --split")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- your own files as an In-the-Wild folder
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    """One file of a set to write in the In-the-Wild format (`write_itw_corpus`)."""
+
+    path: str  # the audio, anywhere
+    speaker: str
+    key: str  # any label word `normalise_label` takes
+    source: str  # where it comes from (a metadata column for --by source)
+
+
+def write_itw_corpus(out: str | os.PathLike, files: Sequence[LabelledFile], link: bool = True) -> Path:
+    """Write a labelled set in the In-the-Wild format: `out/meta.csv` (`file,speaker,label,source`, labels
+    `bona-fide` / `spoof` as In-the-Wild spells them) and the audio as `out/<n><suffix>`, symbolic links to the
+    originals (copies with `link=False` or where links fail). Reading it back is `read_itw(out)`.
+
+    Returns:
+        The meta.csv path (written atomically).
+    """
+    import csv
+    import io
+    import shutil
+
+    from cli import atomic_write
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "speaker", "label", "source"])
+    for n, f in enumerate(files):
+        name = f"{n}{Path(f.path).suffix.lower()}"
+        target = out / name
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        try:
+            if not link:
+                raise OSError("copy asked for")
+            target.symlink_to(os.path.abspath(f.path))
+        except OSError:
+            shutil.copyfile(f.path, target)
+        key = normalise_label(f.key, f"file {f.path}")
+        writer.writerow([name, f.speaker, "bona-fide" if key == "bonafide" else "spoof", f.source])
+    with atomic_write(out / "meta.csv") as fh:
+        fh.write(buf.getvalue())
+    return out / "meta.csv"
+
+
+def shared_cross_corpus(shared: str | os.PathLike, enrollment: int = 59) -> list[LabelledFile]:
+    """The project's real cross-corpus set, from ../shared/data (its README says what may be used how; heldout/ is
+    never read): bona fide = LibriVox (5), CMU ARCTIC (10), the Asterisk IVR prompts (40, 8 kHz telephone band), the
+    first `enrollment` ASVspoof 2019 LA enrollment segments (dev: 59) and the real half of the NII vocoded pair;
+    spoof = the 12 NII hn-sinc-NSF-vocoded CMU ARCTIC utterances and the vocoded half of the NII pair.
+
+    Raises:
+        FileNotFoundError: a source folder missing under `shared`.
+    """
+    root = Path(shared)
+    parts = [
+        ("speech/librivox_pocketsphinx", "*.wav", "bonafide", "librivox", lambda p: "librivox_austen"),
+        ("speech/cmu_arctic", "*.wav", "bonafide", "cmu_arctic", lambda p: p.name.split("_")[0]),
+        ("speech/asterisk_allison_8k", "*.wav", "bonafide", "asterisk_ivr", lambda p: "allison"),
+        ("asvspoof2019_la_enrollment/dev", "*.flac", "bonafide", "la19_enrollment", lambda p: p.name[:7]),
+        ("vocoded_pairs/nii_wave_replacement/real", "*.flac", "bonafide", "nii_pair_real", lambda p: p.stem[:5]),
+        ("vocoded_pairs/nii_nsf_arctic_outputs/hn-sinc-nsf-10", "*.wav", "spoof", "nii_nsf_arctic",
+         lambda p: p.name.split("_")[0]),
+        ("vocoded_pairs/nii_wave_replacement/voc", "*.flac", "spoof", "nii_pair_vocoded", lambda p: p.stem[:5]),
+    ]  # fmt: skip
+    files = []
+    for folder, pattern, key, source, speaker in parts:
+        if not (root / folder).is_dir():
+            raise FileNotFoundError(f"{root / folder} is missing: expected ../shared/data's {source} audio")
+        found = sorted((root / folder).glob(pattern))
+        if source == "la19_enrollment":
+            found = found[:enrollment]
+        files += [LabelledFile(str(p), speaker(p), key, source) for p in found]
+    return files

@@ -1,6 +1,7 @@
 """data.py -- the data pipeline: audio I/O, crop/pad/augment, front-ends, the Dataset and its bad-file policy.
 
     python data.py --data-root ROOT --check [--split S] [--json] [--deep]
+    python data.py --data-root DIR --check [--corpus la21|df21|itw|asv5|kaldi|folders|csv] [--subset S]
     python data.py --data-root ROOT --show LA_T_4179989 --out item.png
     python data.py --download --to DIR [--source datashare|kaggle|vocv4] [--url URL]   (download.py, then --check)
 
@@ -50,11 +51,14 @@ from corpora import (
     LALayout,
     Problem,
     ProtocolEntry,
+    add_corpus_args,
     check_split,
+    detect_corpus,
     find_la_root,
     find_unkeyed_audio,
     find_utterance,
     read_cm_protocol,
+    read_corpus,
 )
 
 SAMPLE_RATE = 16_000
@@ -509,9 +513,10 @@ def find_present(
 
 
 def check_audio_file(
-    path: str | os.PathLike, deep: bool = False, sample_rate: int = SAMPLE_RATE, silence_peak: float = 1e-4
+    path: str | os.PathLike, deep: bool = False, sample_rate: int | None = SAMPLE_RATE, silence_peak: float = 1e-4
 ) -> tuple[float, list[str]]:
     """Check one audio file: header (rate, channels, length) and truncation; with `deep`, decode it all.
+    `sample_rate` None accepts any rate and channel count (other corpora: `load_audio` resamples and downmixes).
 
     The fast check reads the header, then seeks to the last 4,096 samples the header promises and decodes them:
     a truncated FLAC keeps a valid header, but libsndfile fails to seek or lose sync past the cut (this catches a
@@ -533,9 +538,9 @@ def check_audio_file(
     with f:
         frames, sr, channels = f.frames, f.samplerate, f.channels
         problems = []
-        if sr != sample_rate:
+        if sample_rate is not None and sr != sample_rate:
             problems.append(f"wrong sample rate: {sr} Hz, expected {sample_rate} Hz")
-        if channels != 1:
+        if sample_rate is not None and channels != 1:
             problems.append(f"{channels} channels, expected mono")
         if frames == 0:
             return 0.0, problems + ["empty: the header declares 0 samples"]
@@ -562,10 +567,10 @@ def check_audio_file(
 CHECK_CHUNK = 256  # files per task of the --check worker processes
 
 
-def _check_chunk(job: tuple[list[str], bool]) -> list[tuple[float, list[str]]]:
+def _check_chunk(job: tuple[list[str], bool, int | None]) -> list[tuple[float, list[str]]]:
     """`check_audio_file` on a list of paths (one task of a --check worker process)."""
-    paths, deep = job
-    return [check_audio_file(p, deep) for p in paths]
+    paths, deep, sample_rate = job
+    return [check_audio_file(p, deep, sample_rate) for p in paths]
 
 
 def check_audio_files(
@@ -574,6 +579,7 @@ def check_audio_files(
     workers: int | None = None,
     label: str = "check",
     progress: bool = True,
+    sample_rate: int | None = SAMPLE_RATE,
 ) -> tuple[list[Problem], list[float]]:
     """`check_audio_file` on these (utt_id, path) pairs, in worker processes, with a progress line.
 
@@ -590,7 +596,7 @@ def check_audio_files(
     ids, paths = [u for u, _ in items], [str(p) for _, p in items]
     bar = Progress(len(paths), label) if progress and len(paths) > 1000 else None
     workers = workers or min(4, os.cpu_count() or 1)
-    jobs = [(paths[k : k + CHECK_CHUNK], deep) for k in range(0, len(paths), CHECK_CHUNK)]
+    jobs = [(paths[k : k + CHECK_CHUNK], deep, sample_rate) for k in range(0, len(paths), CHECK_CHUNK)]
     problems, durations = [], []
     pool = None
     if workers > 1 and len(paths) >= 2048:
@@ -599,7 +605,7 @@ def check_audio_files(
         pool = ProcessPoolExecutor(workers, mp_context=context)
     try:
         results = pool.map(_check_chunk, jobs) if pool else map(_check_chunk, jobs)
-        for k, ((chunk, _), found_chunk) in enumerate(zip(jobs, results)):
+        for k, ((chunk, _, _), found_chunk) in enumerate(zip(jobs, results)):
             for utt, path, (duration, found) in zip(ids[k * CHECK_CHUNK :], chunk, found_chunk):
                 durations.append(duration)
                 problems += [Problem(utt, path, what) for what in found]
@@ -684,15 +690,16 @@ def check_corpus(corpus: Corpus, deep: bool = False, workers: int | None = None,
     Returns:
         `check_dataset`'s report with one block, named by the corpus and subset, and "corpus": its name.
     """
+    official = corpus.name in OFFICIAL_CORPORA
     problems = list(corpus.problems)
     items = [(e.utt_id, e.path) for e in corpus.entries]
     missing = find_missing_paths(items, corpus.key_file.name)
     gone = {p.utt_id for p in missing} | {p.utt_id for p in problems if p.missing}
     gone_folders = {p.path for p in missing if p.utt_id is None}
     todo = [(u, p) for u, p in items if u not in gone and os.path.dirname(p) not in gone_folders]
-    found, durations = check_audio_files(todo, deep, workers, f"check {corpus.name}", progress)
+    rate = SAMPLE_RATE if official else None  # the official sets are 16 kHz mono; a user's set is resampled
+    found, durations = check_audio_files(todo, deep, workers, f"check {corpus.name}", progress, rate)
     unkeyed = find_unkeyed_audio(corpus)
-    official = corpus.name in OFFICIAL_CORPORA
     problems += missing + found + ([] if official else unkeyed)
     keys = Counter(e.key for e in corpus.entries)
     systems = Counter(e.system for e in corpus.entries if e.key == "spoof")
@@ -1099,6 +1106,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="--check: print one JSON object instead of the table")
     g.add_argument("--deep", action="store_true", help="--check: decode every file instead of headers and file ends")
     g.add_argument("--out", metavar="FILE.png", help="--show: the picture to write")
+    add_corpus_args(parser)
     add_download_args(parser.add_argument_group("--download (download.py)"))
     return parser
 
@@ -1107,11 +1115,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     belongs = {"--split": "check", "--json": "check", "--deep": "check", "--out": "show", "--to": "download",
-               "--url": "download", "--keep-archive": "download"}  # fmt: skip
+               "--url": "download", "--keep-archive": "download", "--corpus": "check", "--subset": "check"}  # fmt: skip
     for flag, action in belongs.items():
         if getattr(args, flag[2:].replace("-", "_")) not in (None, False) and not getattr(args, action):
             parser.error(f"{flag} goes with --{action}")  # a flag-combination error: exit 2, as argparse's own
     if args.check:
+        name = args.corpus or (detect_corpus(args.data_root) if args.data_root else "la19")
+        if name != "la19":
+            if args.split:
+                raise ValueError(f"--split {args.split} is for ASVspoof 2019 LA; the {name} corpus takes --subset")
+            report = check_corpus(read_corpus(args.data_root, name, args.subset), args.deep, args.num_workers)
+            print(json.dumps(report, indent=2) if args.json else format_check_report(report))
+            return 1 if report["problems"] else 0
+        if args.subset:
+            raise ValueError(f"--subset {args.subset}: ASVspoof 2019 LA takes --split (train, dev, eval)")
         report = check_dataset(args.data_root, [args.split] if args.split else SPLITS, args.deep, args.num_workers)
         print(json.dumps(report, indent=2) if args.json else format_check_report(report))
         return 1 if report["problems"] else 0

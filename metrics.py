@@ -767,6 +767,45 @@ def fit_calibration(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCos
     return Calibration(a=a, b=float(theta[1] - a * mean), prior=prior, n_bonafide=bona.size, n_spoof=spoof.size)
 
 
+def calibration_effect(
+    calibration: Calibration, bonafide_scores: Any, spoof_scores: Any, costs: DetectionCosts = ASVSPOOF5_COSTS
+) -> dict[str, tuple[float, float]]:
+    """What a calibration does to a set of scores: {"eer" (percent), "min_dcf", "act_dcf", "cllr": (raw, calibrated)}.
+    EER and minDCF must not move (the map is increasing); actDCF and Cllr say how well calibrated each side is."""
+    bona, spoof = _as_scores(bonafide_scores, "bona fide scores"), _as_scores(spoof_scores, "spoof scores")
+    out = {}
+    for name, fn in (("eer", lambda b, s: 100 * compute_eer(b, s)[0]), ("min_dcf", compute_min_dcf),
+                     ("act_dcf", compute_act_dcf), ("cllr", compute_cllr)):  # fmt: skip
+        args = () if name in ("eer", "cllr") else (costs,)
+        out[name] = (fn(bona, spoof, *args), fn(calibration.apply(bona), calibration.apply(spoof), *args))
+    return out
+
+
+def describe_calibration(calibration: Calibration, effect: dict[str, tuple[float, float]] | None = None) -> str:
+    """One line: the map, what it was fitted on and (with `effect`) what it does to actDCF and Cllr."""
+    text = (f"llr = {calibration.a:.6g} * score {calibration.b:+.6g} (prior-weighted logistic regression at bona fide "
+            f"prior {calibration.prior:.4f}, on {calibration.n_bonafide:,} bona fide + {calibration.n_spoof:,} spoof "
+            "scores)")  # fmt: skip
+    if effect:
+        text += (f"; on those scores actDCF {effect['act_dcf'][0]:.4f} -> {effect['act_dcf'][1]:.4f}, Cllr "
+                 f"{effect['cllr'][0]:.4f} -> {effect['cllr'][1]:.4f} bits (EER {effect['eer'][0]:.3f} % and minDCF "
+                 f"{effect['min_dcf'][0]:.4f} unchanged)")  # fmt: skip
+    return text
+
+
+def fit_dev_calibration(scores: Any, keys: Any) -> tuple[dict[str, float | int] | None, str]:
+    """The calibration train.py stores in a checkpoint, fitted on its epoch's dev scores: (`Calibration.to_dict()`,
+    a line describing it), or (None, why not) when `fit_calibration` refuses (a CM at chance ranks spoof above bona
+    fide in early epochs) -- a checkpoint without calibration still scores, as raw scores."""
+    values, keys = _to_numpy(scores).astype(np.float64), np.asarray(_to_numpy(keys)).astype(str)
+    bona, spoof = values[keys == "bonafide"], values[keys == "spoof"]
+    try:
+        calibration = fit_calibration(bona, spoof)
+    except (ValueError, RuntimeError) as e:
+        return None, f"no calibration fitted: {e}"
+    return calibration.to_dict(), describe_calibration(calibration, calibration_effect(calibration, bona, spoof))
+
+
 # --- per-attack EER -----------------------------------------------------------------------------
 
 

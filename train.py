@@ -59,7 +59,7 @@ from data import (
     count_bad,
     make_frontend,
 )
-from metrics import compute_eer, write_score_file
+from metrics import compute_eer, fit_dev_calibration, write_score_file
 from model import (
     LCNN,
     add_model_args,
@@ -737,6 +737,7 @@ def train(args: argparse.Namespace) -> list[dict]:
               f"train {len(train_loader.dataset):,} / dev {n_dev:,} files, {world_size()} process(es) on {device}", flush=True)  # fmt: skip
     writer = open_tensorboard(run_dir) if is_main() else None
 
+    best_calibration = "as stored in best.pt (fitted before this resume)"
     pending = ckpt.get("dev_pending") if ckpt else None  # an epoch trained, its dev scoring not done
     if is_main() and start_epoch >= args.epochs and not pending:
         print(f"{args.resume} already holds {start_epoch} epochs (--epochs {args.epochs}): nothing to train")
@@ -786,6 +787,10 @@ def train(args: argparse.Namespace) -> list[dict]:
         metrics.update(best_dev_eer=best[0], best_epoch=best[1])
         history.append(metrics)
         checkpoint = checkpoint_now(epoch)
+        # issue 16: each checkpoint carries llr = a * score + b fitted on its own epoch's dev scores, so best.pt holds
+        # the selected epoch's calibration even when the run is interrupted (evaluate.py writes LLRs with it)
+        checkpoint["calibration"], calibration_line = fit_dev_calibration(scores["score"], scores["key"])
+        best_calibration = calibration_line if best[1] == epoch else best_calibration
         if is_main():
             write_epoch(run_dir, checkpoint, scores, title, writer)
             left = (time.monotonic() - run_start) / max(epoch - start_epoch, 1) * (args.epochs - epoch)
@@ -801,6 +806,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         writer.close()
     if is_main() and history:
         print(f"done: best dev EER {best[0]:.2f} % at epoch {best[1]}; {run_dir / 'best.pt'}", flush=True)
+        print(f"calibration in best.pt (epoch {best[1]} dev scores): {best_calibration}", flush=True)
     return history
 
 

@@ -1001,7 +1001,9 @@ def test_audio_dataset_scores_entries_of_any_corpus_and_names_missing_files(tmp_
     x, label, utt, system, _ = ds[2]
     assert x.shape == (16000,) and label == 0 and utt == "clips/c2" and system == "tts"
     Path(corpus.entries[1].path).unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 problem\(s\) in the 4 csv files listed in key.tsv, first: .*c1.flac"):
+    with pytest.raises(
+        FileNotFoundError, match=r"1 problem\(s\) in the 4 csv files listed in key.tsv, first: .*c1.flac"
+    ):
         data.AudioDataset(corpus.entries, 16000, name="csv", source=corpus.key_file.name)
     kept = data.AudioDataset(corpus.entries, 16000, skip_bad=True, name="csv", source="key.tsv")
     assert len(kept) == 3 and kept.problems[0].utt_id == "clips/c1"

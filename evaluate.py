@@ -312,17 +312,20 @@ def read_partial(out: Path, run_info: dict, by_id: dict[str, ProtocolEntry]) -> 
     return dict(zip(saved.utt_id.tolist(), saved.score.tolist()))
 
 
-def write_scores(
-    path: Path, entries: Sequence[ProtocolEntry], scores: dict[str, float], calibration: Calibration | None = None
-) -> Path:
-    """Write the scored entries in protocol order, atomically (`metrics.write_score_file`); with `calibration`,
-    as LLRs (a * score + b)."""
+def write_scores(path: Path, entries: Sequence[ProtocolEntry], scores: dict[str, float]) -> Path:
+    """Write the scored entries in protocol order, atomically (`metrics.write_score_file`)."""
     done = [e for e in entries if e.utt_id in scores]
-    values = np.array([scores[e.utt_id] for e in done], dtype=np.float64)
     return metrics.write_score_file(
         path, [e.utt_id for e in done], [e.system for e in done], [e.key for e in done],
-        calibration.apply(values) if calibration is not None else values,
+        np.array([scores[e.utt_id] for e in done], dtype=np.float64),
     )  # fmt: skip
+
+
+def calibrated(scores: dict[str, float], calibration: Calibration | None) -> dict[str, float]:
+    """{utt id: LLR a * score + b} with a calibration, the raw scores without one."""
+    if calibration is None:
+        return scores
+    return dict(zip(scores, calibration.apply(list(scores.values())).tolist()))
 
 
 def check_score_file(path: Path, expected: Sequence[ProtocolEntry]) -> metrics.ScoreFile:
@@ -394,13 +397,16 @@ def score_dataset(
     skip_bad: bool = False,
     full_length: bool = False,
     progress: str | None = None,
+    multiprocessing_context: str | None = None,
 ) -> list[BadAudio]:
     """Score the items of a waveform dataset (frontend=None) in order into `scores` {utt_id: score}.
 
     DataLoader workers decode and crop/pad; `scorer` makes features and logits per batch on its device. `save()`
     runs every `save_every` batches. Unusable files are `data.BadAudio` items under the one policy
     (`data.count_bad`): skipped and returned with `skip_bad`, else the first stops the run naming the file.
-    `progress` labels the progress line (None: no progress line).
+    `progress` labels the progress line (None: no progress line). `multiprocessing_context` ("spawn", "fork") is
+    the workers' start method (None: the platform's; spawn is macOS's and Windows', so everything a worker gets --
+    dataset, collate_fn -- must pickle).
 
     Returns:
         The files skipped as unusable.
@@ -413,6 +419,7 @@ def score_dataset(
         collate_fn=collate_first_whole if full_length else collate,
         pin_memory=scorer.device.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None,
+        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
     )
     bar = Progress(len(ds), progress, unit="files") if progress else None
     skipped: list[BadAudio] = []
@@ -580,7 +587,7 @@ def score_trials(
         expected = [e for e in entries if e.utt_id in scores]
         if not expected:
             raise RuntimeError(f"no {name} file could be scored ({len(skipped):,} missing or unusable)")
-        write_scores(out, entries, scores, calibration)
+        write_scores(out, entries, calibrated(scores, calibration))
         checked = check_score_file(out, expected)
     except BaseException:
         save_partial()  # Ctrl-C, SIGTERM, a bad file or a failed write: what was scored is kept for the next run
@@ -650,7 +657,7 @@ class Decision:
 
     @property
     def threshold(self) -> float:
-        return metrics.bayes_threshold(self.costs) if self.calibration is not None else 0.0
+        return metrics.bayes_threshold(self.costs) + 0.0 if self.calibration is not None else 0.0  # + 0.0: no "-0"
 
     def rule(self) -> str:
         c = self.costs
@@ -954,8 +961,8 @@ def main(argv: list[str] | None = None) -> int:
     if result["asv_note"]:
         print(result["asv_note"], file=sys.stderr)
     title = (
-        f"{args.ckpt} on {label}: {len(sf):,} {'LLRs' if calibration else 'raw scores'} "
-        f"({sf.bonafide_scores.size:,} bona fide, {sf.spoof_scores.size:,} spoof) in {out}; {res.n_scored:,} scored "
+        f"{args.ckpt} on {label}: {len(sf):,} scores ({sf.bonafide_scores.size:,} bona fide, "
+        f"{sf.spoof_scores.size:,} spoof), {'LLRs' if calibration else 'raw'}, in {out}; {res.n_scored:,} scored "
         f"at {res.files_per_s:.1f} files/s"
         + (f", {res.n_resumed:,} resumed" if res.n_resumed else "")
         + (f"; {len(res.skipped):,} skipped (missing/unreadable)" if res.skipped else "")

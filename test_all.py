@@ -1930,6 +1930,54 @@ def test_asv5_writers_refuse_bad_ids_and_labels(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+# --- metrics.py against any corpus's key: breakdowns (issue 16) ---
+
+
+def test_eer_by_column_compares_one_class_values_with_the_whole_other_class():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=12)
+    keys = np.array(["bonafide"] * 6 + ["spoof"] * 6)
+    groups = np.array(["libri"] * 3 + ["ivr"] * 3 + ["nsf"] * 4 + ["pair"] * 2)  # sources: one class each
+    table = metrics.eer_by_column(scores, keys, groups)
+    assert list(table) == ["ivr", "libri", "nsf", "pair"]
+    assert table["libri"].eer == metrics.compute_eer(scores[:3], scores[6:])[0]  # its bona fide vs every spoof
+    assert table["nsf"].eer == metrics.compute_eer(scores[:6], scores[6:10])[0]  # its spoofs vs every bona fide
+    assert (table["pair"].n_bonafide, table["pair"].n_spoof) == (6, 2)
+    codec = np.array(["mp3", "none"] * 6)  # both classes in each value: its own trials only
+    both = metrics.eer_by_column(scores, keys, codec)
+    assert both["mp3"].eer == metrics.compute_eer(scores[0:6:2], scores[6::2])[0]
+    attack = np.where(keys == "bonafide", "-", "A07")  # the attack column: "-" is the bona fide pool, not a row
+    assert list(metrics.eer_by_column(scores, keys, attack)) == ["A07"]
+
+
+def test_metrics_cli_measures_a_score_file_against_any_corpus_with_by(tmp_path, capsys):
+    corpus = corpora.read_corpus(_make_corpus(tmp_path / "c", "csv"))
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=len(corpus.entries)) + np.array([e.label for e in corpus.entries])
+    path = metrics.write_score_file(tmp_path / "s.txt", [e.utt_id for e in corpus.entries],
+                                    [e.system for e in corpus.entries], [e.key for e in corpus.entries], values)  # fmt: skip
+    metrics.main(["--scores", str(path), "--data-root", str(corpus.root), "--by", "source", "--by", "attack", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    expected = metrics.evaluate_scores(metrics.read_score_file(path))
+    for key in ("eer", "min_dcf", "act_dcf", "cllr", "n_bonafide", "n_spoof"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-12), key
+    assert result["min_tdcf"] is None and set(result["breakdown"]) == {"source", "attack"}
+    src = np.array([e.column("source") for e in corpus.entries])
+    keys = np.array([e.key for e in corpus.entries])
+    own = metrics.compute_eer(
+        values[(src == "src0") & (keys == "bonafide")], values[(src == "src0") & (keys == "spoof")]
+    )
+    assert result["breakdown"]["source"]["src0"]["eer"] == pytest.approx(100 * own[0])
+    metrics.main(["--scores", str(path), "--data-root", str(corpus.root), "--by", "source"])
+    report = capsys.readouterr().out
+    assert "csv has no ASV scores" in report and "src1" in report
+    with pytest.raises(ValueError, match=r"--by codec: the key has no 'codec' column \(columns: attack, source"):
+        metrics.main(["--scores", str(path), "--data-root", str(corpus.root), "--by", "codec"])
+    short = metrics.write_score_file(tmp_path / "short.txt", ["clips/c0"], ["-"], ["bonafide"], [0.0])
+    with pytest.raises(ValueError, match=r"short.txt does not match key.tsv: 3 of its 4 trials missing"):
+        metrics.main(["--scores", str(short), "--data-root", str(corpus.root)])
+
+
 # ---------------------------------------- model.py and train.py ----------------------------------------
 
 
@@ -2212,6 +2260,18 @@ def test_checkpoint_is_a_plain_dict_that_loads_with_weights_only(train_small_run
     assert not net.training and loaded["epoch"] == loaded["best_epoch"] and best.frontend is None
     history = _train_metrics(train_small_run)
     assert loaded["best_dev_eer"] == min(h["dev_eer"] for h in history)
+
+
+def test_each_checkpoint_carries_the_calibration_of_its_dev_scores(train_small_run):
+    """issue 16: llr = a * score + b fitted on the epoch's own dev scores, stored as plain numbers."""
+    last = torch.load(train_small_run / "last.pt", weights_only=True)
+    dev = metrics.read_score_file(train_small_run / "dev_scores.txt")  # the last epoch's dev scores
+    expected, _ = metrics.fit_dev_calibration(dev.score, dev.key)
+    assert "calibration" in last and last["calibration"] == expected
+    if expected is not None:
+        assert metrics.Calibration.from_dict(last["calibration"]).n_bonafide == dev.bonafide_scores.size
+    best = torch.load(train_small_run / "best.pt", weights_only=True)
+    assert "calibration" in best
 
 
 def test_resume_reaches_the_metrics_of_an_uninterrupted_run(train_small_run, tmp_path):
@@ -3073,6 +3133,98 @@ def test_flags_that_contradict_the_checkpoint_are_refused(evaluate_ckpt, monkeyp
         evaluate.main(["--ckpt", str(evaluate_ckpt), "--save-every", "0"])
     with pytest.raises(ValueError, match="p_spoof must be in"):
         evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--p-spoof", "2"])
+
+
+# --- evaluate.py: any corpus, calibrated scores (issue 16) ---
+
+
+def test_evaluate_scores_a_corpus_resumably_and_writes_the_asvspoof5_pair(evaluate_ckpt, tmp_path, capsys):
+    corpus = corpora.read_corpus(_make_corpus(tmp_path / "itw", "itw"))
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    inner = scorer.model
+    scorer.model = _EvaluateCounting(inner, fail_after=1)  # dies after the first batch of 2
+    out = tmp_path / "s.txt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        evaluate.score_corpus(scorer, corpus, out, batch_size=2, num_workers=0, save_every=1, progress=False)
+    assert len(metrics.read_score_file(out.with_name("s.txt.partial"))) == 2
+    scorer.model = _EvaluateCounting(inner)
+    res = evaluate.score_corpus(scorer, corpus, out, batch_size=2, num_workers=0, progress=False)
+    assert (res.n_resumed, res.n_scored, scorer.model.items) == (2, 2, 2)
+    assert [str(u) for u in res.scores.utt_id] == [e.utt_id for e in corpus.entries]  # key-file order, 4 columns
+    assert list(res.scores.system) == [e.system for e in corpus.entries] and not out.with_name("s.txt.partial").exists()
+    # the command line: detected corpus, raw scores said so, the ASVspoof 5 pair, the JSON fields
+    asv5 = tmp_path / "asv5.tsv"
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--out", str(tmp_path / "cli.txt"),
+                   "--asv5-out", str(asv5), "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["corpus"] == "itw" and result["calibrated"] is False and "scores are RAW" in captured.err
+    for key in ("eer", "min_dcf", "act_dcf", "cllr", "n_bonafide", "n_spoof"):
+        assert key in result
+    assert asv5.read_text().splitlines()[0] == "filename\tcm-score"
+    pair = metrics.read_asv5_scores(asv5, tmp_path / "asv5_keys.tsv")
+    np.testing.assert_array_equal(pair.score, metrics.read_score_file(tmp_path / "cli.txt").score)
+    with pytest.raises(ValueError, match="--split dev is for ASVspoof 2019 LA; the itw corpus takes --subset"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--split", "dev"])
+    with pytest.raises(ValueError, match="--calibrated: .* holds no calibration"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--calibrated"])
+
+
+def test_scoring_loader_works_with_spawned_workers(evaluate_ckpt, tmp_path):
+    """The DataLoader's dataset and collate_fn pickle: workers started by spawn (macOS, Windows) score 3 files."""
+    corpus = corpora.read_corpus(_make_corpus(tmp_path / "f", "folders"))
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    ds = data.AudioDataset(corpus.entries[:3], scorer.num_samples, pad=scorer.pad)
+    for full_length in (False, True):
+        scores: dict[str, float] = {}
+        evaluate.score_dataset(scorer, ds, scores, 2, 1, 100, lambda: None, full_length=full_length,
+                               multiprocessing_context="spawn")  # fmt: skip
+        assert sorted(scores) == sorted(e.utt_id for e in corpus.entries[:3])
+        assert all(np.isfinite(v) for v in scores.values())
+
+
+def test_old_checkpoint_scores_raw_then_calibrates_in_one_command(train_small_run, tmp_path, capsys):
+    """A checkpoint without calibration (trained before issue 16) loads and scores raw; --calibrate on dev stores one
+    (weights_only still loads it); then dev is written as LLRs: EER and minDCF unchanged, Cllr lower."""
+    old = torch.load(train_small_run / "best.pt", weights_only=True)
+    old.pop("calibration", None)
+    ckpt = tmp_path / "old.pt"
+    torch.save(old, ckpt)
+    assert evaluate.load_scorer(ckpt).calibration is None
+    base = ["--ckpt", str(ckpt), "--data-root", str(DEMO), "--split", "dev", "--num-workers", "0", "--json"]
+    evaluate.main([*base, "--out", str(tmp_path / "raw.txt")])
+    raw = json.loads(capsys.readouterr().out)
+    assert raw["calibrated"] is False and raw["n_scores"] == 80
+    evaluate.main(["--ckpt", str(ckpt), "--data-root", str(DEMO), "--calibrate", "--num-workers", "0",
+                   "--out", str(tmp_path / "dev_raw.txt")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "calibration stored in" in printed and "actDCF" in printed and "Cllr" in printed
+    stored = torch.load(ckpt, weights_only=True)["calibration"]
+    cal = metrics.Calibration.from_dict(stored)
+    dev = metrics.read_score_file(tmp_path / "dev_raw.txt")
+    assert cal == metrics.fit_calibration(dev.bonafide_scores, dev.spoof_scores)
+    evaluate.main([*base, "--out", str(tmp_path / "llr.txt")])
+    llr = json.loads(capsys.readouterr().out)
+    assert llr["calibrated"] is True
+    np.testing.assert_allclose(metrics.read_score_file(tmp_path / "llr.txt").score, cal.apply(dev.score))
+    assert llr["eer"] == pytest.approx(raw["eer"], abs=1e-9) and llr["min_dcf"] == pytest.approx(
+        raw["min_dcf"], abs=1e-9
+    )
+    assert llr["cllr"] < raw["cllr"]
+    # --files names the calibration, the prior and the costs, and decides at the Bayes threshold
+    flac = DEMO / "ASVspoof2019_LA_dev" / "flac" / "LA_D_1293230.flac"
+    evaluate.main(["--ckpt", str(ckpt), "--files", str(flac), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    row, decision = out["files"][0], out["decision"]
+    assert decision["calibrated"] and decision["threshold"] == pytest.approx(metrics.bayes_threshold())
+    assert row["llr"] == pytest.approx(cal.apply([row["score"]])[0])
+    assert row["p_bonafide"] == pytest.approx(1 / (1 + np.exp(-row["llr"] - np.log(0.95 / 0.05))))
+    assert row["verdict"] == ("bonafide" if row["llr"] >= metrics.bayes_threshold() else "spoof")
+    evaluate.main(["--ckpt", str(ckpt), "--files", str(flac), "--p-spoof", "0.5", "--c-fa", "1"])
+    table = capsys.readouterr().out
+    assert "bonafide when llr >= 0.0000" in table and "P(bona fide) = 0.5" in table
+    evaluate.main(["--ckpt", str(ckpt), "--files", str(flac), "--raw"])
+    assert "UNCALIBRATED" in capsys.readouterr().out
 
 
 # --- bench.py ---

@@ -7,6 +7,11 @@ Inside:
     file name: no folder separator, no '..');
   * ASVspoof 2019 LA: `parse_protocol_line`, `read_cm_protocol`, `LALayout` (official, parent and Kaggle layouts),
     `find_la_root`, `find_utterance`, `split_of_utt` (the split an utt id's prefix names);
+  * every corpus (issue 16): `normalise_label` (the one owner of label words), `resolve_audio_path` (the path rule
+    for key files that name their audio: inside --data-root), `Corpus`, one reader each -- `read_la19`, `read_la21`
+    (LA and DF), `read_itw`, `read_asv5`, `read_kaldi`, `read_folders`, `read_csv` --, `detect_corpus`,
+    `read_corpus` (what every script calls), `add_corpus_args` (--corpus, --subset), `find_unkeyed_audio`,
+    `write_itw_corpus` / `shared_cross_corpus` (a labelled set in the In-the-Wild format);
   * vocv4 (project09-voc.v4, Wang & Yamagishi, ICASSP 2023, arXiv:2210.10570): `Vocv4Entry`, `read_vocv4_protocol`,
     `vocv4_files`, `find_vocv4_files`, `find_vocv4_root`.
 

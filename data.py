@@ -13,7 +13,8 @@ Inside, in pipeline order:
     `add_input_args` (--frontend, --num-frames, --pad), `describe_frontend`;
   * checking a tree: `Problem`, `find_missing`, `find_present`, `check_audio_file(s)`, `check_split_files`,
     `check_dataset`, `format_check_report` (--check);
-  * the Dataset: `ASVspoof2019LA`, and the one policy for unreadable audio: `BadAudio`, `BadAudioError`,
+  * checking any corpus: `find_missing_paths`, `check_corpus` (--check --corpus NAME);
+  * the Dataset: `AudioDataset` (any corpus's entries) and `ASVspoof2019LA` on it, and the one policy for unreadable audio: `BadAudio`, `BadAudioError`,
     `count_bad`, `decode_all`, `collate`;
   * --show: `plot_item`; the command line.
 

@@ -1,6 +1,7 @@
 """data.py -- the data pipeline: audio I/O, crop/pad/augment, front-ends, the Dataset and its bad-file policy.
 
     python data.py --data-root ROOT --check [--split S] [--json] [--deep]
+    python data.py --data-root DIR --check [--corpus la21|df21|itw|asv5|kaldi|folders|csv] [--subset S]
     python data.py --data-root ROOT --show LA_T_4179989 --out item.png
     python data.py --download --to DIR [--source datashare|kaggle|vocv4] [--url URL]   (download.py, then --check)
 
@@ -12,7 +13,8 @@ Inside, in pipeline order:
     `add_input_args` (--frontend, --num-frames, --pad), `describe_frontend`;
   * checking a tree: `Problem`, `find_missing`, `find_present`, `check_audio_file(s)`, `check_split_files`,
     `check_dataset`, `format_check_report` (--check);
-  * the Dataset: `ASVspoof2019LA`, and the one policy for unreadable audio: `BadAudio`, `BadAudioError`,
+  * checking any corpus: `find_missing_paths`, `check_corpus` (--check --corpus NAME);
+  * the Dataset: `AudioDataset` (any corpus's entries) and `ASVspoof2019LA` on it, and the one policy for unreadable audio: `BadAudio`, `BadAudioError`,
     `count_bad`, `decode_all`, `collate`;
   * --show: `plot_item`; the command line.
 
@@ -28,6 +30,7 @@ Conventions used by every script of the collection:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -45,12 +48,18 @@ from torch.utils.data import Dataset
 from cli import ArgumentParser, Progress, add_common_args, format_seconds, run_cli
 from corpora import (
     SPLITS,
+    Corpus,
     LALayout,
+    Problem,
     ProtocolEntry,
+    add_corpus_args,
     check_split,
+    detect_corpus,
     find_la_root,
+    find_unkeyed_audio,
     find_utterance,
     read_cm_protocol,
+    read_corpus,
 )
 
 SAMPLE_RATE = 16_000
@@ -415,19 +424,6 @@ def add_input_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- checking a tree
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a tree: which utterance (None for a whole split), which path, and what is wrong."""
-
-    utt_id: str | None
-    path: str
-    problem: str
-    missing: bool = False  # the file (or folder) is absent or empty, as opposed to present and unreadable
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem}"
-
-
 def format_problems(problems: Sequence[Problem], limit: int = 50) -> str:
     """All problems, one per line (the first `limit`, then a count of the rest)."""
     lines = [f"  {p}" for p in problems[:limit]]
@@ -439,12 +435,12 @@ def format_problems(problems: Sequence[Problem], limit: int = 50) -> str:
 BROKEN_LINK = "broken symbolic link (dangling, or a loop): expected an audio file"
 
 
-def flac_sizes(folder: Path) -> dict[str, int]:
-    """Size in bytes of every .flac name in a folder, from one listing; -1 for a broken symbolic link (dangling, or a
-    loop), which must cost only that file, never the listing."""
+def flac_sizes(folder: Path, suffix: str | tuple[str, ...] = ".flac") -> dict[str, int]:
+    """Size in bytes of every .flac (or `suffix`) name in a folder, from one listing; -1 for a broken symbolic link
+    (dangling, or a loop), which must cost only that file, never the listing."""
     sizes = {}
     for d in os.scandir(folder):
-        if d.name.endswith(".flac"):
+        if d.name.endswith(suffix):
             try:
                 sizes[d.name] = d.stat().st_size
             except OSError:
@@ -482,6 +478,30 @@ def find_missing(layout: LALayout, split: str, entries: Sequence[ProtocolEntry])
     return problems
 
 
+def find_missing_paths(items: Sequence[tuple[str, str]], source: str) -> list[Problem]:
+    """`find_missing` for trials that name their own audio, (utt_id, path) pairs of any corpus: one directory listing
+    per folder; a folder that is absent is one problem naming it and how many files it should hold."""
+    by_folder: dict[str, list[tuple[str, str]]] = {}
+    for utt, path in items:
+        by_folder.setdefault(os.path.dirname(path), []).append((utt, path))
+    problems = []
+    for folder, pairs in by_folder.items():
+        if not os.path.isdir(folder):
+            what = f"missing folder: expected {len(pairs):,} audio file(s) listed in {source}"
+            problems.append(Problem(None, folder, what, missing=True))
+            continue
+        sizes = flac_sizes(Path(folder), "")
+        for utt, path in pairs:
+            size = sizes.get(os.path.basename(path))
+            if size is None:
+                problems.append(Problem(utt, path, f"missing: listed in {source}", True))
+            elif size < 0:
+                problems.append(Problem(utt, path, BROKEN_LINK, True))
+            elif size == 0:
+                problems.append(Problem(utt, path, "empty file (0 bytes)", True))
+    return problems
+
+
 def find_present(
     layout: LALayout, split: str, entries: Sequence[ProtocolEntry]
 ) -> tuple[list[Problem], list[ProtocolEntry]]:
@@ -494,9 +514,10 @@ def find_present(
 
 
 def check_audio_file(
-    path: str | os.PathLike, deep: bool = False, sample_rate: int = SAMPLE_RATE, silence_peak: float = 1e-4
+    path: str | os.PathLike, deep: bool = False, sample_rate: int | None = SAMPLE_RATE, silence_peak: float = 1e-4
 ) -> tuple[float, list[str]]:
     """Check one audio file: header (rate, channels, length) and truncation; with `deep`, decode it all.
+    `sample_rate` None accepts any rate and channel count (other corpora: `load_audio` resamples and downmixes).
 
     The fast check reads the header, then seeks to the last 4,096 samples the header promises and decodes them:
     a truncated FLAC keeps a valid header, but libsndfile fails to seek or lose sync past the cut (this catches a
@@ -518,9 +539,9 @@ def check_audio_file(
     with f:
         frames, sr, channels = f.frames, f.samplerate, f.channels
         problems = []
-        if sr != sample_rate:
+        if sample_rate is not None and sr != sample_rate:
             problems.append(f"wrong sample rate: {sr} Hz, expected {sample_rate} Hz")
-        if channels != 1:
+        if sample_rate is not None and channels != 1:
             problems.append(f"{channels} channels, expected mono")
         if frames == 0:
             return 0.0, problems + ["empty: the header declares 0 samples"]
@@ -547,22 +568,21 @@ def check_audio_file(
 CHECK_CHUNK = 256  # files per task of the --check worker processes
 
 
-def _check_chunk(job: tuple[list[str], bool]) -> list[tuple[float, list[str]]]:
+def _check_chunk(job: tuple[list[str], bool, int | None]) -> list[tuple[float, list[str]]]:
     """`check_audio_file` on a list of paths (one task of a --check worker process)."""
-    paths, deep = job
-    return [check_audio_file(p, deep) for p in paths]
+    paths, deep, sample_rate = job
+    return [check_audio_file(p, deep, sample_rate) for p in paths]
 
 
 def check_audio_files(
-    layout: LALayout,
-    split: str,
-    entries: Sequence[ProtocolEntry],
+    items: Sequence[tuple[str, str]],
     deep: bool = False,
     workers: int | None = None,
     label: str = "check",
     progress: bool = True,
+    sample_rate: int | None = SAMPLE_RATE,
 ) -> tuple[list[Problem], list[float]]:
-    """`check_audio_file` on the audio of these entries, in worker processes, with a progress line.
+    """`check_audio_file` on these (utt_id, path) pairs, in worker processes, with a progress line.
 
     Processes, not threads: most of the ~0.3 ms a file costs is Python around libsndfile, so threads serialise on
     the GIL (16 threads on 2 cores checked LA's 121,461 files in 53 s; two processes take half that). Chunks of
@@ -574,10 +594,10 @@ def check_audio_files(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    paths = [str(layout.entry_path(split, e)) for e in entries]
+    ids, paths = [u for u, _ in items], [str(p) for _, p in items]
     bar = Progress(len(paths), label) if progress and len(paths) > 1000 else None
     workers = workers or min(4, os.cpu_count() or 1)
-    jobs = [(paths[k : k + CHECK_CHUNK], deep) for k in range(0, len(paths), CHECK_CHUNK)]
+    jobs = [(paths[k : k + CHECK_CHUNK], deep, sample_rate) for k in range(0, len(paths), CHECK_CHUNK)]
     problems, durations = [], []
     pool = None
     if workers > 1 and len(paths) >= 2048:
@@ -586,10 +606,10 @@ def check_audio_files(
         pool = ProcessPoolExecutor(workers, mp_context=context)
     try:
         results = pool.map(_check_chunk, jobs) if pool else map(_check_chunk, jobs)
-        for (chunk, _), found_chunk in zip(jobs, results):
-            for path, (duration, found) in zip(chunk, found_chunk):
+        for k, ((chunk, _, _), found_chunk) in enumerate(zip(jobs, results)):
+            for utt, path, (duration, found) in zip(ids[k * CHECK_CHUNK :], chunk, found_chunk):
                 durations.append(duration)
-                problems += [Problem(Path(path).stem, path, what) for what in found]
+                problems += [Problem(utt, path, what) for what in found]
             if bar:
                 bar.update(len(chunk))
     finally:
@@ -623,7 +643,8 @@ def check_split_files(
         files=len(entries), bonafide=keys["bonafide"], spoof=keys["spoof"], systems=dict(sorted(systems.items()))
     )
     problems, todo = find_present(layout, split, entries)
-    found, durations = check_audio_files(layout, split, todo, deep, workers, f"check {split}", progress)
+    items = [(e.utt_id, str(layout.entry_path(split, e))) for e in todo]
+    found, durations = check_audio_files(items, deep, workers, f"check {split}", progress)
     problems += found
     if todo:
         listed = {f"{e.utt_id}.flac" for e in entries}
@@ -658,10 +679,50 @@ def check_dataset(
     return report
 
 
+OFFICIAL_CORPORA = ("la19", "la21", "df21", "asv5")  # their folders also hold files of other subsets/protocols
+
+
+def check_corpus(corpus: Corpus, deep: bool = False, workers: int | None = None, progress: bool = True) -> dict:
+    """`python data.py --check` for any corpus (`corpora.read_corpus`): counts per key and attack, duration, and every
+    problem -- the key's own (audio named twice, ids in only one Kaldi file), missing or empty audio, unreadable
+    audio, and audio in the key's folders that no line names (a problem for a user's set, a note for the official
+    sets, whose folders hold every subset).
+
+    Returns:
+        `check_dataset`'s report with one block, named by the corpus and subset, and "corpus": its name.
+    """
+    official = corpus.name in OFFICIAL_CORPORA
+    problems = list(corpus.problems)
+    items = [(e.utt_id, e.path) for e in corpus.entries]
+    missing = find_missing_paths(items, corpus.key_file.name)
+    gone = {p.utt_id for p in missing} | {p.utt_id for p in problems if p.missing}
+    gone_folders = {p.path for p in missing if p.utt_id is None}
+    todo = [(u, p) for u, p in items if u not in gone and os.path.dirname(p) not in gone_folders]
+    rate = SAMPLE_RATE if official else None  # the official sets are 16 kHz mono; a user's set is resampled
+    found, durations = check_audio_files(todo, deep, workers, f"check {corpus.name}", progress, rate)
+    unkeyed = find_unkeyed_audio(corpus)
+    problems += missing + found + ([] if official else unkeyed)
+    keys = Counter(e.key for e in corpus.entries)
+    systems = Counter(e.system for e in corpus.entries if e.key == "spoof")
+    block = {"protocol": str(corpus.key_file), "files": len(corpus.entries), "bonafide": keys["bonafide"],
+             "spoof": keys["spoof"], "systems": dict(sorted(systems.items())), "duration_s": round(sum(durations), 3),
+             "checked": len(todo), "unlisted": len(unkeyed) if official else 0,
+             "problems": [asdict(p) for p in problems]}  # fmt: skip
+    name = corpus.subset or corpus.name
+    return {"root": str(corpus.root.resolve()), "corpus": corpus.name, "deep": deep, "splits": {name: block},
+            "problems": len(problems)}  # fmt: skip
+
+
+CORPUS_TITLES = {"la19": "ASVspoof 2019 LA", "la21": "ASVspoof 2021 LA", "df21": "ASVspoof 2021 DF",
+                 "itw": "In-the-Wild", "asv5": "ASVspoof 5", "kaldi": "Kaldi folder", "folders": "label folders",
+                 "csv": "CSV key"}  # fmt: skip
+
+
 def format_check_report(report: dict, limit: int = 50) -> str:
-    """The human-readable form of `check_dataset`'s report: one block per split, then the problems."""
+    """The human-readable form of `check_dataset`'s / `check_corpus`' report: one block per split, then the
+    problems."""
     how = "every file decoded: --deep" if report["deep"] else "headers and file ends read; --deep decodes all"
-    lines = [f"ASVspoof 2019 LA at {report['root']} ({how})"]
+    lines = [f"{CORPUS_TITLES[report.get('corpus', 'la19')]} at {report['root']} ({how})"]
     lines.append(f"{'split':<6} {'files':>7} {'bonafide':>9} {'spoof':>7} {'duration':>8} {'problems':>8}  systems")
     for split, s in report["splits"].items():
         systems = ", ".join(f"{k} {v:,}" for k, v in s["systems"].items()) or "-"
@@ -672,7 +733,7 @@ def format_check_report(report: dict, limit: int = 50) -> str:
             lines.append(f"{split}: {len(s['problems']):,} problem(s)")
             lines.append(format_problems([Problem(**p) for p in s["problems"]], limit))
         if s.get("unlisted"):
-            lines.append(f"{split}: note: {s['unlisted']:,} .flac file(s) on disk are in no protocol line (ignored)")
+            lines.append(f"{split}: note: {s['unlisted']:,} audio file(s) on disk are in no protocol line (ignored)")
     lines.append(f"{report['problems']:,} problem(s)" if report["problems"] else "no problems found")
     return "\n".join(lines)
 
@@ -680,36 +741,35 @@ def format_check_report(report: dict, limit: int = 50) -> str:
 # ----------------------------------------------------------------------------- Dataset
 
 
-class ASVspoof2019LA(Dataset):
-    """One split of ASVspoof 2019 LA.
+class AudioDataset(Dataset):
+    """Trials of any corpus whose entries name their audio (`ProtocolEntry.path`: `corpora.read_corpus`).
 
     Item i -> (x, label, utt_id, system, speaker), where x is the front-end's (1, F, T) features or, with
     `frontend=None`, the fixed-length (num_samples,) waveform so that features are computed on the GPU per batch.
 
-    A tree with problems fails at construction with one error listing all of them (missing and empty files always;
+    A set with problems fails at construction with one error listing all of them (missing and empty files always;
     unreadable, truncated or wrong-format files too with `verify`, undecodable ones with `cache`), or, with
     `skip_bad`, loses those items and says how many on stderr (`self.skipped` paths, `self.problems`).
 
     Args:
-        data_root: anything `find_la_root` accepts, or an `LALayout`.
-        split: "train", "dev" or "eval".
+        entries: the trials, each with its audio's path.
         num_samples: fixed waveform length (`frontend.num_samples(num_frames)`).
         frontend: module applied per item, or None to return waveforms.
         pad: "repeat" (STC, NII) or "zeros" (seed recipe) for short files.
         random_crop: a random window of long files (training) instead of the start (evaluation).
-        augment: the seed recipe's augmentation; training only (ValueError for dev and eval).
+        augment: the seed recipe's augmentation (training only).
         cache: decode every file once at construction and keep it as int16 in memory (LA train: ~2.7 GB).
         skip_bad: drop items with problems found at construction (counted) instead of raising. An unusable file met
             later (undecodable, truncated, NaN/inf samples) is a `BadAudio` item either way; `count_bad` applies
             the policy in the loops.
-        entries: use these protocol entries instead of the split's protocol (e.g. a subset).
         verify: header-check every file at construction (`check_audio_file`, ~0.4 ms per file).
+        name: what the trials are, for messages ("eval", "itw").
+        source: the key file that lists them, for messages.
     """
 
     def __init__(
         self,
-        data_root: str | os.PathLike | LALayout,
-        split: str,
+        entries: Sequence[ProtocolEntry],
         num_samples: int,
         frontend: nn.Module | None = None,
         pad: str = "repeat",
@@ -717,48 +777,57 @@ class ASVspoof2019LA(Dataset):
         augment: bool = False,
         cache: bool = False,
         skip_bad: bool = False,
-        entries: Sequence[ProtocolEntry] | None = None,
         verify: bool = False,
+        name: str = "corpus",
+        source: str = "the key file",
     ):
-        check_split(split)
-        if augment and split != "train":
-            raise ValueError(
-                f"augment=True for the {split} split: augmentation is for training only, never in evaluation"
-            )
-        if pad not in ("repeat", "zeros"):
+        if pad not in PADS:
             raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
-        self.layout = data_root if isinstance(data_root, LALayout) else find_la_root(data_root)
-        self.split, self.num_samples, self.frontend = split, num_samples, frontend
+        self.name, self.source, self.num_samples, self.frontend = name, source, num_samples, frontend
         self.pad, self.random_crop, self.augment, self.skip_bad = pad, random_crop, augment, skip_bad
-        entries = list(entries) if entries is not None else self.layout.protocol(split)
+        entries = list(entries)
         problems, pcm_of = self._find_problems(entries, verify, cache)
         self.entries, self.problems, self.skipped = entries, [], []
         self._drop(problems, len(entries))
         self.cached: list[np.ndarray] | None = [pcm_of[e.utt_id] for e in self.entries] if cache else None
 
+    def entry_path(self, e: ProtocolEntry) -> Path:
+        """Where an entry's audio is."""
+        if not e.path:
+            raise ValueError(f"{e.utt_id}: the entry names no audio path (read the corpus with corpora.read_corpus)")
+        return Path(e.path)
+
+    def _find_missing(self, entries: list[ProtocolEntry]) -> tuple[list[Problem], list[ProtocolEntry]]:
+        """Problems of absent or empty files, and the entries whose audio is there."""
+        problems = find_missing_paths([(e.utt_id, str(self.entry_path(e))) for e in entries], self.source)
+        gone = {p.utt_id for p in problems} | {p.path for p in problems if p.utt_id is None}
+        todo = [e for e in entries if e.utt_id not in gone and str(self.entry_path(e).parent) not in gone]
+        return problems, todo
+
     def _find_problems(
         self, entries: list[ProtocolEntry], verify: bool, cache: bool
     ) -> tuple[list[Problem], dict[str, np.ndarray]]:
-        """Every problem of the split at once: missing/empty files, then header checks and/or decoding."""
-        problems, todo = find_present(self.layout, self.split, entries)
+        """Every problem of the set at once: missing/empty files, then header checks and/or decoding."""
+        problems, todo = self._find_missing(entries)
         if verify:
-            problems += check_audio_files(self.layout, self.split, todo, label=f"verify {self.split}")[0]
+            items = [(e.utt_id, str(self.entry_path(e))) for e in todo]
+            problems += check_audio_files(items, label=f"verify {self.name}")[0]
         pcm_of = {}
         if cache:
-            pcms, failed = decode_all([self.layout.entry_path(self.split, e) for e in todo], skip_bad=True)
+            pcms, failed = decode_all([self.entry_path(e) for e in todo], skip_bad=True)
             pcm_of = {e.utt_id: pcm for e, pcm in zip(todo, pcms) if pcm is not None}
-            problems += failed
+            utt_of = {str(self.entry_path(e)): e.utt_id for e in todo}
+            problems += [dataclasses.replace(p, utt_id=utt_of.get(p.path, p.utt_id)) for p in failed]
         return problems, pcm_of
 
     def _drop(self, problems: list[Problem], total: int) -> None:
         """Raise listing every problem, or (skip_bad) drop the items concerned and report the count on stderr."""
         if not problems:
             return
-        protocol = self.layout.protocol_path(self.split).name
         if not self.skip_bad:
             missing_only = all(p.missing for p in problems)
             raise (FileNotFoundError if missing_only else RuntimeError)(
-                f"{len(problems):,} problem(s) in the {total:,} {self.split} files listed in {protocol}, first: "
+                f"{len(problems):,} problem(s) in the {total:,} {self.name} files listed in {self.source}, first: "
                 f"{problems[0]}; fix the tree (python data.py --check lists every problem) or pass --skip-bad to "
                 "leave these files out"
             )
@@ -769,14 +838,14 @@ class ASVspoof2019LA(Dataset):
         self.entries = [e for e in self.entries if e.utt_id not in bad]
         self.problems += problems
         self.skipped += list(dict.fromkeys(p.path for p in problems))
-        print(f"{self.split}: skipped {len(bad):,} of {total:,} files with problems (--skip-bad), "
+        print(f"{self.name}: skipped {len(bad):,} of {total:,} files with problems (--skip-bad), "
               f"first: {problems[0]}", file=sys.stderr)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def path(self, i: int) -> Path:
-        return self.layout.entry_path(self.split, self.entries[i])
+        return self.entry_path(self.entries[i])
 
     def waveform(self, i: int) -> torch.Tensor:
         """Item i's whole decoded file (N,). The whole file, not only the item's window: a file truncated, damaged or
@@ -800,6 +869,50 @@ class ASVspoof2019LA(Dataset):
             wave = augment_waveform(wave)
         x = wave if self.frontend is None else self.frontend(wave.unsqueeze(0))[0]  # (N,) or (1, F, T)
         return x, e.label, e.utt_id, e.system, e.speaker
+
+
+class ASVspoof2019LA(AudioDataset):
+    """One split of ASVspoof 2019 LA: an `AudioDataset` whose audio is found by the LA layout (`LALayout.entry_path`:
+    the split's flac/ folder, or an entry's own path for vocoded copies), checked with one listing of that folder.
+
+    Args:
+        data_root: anything `find_la_root` accepts, or an `LALayout`.
+        split: "train", "dev" or "eval".
+        entries: use these protocol entries instead of the split's protocol (e.g. a subset).
+        augment: training only (ValueError for dev and eval).
+        the others: as `AudioDataset`.
+    """
+
+    def __init__(
+        self,
+        data_root: str | os.PathLike | LALayout,
+        split: str,
+        num_samples: int,
+        frontend: nn.Module | None = None,
+        pad: str = "repeat",
+        random_crop: bool = False,
+        augment: bool = False,
+        cache: bool = False,
+        skip_bad: bool = False,
+        entries: Sequence[ProtocolEntry] | None = None,
+        verify: bool = False,
+    ):
+        check_split(split)
+        if augment and split != "train":
+            raise ValueError(
+                f"augment=True for the {split} split: augmentation is for training only, never in evaluation"
+            )
+        self.layout = data_root if isinstance(data_root, LALayout) else find_la_root(data_root)
+        self.split = split
+        entries = list(entries) if entries is not None else self.layout.protocol(split)
+        super().__init__(entries, num_samples, frontend, pad, random_crop, augment, cache, skip_bad, verify,
+                         name=split, source=self.layout.protocol_path(split).name)  # fmt: skip
+
+    def entry_path(self, e: ProtocolEntry) -> Path:
+        return self.layout.entry_path(self.split, e)
+
+    def _find_missing(self, entries: list[ProtocolEntry]) -> tuple[list[Problem], list[ProtocolEntry]]:
+        return find_present(self.layout, self.split, entries)
 
 
 # ----------------------------------------------------------------------------- unreadable audio: one policy
@@ -994,6 +1107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="--check: print one JSON object instead of the table")
     g.add_argument("--deep", action="store_true", help="--check: decode every file instead of headers and file ends")
     g.add_argument("--out", metavar="FILE.png", help="--show: the picture to write")
+    add_corpus_args(parser)
     add_download_args(parser.add_argument_group("--download (download.py)"))
     return parser
 
@@ -1002,11 +1116,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     belongs = {"--split": "check", "--json": "check", "--deep": "check", "--out": "show", "--to": "download",
-               "--url": "download", "--keep-archive": "download"}  # fmt: skip
+               "--url": "download", "--keep-archive": "download", "--corpus": "check", "--subset": "check"}  # fmt: skip
     for flag, action in belongs.items():
         if getattr(args, flag[2:].replace("-", "_")) not in (None, False) and not getattr(args, action):
             parser.error(f"{flag} goes with --{action}")  # a flag-combination error: exit 2, as argparse's own
     if args.check:
+        name = args.corpus or (detect_corpus(args.data_root) if args.data_root else "la19")
+        if name != "la19":
+            if args.split:
+                raise ValueError(f"--split {args.split} is for ASVspoof 2019 LA; the {name} corpus takes --subset")
+            report = check_corpus(read_corpus(args.data_root, name, args.subset), args.deep, args.num_workers)
+            print(json.dumps(report, indent=2) if args.json else format_check_report(report))
+            return 1 if report["problems"] else 0
+        if args.subset:
+            raise ValueError(f"--subset {args.subset}: ASVspoof 2019 LA takes --split (train, dev, eval)")
         report = check_dataset(args.data_root, [args.split] if args.split else SPLITS, args.deep, args.num_workers)
         print(json.dumps(report, indent=2) if args.json else format_check_report(report))
         return 1 if report["problems"] else 0

@@ -31,6 +31,7 @@ References:
 
 Usage:
   python metrics.py --scores scores.txt --data-root /data/LA --split eval [--json] [--det det.png]
+  python metrics.py --scores scores.txt --data-root DIR [--corpus NAME] [--subset S] [--by codec] [--by attack] [--json]
 
 Imports only numpy and the standard library (matplotlib lazily, for the DET plot).
 """
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from cli import ArgumentParser, atomic_write, check_outputs, existing_file, run_cli, text_lines
-from corpora import find_la_root, split_of_utt
+from corpora import add_corpus_args, detect_corpus, find_la_root, read_corpus, split_of_utt
 
 KEYS = ("bonafide", "spoof")
 ASV_KEYS = ("target", "nontarget", "spoof")
@@ -766,6 +767,45 @@ def fit_calibration(bonafide_scores: Any, spoof_scores: Any, costs: DetectionCos
     return Calibration(a=a, b=float(theta[1] - a * mean), prior=prior, n_bonafide=bona.size, n_spoof=spoof.size)
 
 
+def calibration_effect(
+    calibration: Calibration, bonafide_scores: Any, spoof_scores: Any, costs: DetectionCosts = ASVSPOOF5_COSTS
+) -> dict[str, tuple[float, float]]:
+    """What a calibration does to a set of scores: {"eer" (percent), "min_dcf", "act_dcf", "cllr": (raw, calibrated)}.
+    EER and minDCF must not move (the map is increasing); actDCF and Cllr say how well calibrated each side is."""
+    bona, spoof = _as_scores(bonafide_scores, "bona fide scores"), _as_scores(spoof_scores, "spoof scores")
+    out = {}
+    for name, fn in (("eer", lambda b, s: 100 * compute_eer(b, s)[0]), ("min_dcf", compute_min_dcf),
+                     ("act_dcf", compute_act_dcf), ("cllr", compute_cllr)):  # fmt: skip
+        args = () if name in ("eer", "cllr") else (costs,)
+        out[name] = (fn(bona, spoof, *args), fn(calibration.apply(bona), calibration.apply(spoof), *args))
+    return out
+
+
+def describe_calibration(calibration: Calibration, effect: dict[str, tuple[float, float]] | None = None) -> str:
+    """One line: the map, what it was fitted on and (with `effect`) what it does to actDCF and Cllr."""
+    text = (f"llr = {calibration.a:.6g} * score {calibration.b:+.6g} (prior-weighted logistic regression at bona fide "
+            f"prior {calibration.prior:.4f}, on {calibration.n_bonafide:,} bona fide + {calibration.n_spoof:,} spoof "
+            "scores)")  # fmt: skip
+    if effect:
+        text += (f"; on those scores actDCF {effect['act_dcf'][0]:.4f} -> {effect['act_dcf'][1]:.4f}, Cllr "
+                 f"{effect['cllr'][0]:.4f} -> {effect['cllr'][1]:.4f} bits (EER {effect['eer'][0]:.3f} % and minDCF "
+                 f"{effect['min_dcf'][0]:.4f} unchanged)")  # fmt: skip
+    return text
+
+
+def fit_dev_calibration(scores: Any, keys: Any) -> tuple[dict[str, float | int] | None, str]:
+    """The calibration train.py stores in a checkpoint, fitted on its epoch's dev scores: (`Calibration.to_dict()`,
+    a line describing it), or (None, why not) when `fit_calibration` refuses (a CM at chance ranks spoof above bona
+    fide in early epochs) -- a checkpoint without calibration still scores, as raw scores."""
+    values, keys = _to_numpy(scores).astype(np.float64), np.asarray(_to_numpy(keys)).astype(str)
+    bona, spoof = values[keys == "bonafide"], values[keys == "spoof"]
+    try:
+        calibration = fit_calibration(bona, spoof)
+    except (ValueError, RuntimeError) as e:
+        return None, f"no calibration fitted: {e}"
+    return calibration.to_dict(), describe_calibration(calibration, calibration_effect(calibration, bona, spoof))
+
+
 # --- per-attack EER -----------------------------------------------------------------------------
 
 
@@ -820,6 +860,33 @@ def eer_by_group(scores: Any, keys: Any, groups: Any, pool: str = "-") -> dict[s
         eer = compute_eer(bona, spoof)[0] if bona.size and spoof.size else None
         table[g] = GroupEER(n_bonafide=int(bona.size), n_spoof=int(spoof.size), eer=eer)
     return table
+
+
+def eer_by_column(scores: Any, keys: Any, groups: Any, pool: str = "-") -> dict[str, GroupEER]:
+    """EER of each value of any metadata column, for `metrics.py --by`: a value held by both classes compares its own
+    trials; a value held by one class only (an attack, a bona fide source) is compared with every trial of the other
+    class. The attack column's bona fide mark `pool` ("-") is no row unless spoof trials carry it.
+
+    Returns:
+        {value: GroupEER(n_bonafide, n_spoof, eer)} sorted by value; eer None where a side is empty.
+    Raises:
+        ValueError: as `eer_by_group`.
+    """
+    table = eer_by_group(scores, keys, groups, pool)  # its checks; its rows stand where both classes are present
+    scores = _as_scores(scores, "scores")
+    keys = np.asarray(_to_numpy(keys)).astype(str)
+    groups = np.asarray(_to_numpy(groups)).astype(str)
+    is_bona = keys == "bonafide"
+    for g in sorted(set(groups.tolist())):
+        in_g = groups == g
+        has_bona, has_spoof = bool((in_g & is_bona).any()), bool((in_g & ~is_bona).any())
+        if has_bona and has_spoof or (g == pool and not has_spoof):
+            continue
+        bona = scores[in_g & is_bona] if has_bona else scores[is_bona]
+        spoof = scores[in_g & ~is_bona] if has_spoof else scores[~is_bona]
+        eer = compute_eer(bona, spoof)[0] if bona.size and spoof.size else None
+        table[g] = GroupEER(n_bonafide=int(bona.size), n_spoof=int(spoof.size), eer=eer)
+    return dict(sorted(table.items()))
 
 
 def per_attack_eer(scores: Any, systems: Any, keys: Any) -> dict[str, float]:
@@ -1197,7 +1264,8 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"EER        {result['eer']:9.6f} %")
     tdcf = result["min_tdcf"]
-    lines.append(f"min t-DCF  {tdcf:9.6f}" if tdcf is not None else "min t-DCF  n/a (pass --asv-scores or --data-root)")
+    why = result.get("tdcf_na", "pass --asv-scores or --data-root")
+    lines.append(f"min t-DCF  {tdcf:9.6f}" if tdcf is not None else f"min t-DCF  n/a ({why})")
     if "min_dcf" in result:  # the ASVspoof 5 line; actDCF and Cllr hold only for calibrated scores
         lines.append(
             f"minDCF     {result['min_dcf']:9.6f}   actDCF {result['act_dcf']:.6f}   Cllr {result['cllr']:.6f} bits   "
@@ -1206,7 +1274,42 @@ def format_report(result: dict[str, Any], title: str = "") -> str:
     lines.append("")
     lines.append("attack   EER (%)")
     lines += [f"{attack:<6} {eer:8.3f}" for attack, eer in result["per_attack"].items()]
+    for column, rows in result.get("breakdown", {}).items():
+        width = max([len(column)] + [len(g) for g in rows])
+        lines += ["", f"{column:<{width}}  {'bonafide':>8}  {'spoof':>7}  EER (%)   (a value of one class only is "
+                  "compared with every trial of the other)"]  # fmt: skip
+        for g, r in rows.items():
+            eer = f"{r['eer']:8.3f}" if r["eer"] is not None else f"{'n/a':>8}"
+            lines.append(f"{g:<{width}}  {r['n_bonafide']:>8,}  {r['n_spoof']:>7,}  {eer}")
     return "\n".join(lines)
+
+
+def breakdown(scores: ScoreFile, columns: list[str], column_of: dict[str, dict[str, str]] | None = None) -> dict:
+    """`--by`: {column: {value: {"n_bonafide", "n_spoof", "eer" (percent or None)}}} of a score file.
+
+    Args:
+        scores: the checked score file.
+        columns: metadata column names ("attack" is the score file's own system column).
+        column_of: {utt id: {column: value}} from the corpus's key (`corpora.ProtocolEntry.column`); None: only
+            "attack" can be broken down.
+    Raises:
+        ValueError: a column that neither the score file nor the key has (naming the columns there are).
+    """
+    out = {}
+    for column in columns:
+        if column in ("attack", "system"):
+            groups = scores.system
+        else:
+            rows = [column_of.get(str(u), {}).get(column) for u in scores.utt_id] if column_of else [None]
+            if any(v is None for v in rows):
+                have = sorted({k for d in (column_of or {}).values() for k in d} | {"attack"})
+                raise ValueError(f"--by {column}: the key has no {column!r} column (columns: {', '.join(have)}); "
+                                 "give --data-root for the corpus's own columns")  # fmt: skip
+            groups = np.array(rows)
+        table = eer_by_column(scores.score, scores.key, groups)
+        out[column] = {g: {"n_bonafide": r.n_bonafide, "n_spoof": r.n_spoof,
+                           "eer": None if r.eer is None else 100 * r.eer} for g, r in table.items()}  # fmt: skip
+    return out
 
 
 # --- DET plot -----------------------------------------------------------------------------------
@@ -1322,42 +1425,73 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root",
         type=Path,
         default=os.environ.get("ASVSPOOF_ROOT"),
-        help="find the ASV scores here (LA/, its parent, LA/LA/ or the scores' folder; default: $ASVSPOOF_ROOT)",
+        help="the corpus whose key the scores are checked against (any corpus corpora.py reads); for ASVspoof 2019 "
+        "LA also where the ASV scores are (LA/, its parent, LA/LA/ or the scores' folder; default: $ASVSPOOF_ROOT)",
     )
     parser.add_argument(
         "--split", choices=("dev", "eval"), help="which ASV scores --data-root means; default: from the utt ids"
     )
+    add_corpus_args(parser)
+    parser.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                        help="counts and EER per value of a metadata column: attack, speaker, codec, vocoder, source, "
+                        "... (repeatable; columns other than attack need --data-root)")  # fmt: skip
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object: eer (%%), min_tdcf, min_dcf, act_dcf, cllr, n_bonafide, n_spoof, per_attack (%%)",
+        help="print one JSON object: eer (%%), min_tdcf, min_dcf, act_dcf, cllr, n_bonafide, n_spoof, per_attack (%%), "
+        "breakdown (--by)",
     )
     parser.add_argument("--det", type=Path, metavar="FILE.png", help="also write a DET curve")
     parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
     return parser
 
 
+def key_columns(entries: Any, columns: list[str]) -> dict[str, dict[str, str]]:
+    """{utt id: {column: value}} of a corpus's entries, for `breakdown`."""
+    return {e.utt_id: {c: v for c in columns if (v := e.column(c)) is not None} for e in entries}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print EER, min t-DCF and the per-attack table of a CM score file."""
+    """Print EER, min t-DCF (2019 LA), minDCF, actDCF, Cllr, the per-attack table and any --by breakdown."""
     args = build_parser().parse_args(argv)
     if args.asv_scores is not None:
         args.data_root = None  # an explicit ASV file wins over $ASVSPOOF_ROOT
     check_outputs({"--det": args.det}, {"--scores": args.scores, "--asv-scores": args.asv_scores})
     scores = read_score_file(args.scores)
-    asv_path = args.asv_scores
+    asv_path, column_of, tdcf_na = args.asv_scores, None, None
     if args.data_root is not None:
-        split = args.split or _infer_split(scores.utt_id)
-        asv_path = find_asv_scores(args.data_root, split)  # first: a missing ASV file is the one line printed
-        if not check_against_protocol(scores, args.data_root, split):
-            print(f"note: no CM protocol of {split} under --data-root {args.data_root}: the score file's trials are "
-                  "not checked against it", file=sys.stderr)  # fmt: skip
+        try:
+            name = args.corpus or detect_corpus(args.data_root)
+        except FileNotFoundError:
+            name = "la19"  # e.g. --data-root is the ASV scores' own folder
+        if name == "la19":
+            if args.subset:
+                raise ValueError(f"--subset {args.subset}: ASVspoof 2019 LA takes --split (dev, eval)")
+            split = args.split or _infer_split(scores.utt_id)
+            asv_path = find_asv_scores(args.data_root, split)  # first: a missing ASV file is the one line printed
+            if check_against_protocol(scores, args.data_root, split):
+                column_of = key_columns(find_la_root(args.data_root).protocol(split), ["speaker"])
+            else:
+                print(f"note: no CM protocol of {split} under --data-root {args.data_root}: the score file's trials "
+                      "are not checked against it", file=sys.stderr)  # fmt: skip
+        else:
+            if args.split:
+                raise ValueError(f"--split {args.split} is for ASVspoof 2019 LA; the {name} corpus takes --subset")
+            corpus = read_corpus(args.data_root, name, args.subset)
+            check_trials(scores, corpus.entries, corpus.key_file.name)
+            column_of = key_columns(corpus.entries, corpus.columns())
+            tdcf_na = f"{name} has no ASV scores: the t-DCF is ASVspoof 2019 LA's"
     asv = read_asv_scores(asv_path) if asv_path is not None else None
     result = evaluate_scores(scores, asv)
+    if args.by:
+        result["breakdown"] = breakdown(scores, args.by, column_of)
     if args.det is not None:
         plot_det({args.scores.stem: (scores.bonafide_scores, scores.spoof_scores)}, args.det)
     if args.json:
         print(json.dumps(result))
         return 0
+    if tdcf_na:
+        result["tdcf_na"] = tdcf_na
     title = (
         f"{args.scores.name}: {len(scores):,} scores ({scores.bonafide_scores.size:,} bona fide, "
         f"{scores.spoof_scores.size:,} spoof)" + (f"; ASV scores {asv_path.name}" if asv_path else "")

@@ -208,7 +208,7 @@ def check_lcnn_args(values: dict, name: Callable[[str], str] = str) -> dict:
                     "at least 16 (four 2x2 max-pools), a whole number"),
         "num_frames": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 16,
                        "at least 16 (four 2x2 max-pools), a whole number"),
-        "dropout": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
+        "dropout": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1, "a number in [0, 1)"),
         "head": (lambda v: v in HEADS, f"one of {', '.join(HEADS)}"),
         "margin": (lambda v: v in MARGINS and not isinstance(v, bool), "1, 2, 3 or 4 (the A-softmax angular margin)"),
     }  # fmt: skip
@@ -491,6 +491,17 @@ def check_model_args(model_args, path: Path) -> dict:
         raise ValueError(f"{path}: {e}; the checkpoint is damaged or not train.py's") from None
 
 
+def trained_data_root(raw: dict) -> str | None:
+    """The LA tree a checkpoint's model was trained on: the absolute path train.py stored, else --data-root as given
+    (None when neither is stored). The one rule behind every script's default --data-root."""
+    args = raw.get("args") if isinstance(raw.get("args"), dict) else {}
+    for value in (raw.get("data_root_abs"), args.get("data_root")):
+        if isinstance(value, str) and Path(value).exists():
+            return value
+    value = args.get("data_root")
+    return value if isinstance(value, str) else None
+
+
 @dataclass
 class Checkpoint:
     """A train.py checkpoint rebuilt: the model, the front-end and the input it was trained on.
@@ -522,12 +533,8 @@ class Checkpoint:
 
     @property
     def data_root(self) -> str | None:
-        """The LA tree the model was trained on: the absolute path train.py stored, else --data-root as given."""
-        for value in (self.raw.get("data_root_abs"), self.args.get("data_root")):
-            if isinstance(value, str) and Path(value).exists():
-                return value
-        value = self.args.get("data_root")
-        return value if isinstance(value, str) else None
+        """The LA tree the model was trained on (`trained_data_root`)."""
+        return trained_data_root(self.raw)
 
     def describe(self) -> str:
         """One line naming the model: file, recipe, front-end, epoch, dev EER."""

@@ -798,6 +798,233 @@ def test_data_progress_line_in_megabytes_and_unknown_total():
     assert unknown.stream.getvalue().count("\n") == 1 and "ETA ?" in unknown.stream.getvalue()
 
 
+# --- corpora.py: every corpus's reader, built from real audio in each exact format (issue 16) ---
+
+# 2 bona fide + 2 spoof real LA dev files (demo_data: always there), as (utt id, key, attack)
+_CORPUS_TRIALS = [("LA_D_1293230", "bonafide", "-"), ("LA_D_1789452", "bonafide", "-"),
+                  ("LA_D_3829330", "spoof", "A01"), ("LA_D_7142124", "spoof", "A01")]  # fmt: skip
+
+
+def _corpus_audio(i: int) -> Path:
+    return DEMO / "ASVspoof2019_LA_dev" / "flac" / f"{_CORPUS_TRIALS[i][0]}.flac"
+
+
+def _make_corpus(root: Path, kind: str, lines: list[str] | None = None) -> Path:
+    """A 4-trial corpus of `kind` in its exact on-disk format; `lines` replaces the key file's lines (malformed
+    variants). Returns the root to pass as --data-root."""
+    root.mkdir(parents=True, exist_ok=True)
+    ids = [f"{kind.upper()}_E_{1000001 + i}" for i in range(4)]
+    keys = [k for _, k, _ in _CORPUS_TRIALS]
+    if kind in ("la21", "df21"):
+        track = kind[:2].upper()
+        (root / f"ASVspoof2021_{track}_eval" / "flac").mkdir(parents=True)
+        for i, u in enumerate(ids):
+            shutil.copy(_corpus_audio(i), root / f"ASVspoof2021_{track}_eval" / "flac" / f"{u}.flac")
+        if track == "LA":
+            default = [f"LA_00{i} {u} alaw ita_tx {'-' if k == 'bonafide' else 'A07'} {k} notrim "
+                       f"{'eval' if i < 3 else 'progress'}" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
+        else:
+            default = [f"LA_00{i} {u} low_mp3 vcc2020 {'-' if k == 'bonafide' else 'A14'} {k} notrim "
+                       f"{'eval' if i < 3 else 'hidden_track'} {'bonafide' if k == 'bonafide' else 'neural_vocoder'}"
+                       " - - - -" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
+        key_file = root / "keys" / track / "CM" / "trial_metadata.txt"
+    elif kind == "itw":
+        for i in range(4):
+            shutil.copy(_corpus_audio(i), root / f"{i}.flac")
+        default = ["file,speaker,label"] + [f"{i}.flac,Speaker {i // 2},{'bona-fide' if k == 'bonafide' else 'spoof'}"
+                                            for i, k in enumerate(keys)]  # fmt: skip
+        key_file = root / "meta.csv"
+    elif kind == "asv5":
+        (root / "flac_E_eval").mkdir()
+        ids = [f"E_{i:010d}" for i in range(4)]
+        for i, u in enumerate(ids):
+            shutil.copy(_corpus_audio(i), root / "flac_E_eval" / f"{u}.flac")
+        default = [f"E_{i:04d} {u} F mp3 3 11 {'-' if k == 'bonafide' else 'AC1'} {'-' if k == 'bonafide' else 'A21'} "
+                   f"{k} -" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
+        key_file = root / "ASVspoof5.eval.track_1.tsv"
+    elif kind == "kaldi":
+        (root / "audio").mkdir()
+        for i in range(4):
+            shutil.copy(_corpus_audio(i), root / "audio" / f"u{i}.flac")
+        (root / "wav.scp").write_text("".join(f"utt{i} audio/u{i}.flac\n" for i in range(4)))
+        default = [f"utt{i} {k}" for i, k in enumerate(keys)]
+        key_file = root / "utt2lab"
+    elif kind == "folders":
+        for i, k in enumerate(keys):
+            folder = root / ("real" if k == "bonafide" else "fake" / Path("hifigan" if i == 2 else ""))
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(_corpus_audio(i), folder / f"clip {i}.flac")  # a space: ids must not hold one
+        return root
+    else:  # csv
+        (root / "clips").mkdir()
+        for i in range(4):
+            shutil.copy(_corpus_audio(i), root / "clips" / f"c{i}.flac")
+        default = ["path\tlabel\tsource\tattack"] + [f"clips/c{i}.flac\t{'genuine' if k == 'bonafide' else 'deepfake'}"
+                   f"\tsrc{i % 2}\t{'-' if k == 'bonafide' else 'tts'}" for i, k in enumerate(keys)]  # fmt: skip
+        key_file = root / "key.tsv"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("".join(f"{line}\n" for line in (lines if lines is not None else default)))
+    return root
+
+
+@pytest.mark.parametrize(
+    "word,key", [("bonafide", "bonafide"), ("Bona-Fide", "bonafide"), ("bona_fide", "bonafide"), ("genuine", "bonafide"),
+                 ("real", "bonafide"), ("HUMAN", "bonafide"), ("spoof", "spoof"), ("fake", "spoof"),
+                 ("deepfake", "spoof"), ("synthetic", "spoof")],
+)  # fmt: skip
+def test_label_words_are_normalised_and_others_name_the_line(word, key):
+    assert corpora.normalise_label(word, "x line 1") == key
+    with pytest.raises(ValueError, match=r"meta.csv line 7: label 'maybe' is neither bona fide .* nor spoof"):
+        corpora.normalise_label("maybe", "meta.csv line 7")
+
+
+@pytest.mark.parametrize("kind", ["la21", "df21", "itw", "asv5", "kaldi", "folders", "csv"])
+def test_each_reader_reads_its_exact_format_from_real_audio(kind, tmp_path):
+    root = _make_corpus(tmp_path / kind, kind)
+    assert corpora.detect_corpus(root) == kind
+    corpus = corpora.read_corpus(root)
+    n = 3 if kind in ("la21", "df21") else 4  # the 2021 sets: the eval subset by default, not progress/hidden_track
+    assert corpus.name == kind and len(corpus.entries) == n
+    assert sorted(e.key for e in corpus.entries) == sorted(k for _, k, _ in _CORPUS_TRIALS[:n])
+    for e in corpus.entries:
+        assert Path(e.path).is_absolute() and Path(e.path).is_file() and e.utt_id.split() == [e.utt_id]
+        assert (e.system == "-") == (e.key == "bonafide")
+        assert data.load_audio(e.path).shape[0] > 16000  # the real audio, decodable through the path
+    expected_column = {"la21": ("codec", "alaw"), "df21": ("vocoder", None), "itw": ("speaker", "Speaker 0"),
+                       "asv5": ("codec", "mp3"), "kaldi": ("speaker", "-"), "folders": ("folder", "real"),
+                       "csv": ("source", "src0")}[kind]  # fmt: skip
+    column, value = expected_column
+    first = next(e for e in corpus.entries if e.key == "bonafide")
+    assert column in corpus.columns() and first.column(column) is not None
+    if value is not None:
+        assert first.column(column) == value
+    spoofs = {e.system for e in corpus.entries if e.key == "spoof"}
+    assert spoofs == {"la21": {"A07"}, "df21": {"A14"}, "itw": {"spoof"}, "asv5": {"A21"}, "kaldi": {"spoof"},
+                      "folders": {"hifigan", "spoof"}, "csv": {"tts"}}[kind]  # fmt: skip
+    if kind in ("la21", "df21"):
+        everything = corpora.read_corpus(root, kind, "all")
+        assert len(everything.entries) == 4 and len(everything.listed) == 4
+        other = "progress" if kind == "la21" else "hidden"
+        assert len(corpora.read_corpus(root, kind, other).entries) == 1
+
+
+def test_la19_reader_gives_the_split_with_paths(tmp_path):
+    corpus = corpora.read_corpus(DEMO, subset="dev")
+    assert corpus.name == "la19" and corpus.has_asv and len(corpus.entries) == 80
+    assert all(Path(e.path).is_file() for e in corpus.entries)
+    assert corpus.entries == [dataclasses.replace(e, path=corpus.entries[i].path)
+                              for i, e in enumerate(find_la_root(DEMO).protocol("dev"))]  # fmt: skip
+
+
+_MALFORMED = {
+    # kind: {variant: (lines, expected message)}
+    "la21": {"missing column": (["LA_0001 LA_E_1000001 alaw ita_tx - bonafide notrim"], r"line 1: expected 8 fields"),
+             "unknown label": (["LA_0001 LA_E_1000001 alaw ita_tx - maybe notrim eval"], r"line 1: label 'maybe'"),
+             "duplicate id": (["LA_0001 LA_E_1000001 alaw ita_tx - bonafide notrim eval"] * 2,
+                              r"line 2: id LA_E_1000001 already on line 1"),
+             "path outside root": (["LA_0001 ../../x alaw ita_tx - bonafide notrim eval"], r"line 1: utt id '../../x'")},
+    "itw": {"missing column": (["file,speaker,label", "0.flac,A"], r"meta.csv line 2: expected 3 fields"),
+            "unknown label": (["file,speaker,label", "0.flac,A,maybe"], r"meta.csv line 2: label 'maybe'"),
+            "duplicate id": (["file,speaker,label", "0.flac,A,spoof", "0.flac,B,spoof"],
+                             r"meta.csv line 3: id 0 already on line 2"),
+            "path outside root": (["file,speaker,label", "../../etc/passwd,A,spoof"],
+                                  r"meta.csv line 2: audio path '../../etc/passwd' .* outside --data-root")},
+    "asv5": {"missing column": (["E_0001 E_0000000000 F mp3 3 11 - - bonafide"], r"line 1: expected 10 fields"),
+             "unknown label": (["E_0001 E_0000000000 F mp3 3 11 - - maybe -"], r"line 1: label 'maybe'"),
+             "duplicate id": (["E_0001 E_0000000000 F mp3 3 11 - - bonafide -"] * 2, r"line 2: id E_0000000000"),
+             "path outside root": (["E_0001 ../E_0 F mp3 3 11 - - bonafide -"], r"line 1: utt id '../E_0'")},
+    "kaldi": {"missing column": (["utt0"], r"utt2lab line 1: expected 2 fields"),
+              "unknown label": (["utt0 maybe"], r"utt2lab line 1: label 'maybe'"),
+              "duplicate id": (["utt0 spoof", "utt0 bonafide"], r"utt2lab line 2: id utt0 already on line 1")},
+    "csv": {"missing column": (["path\tlabel", "clips/c0.flac"], r"key.tsv line 2: expected 2 fields"),
+            "unknown label": (["path\tlabel", "clips/c0.flac\tmaybe"], r"key.tsv line 2: label 'maybe'"),
+            "duplicate id": (["path\tlabel", "clips/c0.flac\tspoof", "clips/./c0.flac\tspoof"],
+                             r"key.tsv line 3: id clips/c0 already on line 2"),
+            "path outside root": (["path\tlabel", "/etc/passwd\tspoof"], r"key.tsv line 2: audio path '/etc/passwd'"),
+            "no label column": (["path\tverdict", "clips/c0.flac\tspoof"], r"key.tsv line 1: header .* no label")},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind,variant", [(k, v) for k, vs in _MALFORMED.items() for v in vs])
+def test_readers_refuse_malformed_keys_naming_file_and_line(kind, variant, tmp_path):
+    lines, message = _MALFORMED[kind][variant]
+    root = _make_corpus(tmp_path / kind, kind, lines)
+    with pytest.raises(ValueError, match=message):
+        corpora.read_corpus(root, kind)
+
+
+def test_kaldi_pipe_and_absolute_path_outside_the_root_are_refused(tmp_path):
+    root = _make_corpus(tmp_path / "k", "kaldi")
+    (root / "wav.scp").write_text("utt0 sox a.wav -t wav - |\n")
+    with pytest.raises(ValueError, match=r"wav.scp line 1: .* is a command \(Kaldi pipe\)"):
+        corpora.read_kaldi(root)
+    (root / "wav.scp").write_text(f"utt0 {_corpus_audio(0)}\n")  # absolute, in demo_data: outside this root
+    with pytest.raises(ValueError, match=r"wav.scp line 1: audio path .* outside --data-root"):
+        corpora.read_kaldi(root)
+
+
+def test_detect_corpus_names_what_it_looked_for_and_ambiguity(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no corpus recognised; expected ASVspoof 2019 LA .*\(wav.scp"):
+        corpora.detect_corpus(tmp_path)
+    root = _make_corpus(tmp_path / "both", "kaldi")
+    (root / "meta.csv").write_text("file,speaker,label\n")
+    with pytest.raises(ValueError, match=r"several corpora \(kaldi, itw\); choose one with --corpus"):
+        corpora.read_corpus(root)
+    assert corpora.read_corpus(root, "kaldi").name == "kaldi"
+    with pytest.raises(ValueError, match="--subset eval: the kaldi corpus has no subsets"):
+        corpora.read_corpus(root, "kaldi", "eval")
+
+
+def test_data_check_reports_missing_duplicate_and_unkeyed_audio_on_any_corpus(tmp_path, capsys):
+    root = _make_corpus(tmp_path / "k", "kaldi")
+    (root / "wav.scp").write_text("utt0 audio/u0.flac\nutt1 audio/u1.flac\nutt2 audio/u0.flac\nutt3 audio/gone.flac\n"
+                                  "utt9 audio/u2.flac\n")  # fmt: skip
+    (root / "utt2lab").write_text("utt0 bonafide\nutt1 real\nutt2 spoof\nutt3 fake\nutt4 spoof\n")
+    assert data.main(["--data-root", str(root), "--check", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    problems = report["splits"]["kaldi"]["problems"]
+    what = {(p["utt_id"], p["problem"].split(":")[0]) for p in problems}
+    assert ("utt2", "listed twice in utt2lab") in what  # u0.flac under utt0 and utt2
+    assert ("utt3", "missing") in what  # keyed, no audio
+    assert ("utt9", "no label") in what and ("utt4", "no audio") in what  # in only one of the two files
+    assert ("u3", "no key") in what  # on disk in the key's folder, named by no line
+    assert report["problems"] == len(problems) == 5
+    # a clean corpus: no problems, exit 0, and the table names it
+    assert data.main(["--data-root", str(_make_corpus(tmp_path / "i", "itw")), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "In-the-Wild at" in out and "no problems found" in out
+    with pytest.raises(ValueError, match="--split dev is for ASVspoof 2019 LA"):
+        data.main(["--data-root", str(tmp_path / "i"), "--check", "--split", "dev"])
+
+
+def test_audio_dataset_scores_entries_of_any_corpus_and_names_missing_files(tmp_path):
+    corpus = corpora.read_corpus(_make_corpus(tmp_path / "c", "csv"))
+    ds = data.AudioDataset(corpus.entries, 16000, name="csv", source=corpus.key_file.name)
+    x, label, utt, system, _ = ds[2]
+    assert x.shape == (16000,) and label == 0 and utt == "clips/c2" and system == "tts"
+    Path(corpus.entries[1].path).unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"1 problem\(s\) in the 4 csv files listed in key.tsv, first: .*c1.flac"
+    ):
+        data.AudioDataset(corpus.entries, 16000, name="csv", source=corpus.key_file.name)
+    kept = data.AudioDataset(corpus.entries, 16000, skip_bad=True, name="csv", source="key.tsv")
+    assert len(kept) == 3 and kept.problems[0].utt_id == "clips/c1"
+
+
+def test_cross_corpus_set_writes_in_the_wild_format_read_back(tmp_path):
+    if SHARED is None:
+        pytest.skip("../shared/data is absent")
+    files = corpora.shared_cross_corpus(SHARED)
+    assert {f.source for f in files} >= {"librivox", "cmu_arctic", "asterisk_ivr", "la19_enrollment", "nii_nsf_arctic"}
+    assert not any("heldout" in f.path for f in files)
+    meta = corpora.write_itw_corpus(tmp_path / "x", files[:3] + files[-2:])
+    assert meta.read_text().splitlines()[0] == "file,speaker,label,source"
+    corpus = corpora.read_corpus(tmp_path / "x")
+    assert corpus.name == "itw" and [e.key for e in corpus.entries] == [corpora.normalise_label(f.key, "")
+                                                                        for f in files[:3] + files[-2:]]  # fmt: skip
+    assert corpus.entries[-1].column("source") == files[-1].source
+
+
 # ---------------------------------------- metrics.py ----------------------------------------
 METRICS_PY = Path(metrics.__file__).resolve()
 B01_EER, B01_MIN_TDCF = 9.572028, 0.235936  # ASVspoof 2019 LA eval, organisers' tDCF_python (legacy t-DCF)
@@ -1705,6 +1932,54 @@ def test_asv5_writers_refuse_bad_ids_and_labels(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+# --- metrics.py against any corpus's key: breakdowns (issue 16) ---
+
+
+def test_eer_by_column_compares_one_class_values_with_the_whole_other_class():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=12)
+    keys = np.array(["bonafide"] * 6 + ["spoof"] * 6)
+    groups = np.array(["libri"] * 3 + ["ivr"] * 3 + ["nsf"] * 4 + ["pair"] * 2)  # sources: one class each
+    table = metrics.eer_by_column(scores, keys, groups)
+    assert list(table) == ["ivr", "libri", "nsf", "pair"]
+    assert table["libri"].eer == metrics.compute_eer(scores[:3], scores[6:])[0]  # its bona fide vs every spoof
+    assert table["nsf"].eer == metrics.compute_eer(scores[:6], scores[6:10])[0]  # its spoofs vs every bona fide
+    assert (table["pair"].n_bonafide, table["pair"].n_spoof) == (6, 2)
+    codec = np.array(["mp3", "none"] * 6)  # both classes in each value: its own trials only
+    both = metrics.eer_by_column(scores, keys, codec)
+    assert both["mp3"].eer == metrics.compute_eer(scores[0:6:2], scores[6::2])[0]
+    attack = np.where(keys == "bonafide", "-", "A07")  # the attack column: "-" is the bona fide pool, not a row
+    assert list(metrics.eer_by_column(scores, keys, attack)) == ["A07"]
+
+
+def test_metrics_cli_measures_a_score_file_against_any_corpus_with_by(tmp_path, capsys):
+    corpus = corpora.read_corpus(_make_corpus(tmp_path / "c", "csv"))
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=len(corpus.entries)) + np.array([e.label for e in corpus.entries])
+    path = metrics.write_score_file(tmp_path / "s.txt", [e.utt_id for e in corpus.entries],
+                                    [e.system for e in corpus.entries], [e.key for e in corpus.entries], values)  # fmt: skip
+    metrics.main(["--scores", str(path), "--data-root", str(corpus.root), "--by", "source", "--by", "attack", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    expected = metrics.evaluate_scores(metrics.read_score_file(path))
+    for key in ("eer", "min_dcf", "act_dcf", "cllr", "n_bonafide", "n_spoof"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-12), key
+    assert result["min_tdcf"] is None and set(result["breakdown"]) == {"source", "attack"}
+    src = np.array([e.column("source") for e in corpus.entries])
+    keys = np.array([e.key for e in corpus.entries])
+    own = metrics.compute_eer(
+        values[(src == "src0") & (keys == "bonafide")], values[(src == "src0") & (keys == "spoof")]
+    )
+    assert result["breakdown"]["source"]["src0"]["eer"] == pytest.approx(100 * own[0])
+    metrics.main(["--scores", str(path), "--data-root", str(corpus.root), "--by", "source"])
+    report = capsys.readouterr().out
+    assert "csv has no ASV scores" in report and "src1" in report
+    with pytest.raises(ValueError, match=r"--by codec: the key has no 'codec' column \(columns: attack, source"):
+        metrics.main(["--scores", str(path), "--data-root", str(corpus.root), "--by", "codec"])
+    short = metrics.write_score_file(tmp_path / "short.txt", ["clips/c0"], ["-"], ["bonafide"], [0.0])
+    with pytest.raises(ValueError, match=r"short.txt does not match key.tsv: 3 of its 4 trials missing"):
+        metrics.main(["--scores", str(short), "--data-root", str(corpus.root)])
+
+
 # ---------------------------------------- model.py and train.py ----------------------------------------
 
 
@@ -2212,6 +2487,18 @@ def test_checkpoint_is_a_plain_dict_that_loads_with_weights_only(train_small_run
     assert loaded["best_dev_eer"] == min(h["dev_eer"] for h in history)
 
 
+def test_each_checkpoint_carries_the_calibration_of_its_dev_scores(train_small_run):
+    """issue 16: llr = a * score + b fitted on the epoch's own dev scores, stored as plain numbers."""
+    last = torch.load(train_small_run / "last.pt", weights_only=True)
+    dev = metrics.read_score_file(train_small_run / "dev_scores.txt")  # the last epoch's dev scores
+    expected, _ = metrics.fit_dev_calibration(dev.score, dev.key)
+    assert "calibration" in last and last["calibration"] == expected
+    if expected is not None:
+        assert metrics.Calibration.from_dict(last["calibration"]).n_bonafide == dev.bonafide_scores.size
+    best = torch.load(train_small_run / "best.pt", weights_only=True)
+    assert "calibration" in best
+
+
 def test_resume_reaches_the_metrics_of_an_uninterrupted_run(train_small_run, tmp_path):
     run = tmp_path / "run"
     lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
@@ -2238,7 +2525,7 @@ def test_kill_9_mid_run_then_resume_gives_identical_metrics(tmp_path):
     proc = subprocess.Popen(command(run), cwd=REPO, env=_train_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()):
+    while not (run / "last.pt").is_file():  # last.pt is the commit point: epoch 1 is done
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # mid epoch 2 (or while writing its checkpoint)
@@ -2559,8 +2846,8 @@ def test_resume_of_a_damaged_checkpoint_is_one_line_naming_it(train_small_run, t
 def test_checkpoint_with_stored_arguments_of_the_wrong_type_is_one_clear_line(tmp_path):
     good = _evaluate_save_ckpt(tmp_path / "good.pt")
     for where, key, value, message in (
-        ("model_args", "dropout", "x", r"stored model_args\['dropout'\] = 'x' is not a number"),
-        ("model_args", "num_frames", 3.5, r"stored model_args\['num_frames'\] = 3\.5 is not an integer"),
+        ("model_args", "dropout", "x", r"stored model_args\['dropout'\] must be a number in \[0, 1\), got 'x'"),
+        ("model_args", "num_frames", 3.5, r"stored model_args\['num_frames'\] must be at least 16 .*a whole number, got 3\.5"),
         ("args", "pad", "middle", r"stored args\['pad'\] = 'middle'; expected one of repeat, zeros"),
         ("args", "frontend", "cqt", r"stored args\['frontend'\] = 'cqt': --frontend must be one of"),
     ):  # fmt: skip
@@ -2893,12 +3180,12 @@ def test_files_wav_resampled_and_downmixed_and_flac(evaluate_ckpt, evaluate_demo
     assert [r["file"] for r in rows] == files
     assert rows[0]["duration_s"] == pytest.approx(1.5, abs=1e-3)
     assert rows[0]["score"] == pytest.approx(rows[1]["score"], abs=1e-5)  # downmix of L = R is the mono file
-    for r in rows:
-        assert 0 <= r["p_bonafide"] <= 1 and r["verdict"] == ("bonafide" if r["p_bonafide"] >= 0.5 else "spoof")
-        assert r["p_bonafide"] == pytest.approx(1 / (1 + np.exp(-r["score"])))  # softmax of the two logits
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(flac), "--threshold", "0"])
+    for r in rows:  # an uncalibrated checkpoint: no LLR, no probability, the raw score against 0
+        assert r["llr"] is None and r["p_bonafide"] is None
+        assert r["verdict"] == ("bonafide" if r["score"] >= 0 else "spoof")
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(flac)])
     table = capsys.readouterr().out
-    assert "LA_D_1293230.flac" in table and table.rstrip().endswith("bonafide")
+    assert "LA_D_1293230.flac" in table and "UNCALIBRATED" in table and "--calibrate" in table
 
 
 def test_full_length_is_the_mean_of_window_logits(evaluate_ckpt):
@@ -2923,7 +3210,8 @@ def test_unreadable_file_names_it_and_exits_1_unless_skip_bad(evaluate_ckpt, tmp
     assert "verdict" in rows[0] and "broken.flac" in rows[1]["error"]
     proc = subprocess.run([sys.executable, str(EVALUATE_PY), "--ckpt", str(evaluate_ckpt), "--files", str(bad)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 1 and "broken.flac" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    errors = [line for line in proc.stderr.strip().splitlines() if not line.startswith("settings: ")]  # issue 20's line
+    assert proc.returncode == 1 and "broken.flac" in proc.stderr and len(errors) == 1, proc.stderr
 
 
 def _strict_json(text: str):
@@ -3092,7 +3380,7 @@ def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_work
     before = {p: Path(p).read_bytes() for p in (ckpt, protocol)}
     base = [sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(ckpt), "--data-root", str(tree), "--split", "dev"]
     for extra, match in ((["--out", str(ckpt)], "--out .* is --ckpt"),
-                         (["--out", str(protocol)], "--out .* is the dev CM protocol"),
+                         (["--out", str(protocol)], r"--out .* is the key file \(dev\)"),
                          (["--out", str(tmp_path / "s.txt"), "--det", str(tmp_path / "s.txt")], "--det .* is also --out")):  # fmt: skip
         run = subprocess.run(base + extra, capture_output=True, text=True, env=_train_env())
         assert run.returncode == 1 and run.stderr.count("\n") == 1 and re.search(match, run.stderr), run.stderr
@@ -3198,8 +3486,100 @@ def test_flags_that_contradict_the_checkpoint_are_refused(evaluate_ckpt, monkeyp
         evaluate.main(["--ckpt", str(evaluate_ckpt)])
     with pytest.raises(ValueError, match="--save-every must be at least 1"):
         evaluate.main(["--ckpt", str(evaluate_ckpt), "--save-every", "0"])
-    with pytest.raises(ValueError, match="--threshold"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--threshold", "2"])
+    with pytest.raises(ValueError, match="p_spoof must be in"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--p-spoof", "2"])
+
+
+# --- evaluate.py: any corpus, calibrated scores (issue 16) ---
+
+
+def test_evaluate_scores_a_corpus_resumably_and_writes_the_asvspoof5_pair(evaluate_ckpt, tmp_path, capsys):
+    corpus = corpora.read_corpus(_make_corpus(tmp_path / "itw", "itw"))
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    inner = scorer.model
+    scorer.model = _EvaluateCounting(inner, fail_after=1)  # dies after the first batch of 2
+    out = tmp_path / "s.txt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        evaluate.score_corpus(scorer, corpus, out, batch_size=2, num_workers=0, save_every=1, progress=False)
+    assert len(metrics.read_score_file(out.with_name("s.txt.partial"))) == 2
+    scorer.model = _EvaluateCounting(inner)
+    res = evaluate.score_corpus(scorer, corpus, out, batch_size=2, num_workers=0, progress=False)
+    assert (res.n_resumed, res.n_scored, scorer.model.items) == (2, 2, 2)
+    assert [str(u) for u in res.scores.utt_id] == [e.utt_id for e in corpus.entries]  # key-file order, 4 columns
+    assert list(res.scores.system) == [e.system for e in corpus.entries] and not out.with_name("s.txt.partial").exists()
+    # the command line: detected corpus, raw scores said so, the ASVspoof 5 pair, the JSON fields
+    asv5 = tmp_path / "asv5.tsv"
+    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--out", str(tmp_path / "cli.txt"),
+                   "--asv5-out", str(asv5), "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["corpus"] == "itw" and result["calibrated"] is False and "scores are RAW" in captured.err
+    for key in ("eer", "min_dcf", "act_dcf", "cllr", "n_bonafide", "n_spoof"):
+        assert key in result
+    assert asv5.read_text().splitlines()[0] == "filename\tcm-score"
+    pair = metrics.read_asv5_scores(asv5, tmp_path / "asv5_keys.tsv")
+    np.testing.assert_array_equal(pair.score, metrics.read_score_file(tmp_path / "cli.txt").score)
+    with pytest.raises(ValueError, match="--split dev is for ASVspoof 2019 LA; the itw corpus takes --subset"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--split", "dev"])
+    with pytest.raises(ValueError, match="--calibrated: .* holds no calibration"):
+        evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--calibrated"])
+
+
+def test_scoring_loader_works_with_spawned_workers(evaluate_ckpt, tmp_path):
+    """The DataLoader's dataset and collate_fn pickle: workers started by spawn (macOS, Windows) score 3 files."""
+    corpus = corpora.read_corpus(_make_corpus(tmp_path / "f", "folders"))
+    scorer = evaluate.load_scorer(evaluate_ckpt)
+    ds = data.AudioDataset(corpus.entries[:3], scorer.num_samples, pad=scorer.pad)
+    for full_length in (False, True):
+        scores: dict[str, float] = {}
+        evaluate.score_dataset(scorer, ds, scores, 2, 1, 100, lambda: None, full_length=full_length,
+                               multiprocessing_context="spawn")  # fmt: skip
+        assert sorted(scores) == sorted(e.utt_id for e in corpus.entries[:3])
+        assert all(np.isfinite(v) for v in scores.values())
+
+
+def test_old_checkpoint_scores_raw_then_calibrates_in_one_command(train_small_run, tmp_path, capsys):
+    """A checkpoint without calibration (trained before issue 16) loads and scores raw; --calibrate on dev stores one
+    (weights_only still loads it); then dev is written as LLRs: EER and minDCF unchanged, Cllr lower."""
+    old = torch.load(train_small_run / "best.pt", weights_only=True)
+    old.pop("calibration", None)
+    ckpt = tmp_path / "old.pt"
+    torch.save(old, ckpt)
+    assert evaluate.load_scorer(ckpt).calibration is None
+    base = ["--ckpt", str(ckpt), "--data-root", str(DEMO), "--split", "dev", "--num-workers", "0", "--json"]
+    evaluate.main([*base, "--out", str(tmp_path / "raw.txt")])
+    raw = json.loads(capsys.readouterr().out)
+    assert raw["calibrated"] is False and raw["n_scores"] == 80
+    evaluate.main(["--ckpt", str(ckpt), "--data-root", str(DEMO), "--calibrate", "--num-workers", "0",
+                   "--out", str(tmp_path / "dev_raw.txt")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "calibration stored in" in printed and "actDCF" in printed and "Cllr" in printed
+    stored = torch.load(ckpt, weights_only=True)["calibration"]
+    cal = metrics.Calibration.from_dict(stored)
+    dev = metrics.read_score_file(tmp_path / "dev_raw.txt")
+    assert cal == metrics.fit_calibration(dev.bonafide_scores, dev.spoof_scores)
+    evaluate.main([*base, "--out", str(tmp_path / "llr.txt")])
+    llr = json.loads(capsys.readouterr().out)
+    assert llr["calibrated"] is True
+    np.testing.assert_allclose(metrics.read_score_file(tmp_path / "llr.txt").score, cal.apply(dev.score))
+    assert llr["eer"] == pytest.approx(raw["eer"], abs=1e-9) and llr["min_dcf"] == pytest.approx(
+        raw["min_dcf"], abs=1e-9
+    )
+    assert llr["cllr"] < raw["cllr"]
+    # --files names the calibration, the prior and the costs, and decides at the Bayes threshold
+    flac = DEMO / "ASVspoof2019_LA_dev" / "flac" / "LA_D_1293230.flac"
+    evaluate.main(["--ckpt", str(ckpt), "--files", str(flac), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    row, decision = out["files"][0], out["decision"]
+    assert decision["calibrated"] and decision["threshold"] == pytest.approx(metrics.bayes_threshold())
+    assert row["llr"] == pytest.approx(cal.apply([row["score"]])[0])
+    assert row["p_bonafide"] == pytest.approx(1 / (1 + np.exp(-row["llr"] - np.log(0.95 / 0.05))))
+    assert row["verdict"] == ("bonafide" if row["llr"] >= metrics.bayes_threshold() else "spoof")
+    evaluate.main(["--ckpt", str(ckpt), "--files", str(flac), "--p-spoof", "0.5", "--c-fa", "1"])
+    table = capsys.readouterr().out
+    assert "bonafide when llr >= 0.0000" in table and "P(bona fide) = 0.5" in table
+    evaluate.main(["--ckpt", str(ckpt), "--files", str(flac), "--raw"])
+    assert "UNCALIBRATED" in capsys.readouterr().out
 
 
 # --- bench.py ---

@@ -62,7 +62,7 @@ from data import (
     count_bad,
     make_frontend,
 )
-from metrics import compute_eer, write_score_file
+from metrics import compute_eer, fit_dev_calibration, write_score_file
 from model import (
     LCNN,
     add_model_args,
@@ -803,8 +803,6 @@ def train(args: argparse.Namespace) -> list[dict]:
 
     # precision and memory format: the flags, the cache, or a measurement of the real step (printed)
     choose_run_settings(args, frontend, device, args.epochs * len(train_loader))
-    # precision and memory format: the flags, the cache, or a measurement of the real step (printed)
-    choose_run_settings(args, frontend, device, args.epochs * len(train_loader))
     # model, optimiser, scheduler: from scratch or from the checkpoint
     raw_model, optimizer, scheduler = make_model(args, frontend.n_bins, device)
     state = resume_into(ckpt, args, run_dir, raw_model, optimizer, scheduler) if ckpt else RunState()
@@ -821,6 +819,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         if state.epoch >= args.epochs and not state.pending:
             print(f"{args.resume} already holds {state.epoch} epochs (--epochs {args.epochs}): nothing to train")
     writer = open_tensorboard(run_dir) if is_main() else None
+    best_calibration = "as stored in best.pt (fitted before this resume)"
     run_start, first_epoch = time.monotonic(), state.epoch + (0 if state.pending else 1)
     title = f"{run_dir.name}: LCNN, recipe {args.recipe}, {args.frontend} {frontend.n_bins} x {args.num_frames}"
     saved_parts = (raw_model, optimizer, scheduler, flags, args.data_root)  # what RunState.checkpoint saves
@@ -855,8 +854,13 @@ def train(args: argparse.Namespace) -> list[dict]:
             epoch=epoch, train_loss=result["train_loss"], **dev, lr=result["lr"],
             n_bad=n_left_out + result["n_bad"] + scores["n_bad"], n_train=result["n_files"], n_dev=len(scores["score"]),
             seconds=result["seconds"], files_per_s=round(result["n_files"] / max(result["seconds"], 1e-9), 2)))  # fmt: skip
+        # issue 16: each checkpoint carries llr = a * score + b fitted on its own epoch's dev scores, so best.pt holds
+        # the selected epoch's calibration even when the run is interrupted (evaluate.py writes LLRs with it)
+        calibration, calibration_line = fit_dev_calibration(scores["score"], scores["key"])
+        best_calibration = calibration_line if state.best_epoch == epoch else best_calibration
+        checkpoint = state.checkpoint(*saved_parts, epoch, calibration=calibration)  # every rank: it gathers RNG states
         if is_main():
-            write_epoch(run_dir, state.checkpoint(*saved_parts, epoch), scores, title, writer)
+            write_epoch(run_dir, checkpoint, scores, title, writer)
             left = (time.monotonic() - run_start) / max(epoch - first_epoch + 1, 1) * (args.epochs - epoch)
             print(f"epoch {epoch}/{args.epochs}: train loss {metrics['train_loss']:.4f}, dev loss "
                   f"{metrics['dev_loss']:.4f}, dev EER {metrics['dev_eer']:.2f} % (best {state.best_eer:.2f} % @ "
@@ -878,6 +882,7 @@ def train(args: argparse.Namespace) -> list[dict]:
             else f"best.pt of the run resumed ({resume_checkpoint_path(args.resume).parent / 'best.pt'}); {run_dir} holds none, since no epoch here beat it"
         )
         print(f"done: best dev EER {state.best_eer:.2f} % at epoch {state.best_epoch}; {where}", flush=True)
+        print(f"calibration in best.pt (epoch {state.best_epoch} dev scores): {best_calibration}", flush=True)
     return state.history
 
 

@@ -149,6 +149,33 @@ class NonFiniteAudio(ValueError):
     """A float file holds NaN or inf samples (one would turn every score and loss it touches into NaN)."""
 
 
+class UnusableAudio(ValueError):
+    """Audio that decodes but holds nothing to score: shorter than one analysis window, or digital silence."""
+
+
+# The one rule for audio too short to score: at least one analysis window of the STC front-end (1,724 samples,
+# 107.75 ms at 16 kHz, the longest window of the front-ends): a shorter clip holds no frame of real signal, and the
+# model's verdict on its padding would be confident and meaningless (a 1 ms clip scored P(bona fide) 0.9995).
+MIN_SAMPLES = 1724
+# What every loop that reads audio catches for the bad-file policy (`BadAudio`): unreadable, truncated, empty,
+# non-finite, too short or silent, missing or not readable (OSError: permissions, broken links).
+AUDIO_ERRORS = (RuntimeError, ValueError, OSError)
+
+
+def check_usable(frames: int, sr: int, target: int = SAMPLE_RATE) -> None:
+    """UnusableAudio when a file of `frames` samples at `sr` Hz is shorter than MIN_SAMPLES at the target rate."""
+    if 0 < frames * target / sr < MIN_SAMPLES:
+        raise UnusableAudio(f"{1000 * frames / sr:.1f} ms of audio, shorter than one analysis window "
+                            f"({MIN_SAMPLES:,} samples, {1000 * MIN_SAMPLES / target:.2f} ms at {target // 1000} kHz): "
+                            "too short to score")  # fmt: skip
+
+
+def check_not_silent(peak: float) -> None:
+    """UnusableAudio for digital silence (every sample exactly 0): no signal to score."""
+    if peak == 0:
+        raise UnusableAudio("digital silence: every sample is 0, nothing to score")
+
+
 def check_finite_block(block: np.ndarray, at: int, sr: int) -> None:
     """NonFiniteAudio naming the count and the first bad sample of a decoded (N, C) block starting at sample `at`."""
     bad = ~np.isfinite(block)
@@ -159,9 +186,11 @@ def check_finite_block(block: np.ndarray, at: int, sr: int) -> None:
 
 
 def decode_whole(f) -> np.ndarray:
-    """Decode path 1 -- the whole file: (N, C) float32, checked finite and complete."""
+    """Decode path 1 -- the whole file: (N, C) float32, checked finite, complete and not silent."""
     audio = f.read(dtype="float32", always_2d=True)
     check_finite_block(audio, 0, f.samplerate)
+    if audio.size:
+        check_not_silent(float(np.abs(audio).max()))
     if f.frames and audio.shape[0] < f.frames:
         raise TruncatedAudio(f"truncated: decoding stops {f.frames - audio.shape[0]:,} samples short of the "
                              f"{f.frames:,} the header promises")  # fmt: skip
@@ -170,17 +199,19 @@ def decode_whole(f) -> np.ndarray:
 
 def decode_window_verified(f, start: int, num_samples: int) -> np.ndarray:
     """Decode path 2 -- a window, with every block of the file decoded and checked (memory: one block + the window)."""
-    parts, pos, total = [], 0, f.frames
+    parts, pos, total, peak = [], 0, f.frames, 0.0
     while pos < total:
         block = f.read(AUDIO_BLOCK, dtype="float32", always_2d=True)
         if block.shape[0] == 0:
             raise TruncatedAudio(f"truncated: decoding stops {total - pos:,} samples short of the "
                                  f"{total:,} the header promises")  # fmt: skip
         check_finite_block(block, pos, f.samplerate)
+        peak = max(peak, float(np.abs(block).max()))
         lo, hi = max(start - pos, 0), min(start + num_samples - pos, block.shape[0])
         if lo < hi:
             parts.append(block[lo:hi])
         pos += block.shape[0]
+    check_not_silent(peak)
     return np.concatenate(parts)
 
 
@@ -212,8 +243,8 @@ def load_audio(
         (N,) float32 tensor in [-1, 1].
 
     Raises:
-        FileNotFoundError, PermissionError, RuntimeError (unreadable or truncated), ValueError (empty, or NaN / inf
-        samples) -- each naming the file.
+        FileNotFoundError, PermissionError, RuntimeError (unreadable or truncated), ValueError (empty, NaN / inf
+        samples, or `UnusableAudio`: shorter than MIN_SAMPLES or digital silence) -- each naming the file.
     """
     path = audio_file(path)
     if verify and (short := wav_shortfall(path)):
@@ -221,13 +252,14 @@ def load_audio(
     try:
         with sound_file(path) as f:
             sr, total = f.samplerate, f.frames
+            check_usable(total, sr, sample_rate)
             if num_samples is None or sr != sample_rate or total <= num_samples:
                 audio = decode_whole(f)
             else:
                 start = int(torch.randint(0, total - num_samples + 1, ())) if random_crop else min(offset, total - 1)
                 decode = decode_window_verified if verify else decode_window_fast
                 audio = decode(f, start, num_samples)
-    except (TruncatedAudio, NonFiniteAudio) as e:  # our own findings keep their type; the file is named once
+    except (TruncatedAudio, NonFiniteAudio, UnusableAudio) as e:  # our findings keep their type; the file named once
         raise type(e)(f"{path}: {e}") from None
     except Exception as e:  # soundfile raises LibsndfileError with libsndfile's text
         raise RuntimeError(f"{path}: cannot decode audio ({e})") from e
@@ -546,6 +578,10 @@ def check_audio_file(
         if frames == 0:
             return 0.0, problems + ["empty: the header declares 0 samples"]
         try:
+            check_usable(frames, sr)  # the scripts' own minimum, reported here as they would refuse it
+        except UnusableAudio as e:
+            problems.append(str(e))
+        try:
             if not deep:
                 f.seek(max(0, frames - 4096))
             audio = f.read(dtype="float32", always_2d=True)  # (N, C)
@@ -862,7 +898,7 @@ class AudioDataset(Dataset):
         e = self.entries[i]
         try:
             wave = self.waveform(i)
-        except (RuntimeError, ValueError, FileNotFoundError) as err:
+        except AUDIO_ERRORS as err:
             return BadAudio.of(e.utt_id, self.path(i), err)
         wave = fix_length(wave, self.num_samples, self.pad, self.random_crop)
         if self.augment:
@@ -966,7 +1002,7 @@ def decode_all(
     def one(path: Path) -> np.ndarray | str:
         try:
             wave = load_audio(path)
-        except (RuntimeError, ValueError, FileNotFoundError) as e:
+        except AUDIO_ERRORS as e:
             return str(e)
         return (wave.clamp(-1, 32767 / 32768) * 32768).round().to(torch.int16).numpy()
 

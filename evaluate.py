@@ -66,6 +66,7 @@ from corpora import (
     read_corpus,
 )
 from data import (
+    AUDIO_ERRORS,
     ASVspoof2019LA,
     AudioDataset,
     BadAudio,
@@ -373,7 +374,7 @@ class _WholeFiles(Dataset):
         e = self.ds.entries[i]
         try:
             return self.ds.waveform(i), e.utt_id
-        except (RuntimeError, ValueError, FileNotFoundError) as err:
+        except AUDIO_ERRORS as err:
             return BadAudio.of(e.utt_id, self.ds.path(i), err)
 
 
@@ -697,6 +698,7 @@ def score_files(
     batch_size: int = 64,
     skip_bad: bool = False,
     full_length: bool = False,
+    progress: bool = False,
 ) -> list[dict]:
     """Raw score, LLR, bona fide probability and verdict of each audio file soundfile reads (resampled to 16 kHz,
     downmixed), as `decision` says (default: the scorer's calibration and the ASVspoof 5 costs).
@@ -712,6 +714,7 @@ def score_files(
         batch_size: files (or, with `full_length`, windows of one file) scored together.
         skip_bad: an unusable file gets an "error" entry instead of stopping everything.
         full_length: score whole files (see `Scorer.logits_file`) instead of the training crop.
+        progress: a progress line with rate and ETA on stderr (every 5 s), then the tally "N scored, M skipped".
 
     Returns:
         One dict per file, in order: {"file", "duration_s", "score", "llr", "p_bonafide", "verdict"} (llr and
@@ -723,6 +726,7 @@ def score_files(
     decision = decision or Decision(scorer.calibration)
     results: list[dict] = []
     pending: list[tuple[dict, torch.Tensor]] = []
+    bar = Progress(len(paths), "score files", every=5.0) if progress else None
 
     def finish(rows: list[dict], logits: torch.Tensor) -> None:
         values = bonafide_score(logits).tolist()
@@ -749,7 +753,7 @@ def score_files(
             wave = load_audio(path, num_samples=scorer.num_samples)  # (<= num_samples,) mono, 16 kHz
         except NonFiniteScoreError:
             raise
-        except (FileNotFoundError, RuntimeError, ValueError) as e:
+        except AUDIO_ERRORS as e:
             bad = BadAudio.of(Path(path).stem, path, e)
             count_bad([bad], skip_bad)
             row["error"] = bad.problem
@@ -758,7 +762,15 @@ def score_files(
         pending.append((row, wave))
         if len(pending) >= batch_size:
             flush()
+            if bar:
+                bar.update(len(results) - bar.done)
     flush()
+    if bar:
+        bar.update(len(results) - bar.done)
+        bar.close()
+        bad = [r for r in results if "error" in r]
+        first = f": first {bad[0]['file']}: {bad[0]['error']}" if bad else ""
+        print(f"{len(results) - len(bad):,} scored, {len(bad):,} skipped{first}", file=sys.stderr)
     return results
 
 
@@ -929,7 +941,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--calibrated: {args.ckpt} holds no calibration; fit one with evaluate.py --ckpt "
                              f"{args.ckpt} --data-root LA --split dev --calibrate")  # fmt: skip
         decision = Decision(None if args.raw else scorer.calibration, costs)
-        rows = score_files(scorer, args.files, decision, args.batch_size, args.skip_bad, args.full_length)
+        rows = score_files(scorer, args.files, decision, args.batch_size, args.skip_bad, args.full_length,
+                           progress=len(args.files) > 1)  # fmt: skip
         if args.json:
             print(json.dumps({"checkpoint": str(args.ckpt), "decision": decision.to_json(), "files": rows},
                              allow_nan=False))  # fmt: skip

@@ -3406,6 +3406,27 @@ def test_an_utt_id_that_names_a_path_is_refused_at_its_protocol_line(tmp_path):
         find_la_root(layout).audio_path("dev", "../../x")
 
 
+@pytest.mark.parametrize("samples,peak", [(1, 0.3), (16, 0.3), (320, 0.3), (1723, 0.3), (16000, 0.0)])
+def test_audio_too_short_to_hold_a_frame_or_silent_is_unusable_everywhere(tmp_path, evaluate_ckpt, samples, peak):
+    """One rule (data.MIN_SAMPLES, data.check_not_silent) for load_audio, --check, the Dataset and --files:
+    a 1 ms or 20 ms clip or digital silence is never given a confident verdict."""
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, (peak * np.sin(np.arange(samples) / 3.0)).astype(np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(data.UnusableAudio, match=r"clip\.wav: .*(too short to score|digital silence)"):
+        data.load_audio(clip)
+    assert any("too short" in p or "digital silence" in p or "silent" in p
+               for p in data.check_audio_file(clip, deep=True)[1])  # fmt: skip
+    ok = tmp_path / "ok.wav"
+    sf.write(ok, (0.3 * np.sin(np.arange(1724) / 3.0)).astype(np.float32), 16000, subtype="FLOAT")
+    assert data.load_audio(ok).shape == (1724,)
+    out = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(evaluate_ckpt), "--files", str(clip),
+                          str(ok), "--skip-bad", "--json"], capture_output=True, text=True, env=_train_env())  # fmt: skip
+    rows = json.loads(out.stdout)["files"]
+    assert "verdict" not in rows[0] and rows[0]["file"].endswith("clip.wav") and "verdict" in rows[1], rows
+    assert "too short to score" in rows[0]["error"] or "digital silence" in rows[0]["error"]
+    assert "1 scored, 1 skipped: first " in out.stderr and "score files: 2/2 files" in out.stderr  # progress, tally
+
+
 def test_a_broken_symlink_in_a_flac_folder_costs_only_that_file(tmp_path, capsys):
     la = data_small_tree(tmp_path / "LA")
     flac = la / "ASVspoof2019_LA_dev" / "flac"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from cli import Progress
 from corpora import LALayout, ProtocolEntry, vocv4_files
-from data import SAMPLE_RATE, load_audio
+from data import AUDIO_ERRORS, SAMPLE_RATE, load_audio
 
 # ----------------------------------------------------------------------------- copy-synthesis: local vocoders
 
@@ -173,7 +173,7 @@ def _vocode_job(job: tuple[str, str, str]) -> str | None:
 
         sf.write(tmp, y.numpy(), SAMPLE_RATE, format="WAV", subtype="FLOAT")
         os.replace(tmp, dst)
-    except (RuntimeError, ValueError, FileNotFoundError, OSError) as e:
+    except AUDIO_ERRORS as e:
         return f"{src}: {name}: {e}"
     return None
 

@@ -397,6 +397,16 @@ def default_num_workers(flag: int | None, device: torch.device) -> int:
     return 0 if torch.device(device).type == "cpu" else min(16, os.cpu_count() or 1)
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether an exception is an allocation failure: MemoryError, torch.OutOfMemoryError (CUDA, MPS), or the plain
+    RuntimeError torch's CPU allocator raises. The CPU case has no type of its own, so it is recognised by the
+    allocator's fixed text ("DefaultCPUAllocator: can't allocate memory") -- the one place the project reads an
+    exception's message, and only because torch gives nothing else to go on."""
+    if isinstance(e, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a script's main(); a user error ends as one line on stderr and exit status 1 (--debug: traceback).
 
@@ -419,7 +429,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         if debug:
             traceback.print_exc()
         text = str(e) or type(e).__name__
-        if isinstance(e, MemoryError) or "allocate" in text and "memory" in text.lower():  # torch's CPU/CUDA OOM
+        if is_out_of_memory(e):
             first = text.strip().splitlines()[0][:160]
             text = (f"out of memory ({first}); expected sizes this machine can hold: lower --batch-size or "
                     "--num-frames (or check the checkpoint's sizes)")  # fmt: skip

@@ -2874,7 +2874,7 @@ def test_resume_of_a_checkpoint_with_a_mistyped_flag_is_refused(train_small_run,
 
 def test_vocoded_training_spoofs_are_made_once_cached_and_added(tmp_path, capsys):
     cache = tmp_path / "cache"
-    flags = _train_small_flags(tmp_path / "run", "--epochs", "1", "--limit-train", "24", "--vocoded", "griffinlim",
+    flags = _train_small_flags(tmp_path / "run", "--epochs", "1", "--limit-train", "24", "--vocode", "griffinlim",
                                "melgl", "--vocoded-cache", str(cache))  # fmt: skip
     lcnn_train.main(flags)
     (h,) = _train_metrics(tmp_path / "run")

@@ -144,14 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="random windows of long training files (else from the start)",
     )
     g.add_argument("--cache-audio", action="store_true", help="decode all audio once into memory (int16)")
-    g.add_argument("--vocoded", nargs="+", choices=sorted(VOCODERS), default=[], metavar="VOCODER",
-                   help="add copy-synthesised spoofs of the training bona fide made by these local vocoders "
-                        f"({', '.join(VOCODERS)}; world/mlsa need pyworld/pysptk), made once into --vocoded-cache")  # fmt: skip
-    g.add_argument("--vocoded-cache", default=VOCODED_CACHE, help="where --vocoded copies are kept and reused")
+    # --vocode / --vocoders: the names explain.py uses for the same things (the older --vocoded / --vocv4-vocoders
+    # still work; checkpoints keep storing them under their old keys)
+    g.add_argument("--vocode", "--vocoded", dest="vocoded", nargs="+", choices=sorted(VOCODERS), default=[],
+                   metavar="VOCODER", help="add copy-synthesised spoofs of the training bona fide made by these local "
+                   f"vocoders ({', '.join(VOCODERS)}; world/mlsa need pyworld/pysptk), made once into --vocoded-cache")  # fmt: skip
+    g.add_argument("--vocoded-cache", default=VOCODED_CACHE, help="where --vocode copies are kept and reused")
     g.add_argument(
         "--vocv4-root", help="add vocv4's vocoded copies of the training bona fide as spoofs (voc.v4 folder)"
     )
-    g.add_argument("--vocv4-vocoders", nargs="+", default=None, metavar="VOCODER",
+    g.add_argument("--vocoders", "--vocv4-vocoders", dest="vocv4_vocoders", nargs="+", default=None, metavar="VOCODER",
                    help="with --vocv4-root: only these vocoders (default: all it lists)")  # fmt: skip
     g.add_argument("--limit-train", type=int, default=0, help="use N training files spread over the protocol (0: all)")
     g.add_argument("--limit-dev", type=int, default=0, help="use N dev files spread over the protocol (0: all)")

@@ -215,9 +215,9 @@ def prepare_vocoded(
     """
     for name in vocoders:
         if name not in VOCODERS:
-            raise ValueError(f"--vocoded: unknown vocoder {name!r}; expected some of {', '.join(VOCODERS)}")
+            raise ValueError(f"--vocode: unknown vocoder {name!r}; expected some of {', '.join(VOCODERS)}")
         if name in ("world", "mlsa"):
-            optional_package({"world": "pyworld", "mlsa": "pysptk"}[name], f"--vocoded {name}")
+            optional_package({"world": "pyworld", "mlsa": "pysptk"}[name], f"--vocode {name}")
     bona = [e for e in entries if e.key == "bonafide"]
     out, jobs = [], []
     for name in vocoders:

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -663,6 +664,60 @@ def bench_gpu(args, device: torch.device, folder: Path) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
+# ----------------------------------------------------------------------------- bf16 against fp32: the science
+
+
+def train_run(out: Path, root: str, precision: str, seed: int, extra: list[str]) -> dict:
+    """One train.py run in a child process (its own threads, nothing shared); returns its last metrics record."""
+    cmd = [sys.executable, str(HERE / "train.py"), "--data-root", root, "--out", str(out), "--seed", str(seed),
+           "--precision", precision, "--device", "cpu", *extra]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LCNN_TUNE": "off"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def bench_science(args, folder: Path) -> str:
+    """Does bf16 change the science? Best dev EER of fp32 and bf16 training over seeds (tiny recipe and an
+    STC-shaped model at a shorter input), then the same checkpoint's dev scores in fp32 and bf16."""
+    import evaluate
+    import metrics
+
+    root = args.science_root
+    shapes = {
+        "tiny": ["--recipe", "tiny"],
+        "stc-shaped (863 x 200, 2 epochs)": ["--recipe", "stc", "--num-frames", "200", "--epochs", "2",
+                                             "--batch-size", "8", "--limit-train", "120"],
+    }  # fmt: skip
+    lines = [f"{describe_device(torch.device('cpu'))}; data {root}; seeds {args.seeds}",
+             f"{'model':<34} {'seed':>4} {'fp32 best dev EER':>18} {'bf16 best dev EER':>18} {'difference':>11}"]  # fmt: skip
+    ckpt = None
+    for name, extra in shapes.items():
+        diffs = []
+        for seed in args.seeds:
+            eer = {}
+            for precision in ("fp32", "bf16"):
+                out = folder / f"science_{name.split()[0]}_{precision}_{seed}"
+                eer[precision] = train_run(out, root, precision, seed, extra)["best_dev_eer"]
+                ckpt = ckpt or out / "best.pt"
+            diffs.append(eer["bf16"] - eer["fp32"])
+            lines.append(f"{name:<34} {seed:>4} {eer['fp32']:>17.2f}% {eer['bf16']:>17.2f}% {diffs[-1]:>+10.2f}")
+        lines.append(f"{name:<34} mean |difference| {np.mean(np.abs(diffs)):.2f} EER points over {len(diffs)} seeds")
+    device = torch.device("cpu")
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        scorer = evaluate.load_scorer(ckpt, device, precision, channels_last=True, budget_s=0)
+        res = evaluate.score_split(scorer, root, "dev", folder / f"science_scores_{precision}.txt", 8, 0,
+                                   progress=False)  # fmt: skip
+        scores[precision] = res.scores
+    a, b = scores["fp32"], scores["bf16"]
+    eers = [100 * metrics.compute_eer(s.bonafide_scores, s.spoof_scores)[0] for s in (a, b)]
+    lines.append(f"one checkpoint ({ckpt.parent.name}) on dev, {len(a)} files: max |score bf16 - fp32| "
+                 f"{np.max(np.abs(a.score - b.score)):.4f} (scores span {np.ptp(a.score):.2f}), EER {eers[0]:.2f} % "
+                 f"fp32 / {eers[1]:.2f} % bf16")  # fmt: skip
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
@@ -670,7 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     parser.set_defaults(batch_size=None)  # --num-workers None: ours follows cli.default_num_workers, naive uses cores
     g = parser.add_argument_group("bench.py")
-    g.add_argument("--what", choices=("train", "score", "all", "scale", "gpu"), default="all", help="which benchmark")
+    g.add_argument("--what", choices=("train", "score", "all", "scale", "gpu", "science"), default="all",
+                   help="which benchmark (science: fp32 against bf16 training and scoring, dev EER over seeds)")  # fmt: skip
+    g.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="--what science: training seeds")
+    g.add_argument("--science-root", default=str(HERE.parent / "shared" / "data" / "asvspoof2019_la_mini" / "LA"),
+                   help="--what science: the LA tree trained on (default: the real mini tree)")  # fmt: skip
     g.add_argument(
         "--n", type=int, help="training samples / files to score (default: cpu 16 / 48, cuda 12,800 / 71,237)"
     )
@@ -717,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
             text = f"{describe_device(torch.device('cpu'))}\n" + format_scale(rows)
         elif args.what == "gpu":
             rows, text = [], bench_gpu(args, device, folder)
+        elif args.what == "science":
+            rows, text = [], bench_science(args, folder)
         else:
             peak = measure_peak(device)
             flops = flops_per_sample(make_frontend(args.frontend).n_bins, args.num_frames)

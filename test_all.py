@@ -586,8 +586,8 @@ def test_data_download_vocv4_tar(tmp_path, data_server, capsys):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
         for name, payload in [
-            ("voc.v4/protocol.txt", b"LA_0079 LA_T_1 - - spoof\n"),
-            ("voc.v4/wav/LA_T_1.wav", b"RIFF"),
+            ("voc.v4/protocol.txt", b"LA_0079 hifigan_LA_T_1703395 - hifigan spoof\n"),  # vocv4's own format
+            ("voc.v4/wav/hifigan_LA_T_1703395.wav", b"RIFF"),
         ]:
             info = tarfile.TarInfo(f"project09-voc.v4/{name}")
             info.size = len(payload)
@@ -599,6 +599,7 @@ def test_data_download_vocv4_tar(tmp_path, data_server, capsys):
     assert (to / "project09-voc.v4.tar").read_bytes() == buf.getvalue() and (to / ".completed-vocv4").is_file()
     root = to / "project09-voc.v4" / "voc.v4"
     assert "1 protocol lines, 1 wav files" in capsys.readouterr().out and data.find_vocv4_root(to) == root
+    assert [(e.vocoder, e.utt_id) for e in data.read_vocv4_protocol(root / "protocol.txt")] == [("hifigan", "LA_T_1703395")]
     with pytest.raises(FileNotFoundError, match="no voc.v4 folder"):
         data.find_vocv4_root(tmp_path / "src")
 

@@ -15,11 +15,14 @@ is not one (identical, unrelated, offset beyond the search) is refused. Both sid
 front-end and input length; then the Eq. 2 mask, Grad-CAM and InputXGradient, agreement, the randomisation check and
 the deletion/insertion test run on them (the methods: xai.py; the numbers over pairs and the figures: report.py).
 
-This file holds: the model to explain (ModelInfo, load_model, predict); the pair sources, one small function each
-(pairs_of_utt, pairs_of_real, pairs_of_split, pairs_of_real_dir, pairs_of_vocv4) and collect_pairs with its filters;
-one pair end to end (load_pair, pair_inputs, explain_pair); the resumable run over many pairs (run_settings,
-explain_pairs); the flags (build_parser, check_flags, resolve_defaults -- the one place a default is decided) and
-main.
+This file holds:
+  the model       find_default_checkpoint, ModelInfo, NonFiniteModelError, check_finite_weights, load_model, predict
+  which pairs     PairSpec, SPEAKER_RE, SOURCES, pair_source, local_pairs, checked_audio, one function per source
+                  (pairs_of_utt, pairs_of_real, pairs_of_split, pairs_of_real_dir, pairs_of_vocv4; PAIR_SOURCES),
+                  collect_pairs (the source's pairs, then --speakers / --limit)
+  one pair        load_pair, pair_inputs, faithfulness, explain_pair
+  the run         SETTING_KEYS, run_settings, finished_pairs, explain_pairs (resumable)
+  the flags       build_parser, check_flags (checks only), resolve_defaults (the one place a default is decided), main
 
 Outputs in --out: pairs/<vocoder>__<name>.json (one result per pair, written as it finishes: a rerun skips them and
 recomputes any that cannot be read), failed.json, summary.json and the printed summary, summary_agreement.png,

@@ -3,14 +3,14 @@
 Imports xai.py (the methods' names and the AOPC), metrics.py (the EER) and data.py (labels, atomic writes); explain.py
 imports this file, never the reverse. Inside:
 
-  results of one pair   Prediction, Agreement, Faithfulness (AOPC and normalised AOPC per ranking), PairResult
-                        (one JSON file per pair: to_json / read_pair), PairMaps (the tensors for its figures),
-                        finite_or_none
-  numbers over pairs    N_BOOT, bootstrap_ci, paired_vs, zero_filled, detection, summarise_pairs, fmt_ci,
-                        format_summary
-  figures of one pair   plot_pair (real vs fake by eye), plot_maps (mask vs maps, binarised), plot_sanity (trained vs
-                        re-initialised maps and the cascade)
-  figures over pairs    plot_agreement_summary, plot_faithfulness_summary, plot_sanity_summary
+  results of one pair   TARGETS, METHODS, TARGET_INDEX, Prediction, Agreement, Faithfulness (AOPC and normalised AOPC
+                        per ranking), PairResult (one JSON file per pair: to_json / from_json), read_pair, PairMaps
+                        (the tensors for its figures), finite_or_none
+  numbers over pairs    N_BOOT, bootstrap_ci, paired_vs, zero_filled, detection, summarise_sanity,
+                        summarise_faithfulness, summarise_pairs, fmt_ci, format_summary
+  figures of one pair   FIG_DPI, to_db, plot_pair (real vs fake by eye), plot_maps (mask vs maps, binarised),
+                        plot_sanity (trained vs re-initialised maps and the cascade)
+  figures over pairs    RANKING_STYLE, plot_agreement_summary, plot_faithfulness_summary, plot_sanity_summary
 
 Every number a summary shows is a mean over pairs with a percentile-bootstrap 95 % confidence interval; with one
 pair there is no interval and the summary says n = 1.

@@ -4,16 +4,16 @@ Imports only torch, numpy and model.py (`classify`, `bonafide_score`); explain.p
 summarises them. Inside, in pipeline order:
 
   alignment      ALIGN_METHODS, rms_envelope, cross_correlation_lag, estimate_lag, align_pair, envelope_correlation,
-                 pair_problem (is it a pair at all: identical, unrelated, offset beyond the search?)
+                 IDENTICAL_MAX_DIFF, UNRELATED_MAX_CORR, pair_problem (identical, unrelated, offset beyond the search?)
   Eq. 2 mask     PAPER_GRID, MASK_DEFAULTS, mask_kernel (the reproduction's Gaussian scaled to a front-end's grid),
                  gaussian_kernel1d, mirror_pad, smooth_gaussian, relative_difference, binarise_top, ground_truth_mask
   attributions   find_layer, gradcam_lowres, minmax_normalise, upsample, gradcam, input_gradient, input_x_gradient,
                  attribution_maps
   agreement      METRICS, agreement, level_profile, random_map, random_floor, rankdata, spearman
-  sanity         randomised_copy (every layer at once), cascade_stages, cascading_randomisation (top layer first,
-                 Adebayo et al. 2018), layer_of, sanity_check
-  faithfulness   FAITH_RANKINGS, BOUND_RANKINGS, perturbation_curves, first_order_effect, curve_sign, aopc,
-                 normalised_aopc
+  sanity         reinitialise, randomised_copy (every layer at once), cascade_stages, cascading_randomisation (top
+                 layer first, Adebayo et al. 2018), layer_of, sanity_check
+  faithfulness   FAITH_KS, FAITH_RANKINGS, BOUND_RANKINGS, DIRECTIONS, perturbation_curves, curve_sign,
+                 first_order_effect, aopc, normalised_aopc
 
 The maps, the sanity check and the faithfulness curves all explain one quantity: the raw logit of a target class
 (`target`, 0 spoof / 1 bona fide), as pytorch-grad-cam's ClassifierOutputTarget and Captum's `target` do.

@@ -621,7 +621,7 @@ def plot_faithfulness_summary(path: Path, summary: dict) -> None:
     vocoders = [v for v, s in summary["vocoders"].items() if "faithfulness" in s]
     if not vocoders:
         return
-    fig = Figure(figsize=(4.8 * len(vocoders) + 1, 7.5), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 4.8 * len(vocoders) + 1), 7.5), layout="constrained")
     axes = fig.subplots(2, len(vocoders), squeeze=False)
     for col, vocoder in enumerate(vocoders):
         f = summary["vocoders"][vocoder]["faithfulness"]
@@ -657,7 +657,7 @@ def plot_sanity_summary(path: Path, summary: dict) -> None:
     vocoders = [v for v, s in summary["vocoders"].items() if "cascade" in s["sanity"]]
     if not vocoders:
         return
-    fig = Figure(figsize=(5.2 * len(vocoders) + 1, 4.6), layout="constrained")
+    fig = Figure(figsize=(max(9.0, 5.2 * len(vocoders) + 1), 4.6), layout="constrained")
     axes = fig.subplots(1, len(vocoders), squeeze=False)[0]
     for ax, vocoder in zip(axes, vocoders):
         c = summary["vocoders"][vocoder]["sanity"]["cascade"]

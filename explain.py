@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "and 5, on a Hann 1024 / 256 grid)",
                    "grid": f"{info.frontend} front-end of the model (magnitude = sqrt of power); the Gaussian scaled "
                            f"to the same seconds and hertz: {k}", "top": "exactly round((1 - quantile) N) pixels, "
-                           "ties broken by position"},
+                           "ties in a fixed pseudo-random order"},
                    seconds_per_pair=report.bootstrap_ci([r.compute_s for r in results]))  # fmt: skip
     with data.atomic_write(out / "summary.json") as f:  # a killed run never leaves half a summary
         f.write(json.dumps(report.finite_or_none(summary), indent=1, allow_nan=False) + "\n")

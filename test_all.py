@@ -2668,6 +2668,17 @@ def test_xai_mask_is_exactly_the_top_five_percent():
     assert int(xai.binarise_top(ties, 0.95).sum()) == 5
 
 
+def test_xai_an_all_zero_map_ranks_like_a_random_map_not_the_lowest_bins():
+    low_band = torch.zeros(200, 100, dtype=torch.bool)
+    low_band[:10] = True  # a mask in the 5 % lowest bins, as WORLD's often is
+    zero = torch.zeros(200, 100)  # an all-zero Grad-CAM: every pixel tied
+    top = xai.binarise_top(zero, 0.95)
+    assert int(top.sum()) == 1000 and float(top[:10].float().mean()) < 0.15  # not the first rows (frequency-major)
+    a = xai.agreement(zero, low_band)
+    assert a["iou"] == pytest.approx(xai.random_floor(low_band, seeds=5)["iou"]["mean"], abs=0.01)
+    assert torch.equal(xai.ranking(zero), xai.ranking(zero.clone()))  # a fixed order: the same every run
+
+
 def test_xai_identical_pair_has_zero_relative_difference():
     mag = torch.rand(50, 20, generator=torch.Generator().manual_seed(2)) + 0.1
     rel, mask = xai.ground_truth_mask(mag, mag.clone())

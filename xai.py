@@ -6,7 +6,8 @@ summarises them. Inside, in pipeline order:
   alignment      ALIGN_METHODS, rms_envelope, cross_correlation_lag, estimate_lag, align_pair, envelope_correlation,
                  IDENTICAL_MAX_DIFF, UNRELATED_MAX_CORR, pair_problem (identical, unrelated, offset beyond the search?)
   Eq. 2 mask     PAPER_GRID, MASK_DEFAULTS, mask_kernel (the reproduction's Gaussian scaled to a front-end's grid),
-                 gaussian_kernel1d, mirror_pad, smooth_gaussian, relative_difference, binarise_top, ground_truth_mask
+                 gaussian_kernel1d, mirror_pad, smooth_gaussian, relative_difference, ranking, binarise_top,
+                 ground_truth_mask
   attributions   find_layer, gradcam_lowres, minmax_normalise, upsample, gradcam, input_gradient, input_x_gradient,
                  attribution_maps
   agreement      METRICS, agreement, level_profile, random_map, random_floor, rankdata, spearman
@@ -215,8 +216,18 @@ def relative_difference(
     return (g_fake - g_real).abs() / (g_real + eps)
 
 
+def ranking(values: torch.Tensor) -> torch.Tensor:
+    """Pixel indices of a map, highest value first, ties in a fixed pseudo-random order (seed 0, the same for every
+    map of that size). Not by position: the pixels are flattened frequency-major, so a position tie-break would hand
+    an all-zero (or partly zero) Grad-CAM's top pixels to the lowest bins -- where WORLD's mask lies. With random
+    ties a constant map ranks like a random map, which is what it says."""
+    flat = values.detach().flatten().cpu()
+    perm = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))
+    return perm[torch.argsort(flat[perm], descending=True, stable=True)]
+
+
 def binarise_top(values: torch.Tensor, quantile: float = 0.95) -> torch.Tensor:
-    """Boolean map of exactly k = round((1 - quantile) * N) largest values, ties broken by position (first wins).
+    """Boolean map of exactly k = round((1 - quantile) * N) largest values, ties in `ranking`'s fixed random order.
 
     A deliberate difference from the reproduction, which keeps the values above np.quantile(values, 0.95): that
     selects the same pixels when the values are distinct, but with ties at the threshold it keeps all of them or
@@ -228,7 +239,7 @@ def binarise_top(values: torch.Tensor, quantile: float = 0.95) -> torch.Tensor:
     flat = values.flatten()
     k = max(1, round((1 - quantile) * flat.numel()))
     out = torch.zeros(flat.numel(), dtype=torch.bool)
-    out[torch.argsort(flat.cpu(), descending=True, stable=True)[:k]] = True
+    out[ranking(flat)[:k]] = True
     return out.view(values.shape)
 
 
@@ -370,7 +381,7 @@ def agreement(attribution: torch.Tensor, mask: torch.Tensor, map_quantile: float
     positive = a.clamp(min=0)
     total = float(positive.sum())
     k = int(m.sum())
-    top = torch.argsort(a, descending=True, stable=True)[:k]
+    top = ranking(a)[:k]
     return {
         "iou": tp / max(float((b | m).sum()), 1.0),
         "precision": tp / max(float(b.sum()), 1.0),
@@ -586,7 +597,7 @@ def perturbation_curves(
 
     Args:
         x_from, x_to: (1, 1, F, T) model inputs of the two sides of the pair.
-        rankings: name -> (F, valid) map; higher = taken first (ties by position).
+        rankings: name -> (F, valid) map; higher = taken first (ties in `ranking`'s fixed random order).
         ks: percentages of the F x valid explained pixels.
         valid: frames of real audio (the pixels a map covers; the rest of the input is left alone).
         target: the class whose logit is read (0 spoof, 1 bona fide).
@@ -599,7 +610,7 @@ def perturbation_curves(
     base_to = x_to[0, 0, :, :valid].reshape(-1)
     inputs, names = [], []
     for name, r in rankings.items():
-        order = torch.argsort(r.flatten().double().cpu(), descending=True, stable=True).to(x_from.device)
+        order = ranking(r.double()).to(x_from.device)
         for k in ks:
             region = base_from.clone()
             idx = order[: round(k / 100 * n)]

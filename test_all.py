@@ -3392,6 +3392,29 @@ def test_homework_notebook_is_committed_answered_and_with_outputs():
     assert '"output_type": "error"' not in outputs and "image/jpeg" in outputs
 
 
+def test_homework_nii_counts_are_computed_from_the_table_not_typed():
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(HOMEWORK, as_version=4)
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and "NII_TABLE1 = {" in c.source]
+    ns = {"np": np}
+    with warnings.catch_warnings():
+        exec(cell.source.split("\n\n\ndef nii_table_counts")[0], ns)  # the table only: the counts are made here
+    table = ns["NII_TABLE1"]
+    assert len(table) == 9 and all(len(per) == 4 and all(len(v) == 6 for v in per.values()) for per in table.values())
+    means = {cell_: {loss: sum(v) / 6 for loss, v in per.items()} for cell_, per in table.items()}
+    ce_am = sum(m["CE"] < m["AM"] for m in means.values())
+    ce_oc = sum(m["CE"] < m["OC"] for m in means.values())
+    lowest = {loss: sum(min(m, key=m.get) == loss for m in means.values()) for loss in ("AM", "OC", "CE", "P2SGrad")}
+    overall = {loss: sum(x for per in table.values() for x in per[loss]) / 54 for loss in lowest}
+    answer = next(c.source for c in nb.cells if c.source.startswith("## 4. The loss"))
+    assert f"cross-entropy beats AM-softmax in {ce_am} of 9" in answer and f"OC-softmax in {ce_oc} of 9" in answer
+    best = max(lowest, key=lowest.get)
+    assert f"{best}, not cross-entropy, has the lowest mean EER in {lowest[best]} of 9" in answer
+    assert all(f"{overall[loss]:.2f} %" in answer for loss in lowest)
+    printed = "".join(o.get("text", "") for o in cell.get("outputs", []))
+    assert f"CE beats AM-softmax in {ce_am} of 9 cells, OC-softmax in {ce_oc} of 9" in printed  # the committed output
+
+
 @pytest.mark.slow
 def test_homework_notebook_executes_end_to_end(tmp_path):
     nbformat = pytest.importorskip("nbformat")

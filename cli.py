@@ -334,10 +334,11 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_common_args(parser: argparse.ArgumentParser, hidden: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The flags every script shares: same name, same meaning, same default everywhere. The input flags
     (--frontend, --num-frames, --pad) are `data.add_input_args`, the model's (--precision, --channels-last)
-    `model.add_model_args`: each next to the rule it names."""
+    `model.add_model_args`: each next to the rule it names. `hidden`: flags (dest names) a script takes but that mean
+    nothing there -- left out of --help and defaulting to None, so the script can refuse them by name."""
     g = parser.add_argument_group("shared")
     g.add_argument(
         "--data-root",
@@ -352,6 +353,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1, help="random seed")
     g.add_argument("--skip-bad", action="store_true", help="skip missing/unreadable audio (counted) instead of failing")
     g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    for action in g._group_actions:
+        if action.dest in hidden:
+            action.help, action.default = argparse.SUPPRESS, None
     return parser
 
 

@@ -83,6 +83,7 @@ from model import (
     Checkpoint,
     add_model_args,
     bonafide_score,
+    check_input_flags,
     configure_backend,
     load_checkpoint,
     read_checkpoint,
@@ -232,12 +233,7 @@ def load_scorer(
         ckpt = load_checkpoint(path, "cpu", make_frontend)
     except ValueError as e:
         raise ValueError(f"--ckpt {e}") from None
-    if frontend is not None and frontend != ckpt.frontend_name:
-        raise ValueError(f"--frontend {frontend}: {ckpt.path} was trained with --frontend {ckpt.frontend_name}")
-    if num_frames is not None and num_frames != ckpt.num_frames:
-        raise ValueError(
-            f"--num-frames {num_frames}: {ckpt.path} was trained on {ckpt.num_frames} frames (its FC layer fixes it)"
-        )
+    check_input_flags(ckpt, frontend, num_frames)
     pad = pad or ckpt.pad
     if pad not in ("repeat", "zeros"):
         raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")

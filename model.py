@@ -491,6 +491,21 @@ def check_model_args(model_args, path: Path) -> dict:
         raise ValueError(f"{path}: {e}; the checkpoint is damaged or not train.py's") from None
 
 
+def check_input_flags(ckpt: Checkpoint, frontend: str | None, num_frames: int | None) -> None:
+    """The one rule for input flags given with a checkpoint: --frontend and --num-frames must agree with it (its FC
+    layer fixes the input); None means "as the checkpoint says". Every script that loads a model calls it.
+
+    Raises:
+        ValueError: naming the flag, the checkpoint and what it was trained with.
+    """
+    if frontend is not None and frontend != ckpt.frontend_name:
+        raise ValueError(f"--frontend {frontend}: {ckpt.path} was trained with --frontend {ckpt.frontend_name}")
+    if num_frames is not None and num_frames != ckpt.num_frames:
+        raise ValueError(
+            f"--num-frames {num_frames}: {ckpt.path} was trained on {ckpt.num_frames} frames (its FC layer fixes it)"
+        )
+
+
 def trained_data_root(raw: dict) -> str | None:
     """The LA tree a checkpoint's model was trained on: the absolute path train.py stored, else --data-root as given
     (None when neither is stored). The one rule behind every script's default --data-root."""

@@ -38,9 +38,11 @@ import evaluate
 import explain
 import metrics
 import model as lcnn_model
+import report
 import train as lcnn_train
 import tune
 import vocoders
+import xai
 from corpora import LALayout, find_la_root
 from model import build_model
 
@@ -599,8 +601,8 @@ def test_data_download_vocv4_tar(tmp_path, data_server, capsys):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
         for name, payload in [
-            ("voc.v4/protocol.txt", b"LA_0079 LA_T_1 - - spoof\n"),
-            ("voc.v4/wav/LA_T_1.wav", b"RIFF"),
+            ("voc.v4/protocol.txt", b"LA_0079 hifigan_LA_T_1703395 - hifigan spoof\n"),  # vocv4's own format
+            ("voc.v4/wav/hifigan_LA_T_1703395.wav", b"RIFF"),
         ]:
             info = tarfile.TarInfo(f"project09-voc.v4/{name}")
             info.size = len(payload)
@@ -612,6 +614,9 @@ def test_data_download_vocv4_tar(tmp_path, data_server, capsys):
     assert (to / "project09-voc.v4.tar").read_bytes() == buf.getvalue() and (to / ".completed-vocv4").is_file()
     root = to / "project09-voc.v4" / "voc.v4"
     assert "1 protocol lines, 1 wav files" in capsys.readouterr().out and corpora.find_vocv4_root(to) == root
+    assert [(e.vocoder, e.utt_id) for e in corpora.read_vocv4_protocol(root / "protocol.txt")] == [
+        ("hifigan", "LA_T_1703395")
+    ]
     with pytest.raises(FileNotFoundError, match="no voc.v4 folder"):
         corpora.find_vocv4_root(tmp_path / "src")
 
@@ -1680,7 +1685,7 @@ def test_llr_to_posterior_is_bayes_rule_and_never_overflows():
 def test_baseline_min_dcf_act_dcf_and_cllr_match_the_organisers_numbers(protocols, system, expected):
     scores = metrics.read_score_file(protocols / "baseline_cm_scores" / f"{system}_LA_primary_eval.txt")
     protocol = "ASVspoof2019.LA.cm.eval.trl.txt"
-    metrics.check_trials(scores, data.read_cm_protocol(protocols / protocol), protocol)  # all 71,237 trials, keys
+    metrics.check_trials(scores, corpora.read_cm_protocol(protocols / protocol), protocol)  # all 71,237 trials, keys
     result = metrics.evaluate_scores(scores)
     measured = (result["eer"], result["min_dcf"], result["act_dcf"], result["cllr"])
     assert measured == pytest.approx(expected, abs=1e-6)
@@ -3693,7 +3698,7 @@ def test_bench_scale_links_an_la_shaped_tree_and_checks_it(tmp_path, capsys):
     assert data.check_dataset(layout, progress=False)["problems"] == 0  # hard links to real audio: a valid tree
 
 
-# ---------------------------------------- explain.py ----------------------------------------
+# ---------------------------------------- xai.py, report.py and explain.py: shared helpers ----------------------------------------
 EXPLAIN_DEMO = DEMO.parent  # the folder holding LA/ (what --data-root may also name)
 EXPLAIN_NII = SHARED / "vocoded_pairs" / "nii_wave_replacement" if SHARED else None
 explain_needs_nii = pytest.mark.skipif(
@@ -3730,20 +3735,21 @@ def explain_speechlike(seconds: float = 0.6, sr: int = 16000, seed: int = 0) -> 
     return (0.3 * env * wave + 0.002 * torch.randn(t.shape, generator=g)).float()
 
 
+# ---------------------------------------- xai.py ----------------------------------------
 # --- attributions against the reference libraries
 
 
 @pytest.mark.parametrize("layer_name", ["features.mfm27", "features.mfm15"])
 @pytest.mark.parametrize("target", [0, 1])
-def test_explain_gradcam_equals_pytorch_grad_cam(explain_small_lcnn, explain_small_input, layer_name, target):
+def test_xai_gradcam_equals_pytorch_grad_cam(explain_small_lcnn, explain_small_input, layer_name, target):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model, x = explain_small_lcnn, explain_small_input
-    layer = explain.find_layer(model, layer_name)
-    cam_lowres, _, _ = explain.gradcam_lowres(model, x, target, layer)
+    layer = xai.find_layer(model, layer_name)
+    cam_lowres, _, _ = xai.gradcam_lowres(model, x, target, layer)
     assert cam_lowres.max() > 0, "degenerate test: the CAM is all zero"
-    ours = explain.gradcam(model, x, target, layer, normalise=True)  # (F, T)
+    ours = xai.gradcam(model, x, target, layer, normalise=True)  # (F, T)
 
     with GradCAM(model=model, target_layers=[layer]) as ref:
         targets = [ClassifierOutputTarget(target)]
@@ -3760,92 +3766,103 @@ def test_explain_gradcam_equals_pytorch_grad_cam(explain_small_lcnn, explain_sma
 
 
 @pytest.mark.parametrize("target", [0, 1])
-def test_explain_input_x_gradient_equals_captum(explain_small_lcnn, explain_small_input, target):
+def test_xai_input_x_gradient_equals_captum(explain_small_lcnn, explain_small_input, target):
     from captum.attr import InputXGradient
 
     model, x = explain_small_lcnn, explain_small_input
-    ours = explain.input_x_gradient(model, x, target)
+    ours = xai.input_x_gradient(model, x, target)
     theirs = InputXGradient(model).attribute(x.clone().requires_grad_(True), target=target).detach()[0, 0]
     assert ours.abs().max() > 0
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
-    maps = explain.attribution_maps(model, x, target, explain.find_layer(model, "mfm27"))
+    maps = xai.attribution_maps(model, x, target, xai.find_layer(model, "mfm27"))
     torch.testing.assert_close(maps["ixg"], ours, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(maps["ixg_abs"], ours.abs(), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(maps["gradcam"], explain.gradcam(model, x, target, explain.find_layer(model, "mfm27")))
+    torch.testing.assert_close(maps["gradcam"], xai.gradcam(model, x, target, xai.find_layer(model, "mfm27")))
 
 
-def test_explain_attributions_leave_parameter_grads_alone(explain_small_lcnn, explain_small_input):
+def test_xai_attributions_leave_parameter_grads_alone(explain_small_lcnn, explain_small_input):
     explain_small_lcnn.zero_grad(set_to_none=True)  # the reference libraries' backward() filled them
-    explain.attribution_maps(explain_small_lcnn, explain_small_input, 0, explain_small_lcnn.features.mfm27)
+    xai.attribution_maps(explain_small_lcnn, explain_small_input, 0, explain_small_lcnn.features.mfm27)
     assert all(p.grad is None for p in explain_small_lcnn.parameters())
 
 
-def test_explain_unknown_layer_lists_the_layers(explain_small_lcnn):
+def test_xai_unknown_layer_lists_the_layers(explain_small_lcnn):
     with pytest.raises(ValueError, match=r"--layer 'mfm99'.*features\.mfm27"):
-        explain.find_layer(explain_small_lcnn, "mfm99")
-    assert explain.find_layer(explain_small_lcnn, "mfm27") is explain_small_lcnn.features.mfm27
+        xai.find_layer(explain_small_lcnn, "mfm99")
+    assert xai.find_layer(explain_small_lcnn, "mfm27") is explain_small_lcnn.features.mfm27
 
 
-def test_explain_randomised_copy_changes_every_weight_and_keeps_the_original(explain_small_lcnn):
+def test_xai_randomised_copy_changes_every_weight_and_keeps_the_original(explain_small_lcnn):
     before = {k: v.clone() for k, v in explain_small_lcnn.state_dict().items()}
-    rand = explain.randomised_copy(explain_small_lcnn, seed=3)
+    rand = xai.randomised_copy(explain_small_lcnn, seed=3)
     for name, p in rand.named_parameters():
         assert not torch.equal(p, dict(explain_small_lcnn.named_parameters())[name]) or p.eq(p.flatten()[0]).all()
     for k, v in explain_small_lcnn.state_dict().items():
         assert torch.equal(v, before[k])
-    again = explain.randomised_copy(explain_small_lcnn, seed=3)
+    again = xai.randomised_copy(explain_small_lcnn, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(rand.parameters(), again.parameters()))
 
 
 # --- ground-truth mask
 
 
-def test_explain_gaussian_kernel_sums_to_one_and_is_separable():
-    kt, kf = explain.gaussian_kernel1d(3, 3.0), explain.gaussian_kernel1d(11, 5.0)
+def test_xai_gaussian_kernel_sums_to_one_and_is_separable():
+    kt, kf = xai.gaussian_kernel1d(3, 3.0), xai.gaussian_kernel1d(11, 5.0)
     assert kt.sum().item() == pytest.approx(1.0) and kf.sum().item() == pytest.approx(1.0)
     assert torch.allclose(kf, kf.flip(0))
     delta = torch.zeros(21, 9, dtype=torch.float64)
     delta[10, 4] = 1.0
-    response = explain.smooth_gaussian(delta)  # the 2-D kernel, centred
+    response = xai.smooth_gaussian(delta)  # the 2-D kernel, centred
     torch.testing.assert_close(response[5:16, 3:6], torch.outer(kf, kt))
     assert response.sum().item() == pytest.approx(1.0)
 
 
-def test_explain_smoothing_equals_scipy_gaussian_filter_of_the_reproduction():
+def test_xai_smoothing_equals_scipy_gaussian_filter_of_the_reproduction():
     from scipy.ndimage import gaussian_filter1d
 
     spec = torch.rand(40, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     st, sf_ = np.sqrt(3.0), np.sqrt(5.0)  # variances 3 (time) and 5 (frequency); taps 3 and 11
     ref = gaussian_filter1d(spec.numpy(), st, axis=1, truncate=1 / st, mode="reflect")
     ref = gaussian_filter1d(ref, sf_, axis=0, truncate=5 / sf_, mode="reflect")
-    np.testing.assert_allclose(explain.smooth_gaussian(spec).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(xai.smooth_gaussian(spec).numpy(), ref, atol=1e-12)
 
 
-def test_explain_mask_is_exactly_the_top_five_percent():
+def test_xai_mask_is_exactly_the_top_five_percent():
     rel = torch.rand(863, 40, generator=torch.Generator().manual_seed(1))
-    mask = explain.binarise_top(rel, 0.95)
+    mask = xai.binarise_top(rel, 0.95)
     k = round(0.05 * rel.numel())
     assert int(mask.sum()) == k
     assert rel[mask].min() >= rel[~mask].max()
     ties = torch.zeros(100)  # all tied: still exactly k pixels
-    assert int(explain.binarise_top(ties, 0.95).sum()) == 5
+    assert int(xai.binarise_top(ties, 0.95).sum()) == 5
 
 
-def test_explain_identical_pair_has_zero_relative_difference():
+def test_xai_an_all_zero_map_ranks_like_a_random_map_not_the_lowest_bins():
+    low_band = torch.zeros(200, 100, dtype=torch.bool)
+    low_band[:10] = True  # a mask in the 5 % lowest bins, as WORLD's often is
+    zero = torch.zeros(200, 100)  # an all-zero Grad-CAM: every pixel tied
+    top = xai.binarise_top(zero, 0.95)
+    assert int(top.sum()) == 1000 and float(top[:10].float().mean()) < 0.15  # not the first rows (frequency-major)
+    a = xai.agreement(zero, low_band)
+    assert a["iou"] == pytest.approx(xai.random_floor(low_band, seeds=5)["iou"]["mean"], abs=0.01)
+    assert torch.equal(xai.ranking(zero), xai.ranking(zero.clone()))  # a fixed order: the same every run
+
+
+def test_xai_identical_pair_has_zero_relative_difference():
     mag = torch.rand(50, 20, generator=torch.Generator().manual_seed(2)) + 0.1
-    rel, mask = explain.ground_truth_mask(mag, mag.clone())
+    rel, mask = xai.ground_truth_mask(mag, mag.clone())
     assert float(rel.abs().max()) == 0.0 and int(mask.sum()) == round(0.05 * mag.numel())
 
 
-def test_explain_mask_marks_where_the_fake_differs():
+def test_xai_mask_marks_where_the_fake_differs():
     real = torch.ones(100, 60)
     fake = real.clone()
     fake[70:80, 20:30] *= 3.0  # a block the vocoder changed
-    rel, mask = explain.ground_truth_mask(real, fake)
+    rel, mask = xai.ground_truth_mask(real, fake)
     assert rel[75, 25] == pytest.approx(2.0, rel=0.05)
     assert mask[70:80, 20:30].float().mean() > 0.9
     with pytest.raises(ValueError, match="differ in shape"):
-        explain.relative_difference(real, fake[:, :59])
+        xai.relative_difference(real, fake[:, :59])
 
 
 # --- alignment and vocoders
@@ -3853,28 +3870,29 @@ def test_explain_mask_marks_where_the_fake_differs():
 
 @pytest.mark.parametrize("method", ["waveform", "envelope"])
 @pytest.mark.parametrize("shift", [137, -250, 0])
-def test_explain_alignment_recovers_a_known_shift(method, shift):
+def test_xai_alignment_recovers_a_known_shift(method, shift):
     real = explain_speechlike()
     fake = torch.nn.functional.pad(real, (shift, 0)) if shift >= 0 else real[-shift:]
     fake = torch.cat([fake, torch.zeros(500)])  # a vocoder pads its output at the end
     tolerance = 0 if method == "waveform" else 2
-    assert abs(explain.estimate_lag(real, fake, 1600, method) - shift) <= tolerance
-    r, f, lag = explain.align_pair(real, fake, 1600, method)
+    assert abs(xai.estimate_lag(real, fake, 1600, method) - shift) <= tolerance
+    r, f, lag, estimate = xai.align_pair(real, fake, 1600, method)
+    assert estimate == lag
     assert r.numel() == f.numel() and abs(lag - shift) <= tolerance
     if method == "waveform":  # the fake now lies on the real (a late real is zero-padded at the fake's start)
         lo = max(0, -shift)
         torch.testing.assert_close(f[lo:], r[lo:])
 
 
-def test_explain_envelope_alignment_survives_resynthesised_phase():
+def test_xai_envelope_alignment_survives_resynthesised_phase():
     real = explain_speechlike()
     fake = vocoders.vocode(torch.nn.functional.pad(real, (137, 0)), "griffinlim")  # late by 137, new phase
-    assert abs(explain.estimate_lag(real, fake, 1600, "envelope") - 137) <= 65  # half a hop of the LCNN's STFT
+    assert abs(xai.estimate_lag(real, fake, 1600, "envelope") - 137) <= 65  # half a hop of the LCNN's STFT
     with pytest.raises(ValueError, match="--align must be"):
-        explain.estimate_lag(real, fake, 1600, "phase")
+        xai.estimate_lag(real, fake, 1600, "phase")
 
 
-def test_explain_local_vocoders_keep_length_and_lose_what_they_should():
+def test_xai_local_vocoders_keep_length_and_lose_what_they_should():
     wave = explain_speechlike()
     spec = lambda w: torch.stft(w, 1024, 256, window=torch.hann_window(1024), return_complex=True).abs()  # noqa: E731
     ref = spec(wave)
@@ -3910,40 +3928,40 @@ def test_optional_vocoders_say_what_to_install_or_copy_synthesise(name, package,
 # --- agreement metrics
 
 
-def test_explain_agreement_on_hand_built_maps():
+def test_xai_agreement_on_hand_built_maps():
     mask = torch.zeros(10, 10, dtype=torch.bool)
     mask[0, :] = True  # 10 pixels
     attribution = torch.zeros(10, 10)
     attribution[0, :5] = 4.0  # 5 top pixels inside the mask
     attribution[1, :5] = 3.0  # 5 outside
     attribution[2, :] = -1.0  # negative evidence: ignored by the mass accuracy
-    a = explain.agreement(attribution, mask, map_quantile=0.9)  # top 10 % = 10 pixels
+    a = xai.agreement(attribution, mask, map_quantile=0.9)  # top 10 % = 10 pixels
     assert a["iou"] == pytest.approx(5 / 15)
     assert a["precision"] == pytest.approx(0.5) and a["recall"] == pytest.approx(0.5)
     assert a["mass_accuracy"] == pytest.approx(20 / 35)
     assert a["rank_accuracy"] == pytest.approx(0.5)
-    b = explain.agreement(attribution, mask, map_quantile=0.95)  # top 5 pixels: all inside
+    b = xai.agreement(attribution, mask, map_quantile=0.95)  # top 5 pixels: all inside
     assert (b["precision"], b["recall"], b["iou"]) == pytest.approx((1.0, 0.5, 0.5))
-    perfect = explain.agreement(mask.float(), mask, map_quantile=0.9)
+    perfect = xai.agreement(mask.float(), mask, map_quantile=0.9)
     assert all(v == pytest.approx(1.0) for v in perfect.values())
 
 
-def test_explain_random_floor_is_the_mask_share():
-    mask = explain.binarise_top(torch.rand(200, 100, generator=torch.Generator().manual_seed(3)), 0.95)
-    floor = explain.random_floor(mask, seeds=5)
+def test_xai_random_floor_is_the_mask_share():
+    mask = xai.binarise_top(torch.rand(200, 100, generator=torch.Generator().manual_seed(3)), 0.95)
+    floor = xai.random_floor(mask, seeds=5)
     assert floor["precision"]["mean"] == pytest.approx(0.05, abs=0.01)
     assert floor["mass_accuracy"]["mean"] == pytest.approx(0.05, abs=0.005)
     assert floor["iou"]["mean"] == pytest.approx(0.05 / 1.95, abs=0.006)
     assert floor["iou"]["std"] > 0
     # the same numbers `agreement` gives on those random maps
-    values, order = explain.random_map(tuple(mask.shape), 2)
+    values, order = xai.random_map(tuple(mask.shape), 2)
     assert torch.equal(torch.argsort(values.flatten(), descending=True), order)
-    direct = [explain.agreement(explain.random_map(tuple(mask.shape), s)[0], mask) for s in range(5)]
-    for k in explain.METRICS:
+    direct = [xai.agreement(xai.random_map(tuple(mask.shape), s)[0], mask) for s in range(5)]
+    for k in xai.METRICS:
         assert floor[k]["mean"] == pytest.approx(np.mean([d[k] for d in direct]), abs=1e-12)
 
 
-def test_explain_spearman_equals_scipy_with_ties():
+def test_xai_spearman_equals_scipy_with_ties():
     from scipy.stats import rankdata, spearmanr
 
     g = np.random.default_rng(0)
@@ -3951,11 +3969,195 @@ def test_explain_spearman_equals_scipy_with_ties():
     b = 0.5 * a + g.normal(size=500)
     a_tied = np.maximum(a, 0)  # many ties at zero, like a ReLU'd Grad-CAM
     for x, y in ((a, b), (a_tied, b), (a_tied, np.round(b))):
-        assert explain.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
-        np.testing.assert_allclose(explain.rankdata(x), rankdata(x))
-    assert explain.spearman(torch.tensor(a), torch.tensor(a)) == pytest.approx(1.0)
+        assert xai.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+        np.testing.assert_allclose(xai.rankdata(x), rankdata(x))
+    assert xai.spearman(torch.tensor(a), torch.tensor(a)) == pytest.approx(1.0)
 
 
+# --- the Eq. 2 kernel on the model's grid, alignment of vocv4 copies, the pair check
+
+
+def test_xai_mask_kernel_keeps_the_reproductions_extent_in_seconds_and_hertz():
+    paper = xai.mask_kernel(xai.PAPER_GRID["hop_s"], xai.PAPER_GRID["bin_hz"])  # on its own grid: the 3 x 11 kernel
+    assert paper == {"time_size": 3, "freq_size": 11, "time_var": 3.0, "freq_var": 5.0}
+    stft = data.make_frontend("stft")
+    hop_s, bin_hz = stft.hop_length / stft.sample_rate, 16000 / 1724
+    k = xai.mask_kernel(hop_s, bin_hz)
+    assert (k["time_size"], k["freq_size"]) == (5, 17)
+    # the same standard deviation and (to the nearest tap) the same span in ms and Hz as 3 x 11 on Hann 1024 / 256
+    assert np.sqrt(k["time_var"]) * hop_s == pytest.approx(np.sqrt(3.0) * 256 / 16000)
+    assert np.sqrt(k["freq_var"]) * bin_hz == pytest.approx(np.sqrt(5.0) * 16000 / 1024)
+    assert abs((k["time_size"] // 2) * hop_s - 256 / 16000) <= hop_s / 2
+    assert abs((k["freq_size"] // 2) * bin_hz - 5 * 16000 / 1024) <= bin_hz / 2
+    mel = data.make_frontend("mel")
+    assert xai.mask_kernel(mel.hop_length / 16000, float(np.median(np.diff(mel.bin_frequencies()))))["freq_size"] == 1
+
+
+@pytest.mark.parametrize("extra", [1, 37, 160])
+def test_xai_copies_made_the_vocv4_way_get_lag_zero_and_lose_their_end(extra):
+    real = data.load_audio(DEMO / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac")
+    copy = vocoders.vocode(real, "griffinlim")  # starts with the real, as NII's vocoders' output does
+    fake = torch.cat([copy, 0.01 * torch.randn(extra)])  # 1-160 samples longer (frames = floor(L / 160) + 1)
+    r, f, lag, estimate = xai.align_pair(real, fake, 1600, "start")
+    assert lag == 0 and r.numel() == f.numel() == real.numel()
+    assert torch.equal(f, copy) and torch.equal(r, real)  # cut to the bona fide length from the start
+    assert abs(estimate) <= 65  # the estimate stays a diagnostic (within half a hop of the STFT)
+    assert xai.pair_problem(r, f, 0, 1600) is None
+
+
+def test_xai_pair_problem_names_identical_unrelated_and_offset_pairs():
+    flac = DEMO / "ASVspoof2019_LA_train" / "flac"
+    real = data.load_audio(flac / "LA_T_4179989.flac")
+    other = data.load_audio(flac / "LA_T_1138215.flac")
+    for vocoder in ("griffinlim", "melgl"):
+        r, f, _, est = xai.align_pair(real, vocoders.vocode(real, vocoder), 1600)
+        assert xai.pair_problem(r, f, est, 1600) is None, vocoder
+        assert xai.envelope_correlation(r, f) > 0.8
+    r, f, _, est = xai.align_pair(real, real.clone(), 1600)
+    assert "max |real - fake| = 0.0e+00" in xai.pair_problem(r, f, est, 1600)
+    r, f, _, est = xai.align_pair(real, other, 1600)
+    problem = xai.pair_problem(r, f, est, 1600)
+    assert problem is not None and (
+        "normalised cross-correlation of 10 ms envelopes" in problem or "search limit" in problem
+    )
+    late = torch.cat([torch.zeros(8000), vocoders.vocode(real, "griffinlim")])  # 0.5 s late: beyond the +-0.1 s search
+    r, f, _, est = xai.align_pair(real, late, 1600)
+    assert est == 1600 and "peaks at the search limit (lag +1600 samples" in xai.pair_problem(r, f, est, 1600)
+    r, f, _, _ = xai.align_pair(real, other[: real.numel()], 1600, "start")  # start-aligned: only the correlation
+    assert "normalised cross-correlation of 10 ms envelopes" in xai.pair_problem(r, f, 0, 1600)
+
+
+# --- sanity: cascading randomisation
+
+
+def test_xai_cascade_first_stage_changes_only_the_top_layer(explain_small_lcnn):
+    model = explain_small_lcnn
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stages = xai.cascade_stages(model)
+    assert stages[0] == ["classifier.fc32"] and stages[1] == ["classifier.fc29", "classifier.bn31"]
+    assert stages[-1] == ["features.conv1"] and len(stages) == 11
+    assert ["features.conv4", "features.bn6"] in stages  # a BatchNorm goes with the weight layer before it
+    changed = []
+    for i, (name, net) in enumerate(xai.cascading_randomisation(model, seed=1000)):
+        state = net.state_dict()
+        changed.append({k for k in state if not torch.equal(state[k], before[k])})
+        if i == 0:
+            assert name == "classifier.fc32" and changed[0] == {"classifier.fc32.weight", "classifier.fc32.bias"}
+    # cumulative, top layer first: each stage adds its own layers and keeps the ones above random
+    for i, group in enumerate(stages):
+        assert {k.rsplit(".", 1)[0] for k in changed[i]} == {m for g in stages[: i + 1] for m in g}, group
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the original is untouched
+    again = [net.state_dict()["classifier.fc32.weight"].clone() for _, net in xai.cascading_randomisation(model, 1000)]
+    assert torch.equal(again[0], again[-1])  # deterministic: the same seed gives the same stages
+
+
+def test_xai_sanity_check_returns_an_all_zero_map_as_undefined_not_dropped(explain_small_lcnn, explain_small_input):
+    model, x = explain_small_lcnn, explain_small_input
+    layer = model.features.mfm27
+    trained = {k: v.cpu() for k, v in xai.attribution_maps(model, x, 0, layer).items()}
+    full, cascade, stages, shown = xai.sanity_check(model, x, 0, layer, trained, seeds=3, valid=48)
+    assert all(len(v) == 3 for v in full.values()) and len(stages) == 11
+    assert all(len(v) == 11 for v in cascade.values())
+    zero = {k: torch.zeros_like(v) for k, v in trained.items()}
+    full0, _, _, _ = xai.sanity_check(model, x, 0, layer, {**trained, "gradcam": zero["gradcam"]}, 2, 48,
+                                      cascade_seed=None)  # fmt: skip
+    assert full0["gradcam"] == [None, None]  # a constant map: undefined, kept (report.zero_filled counts it as 0)
+    assert report.zero_filled([None, 0.5]) == pytest.approx(0.25)
+
+
+# --- faithfulness: the quantity, the area, the normalisation
+
+
+def test_xai_curves_read_the_logit_the_maps_explain_not_the_score():
+    torch.manual_seed(0)
+    net = lcnn_model.LCNN(in_bins=20, num_frames=32, dropout=0.1).eval()
+    x_real, x_fake = torch.randn(1, 1, 20, 32), torch.randn(1, 1, 20, 32)
+    rankings = {"a": torch.rand(20, 30), "b": torch.rand(20, 30)}
+    for target in (0, 1):
+        logit = lambda x, t=target: float(net(x).detach()[0, t])  # noqa: E731
+        curves = xai.perturbation_curves(net, x_fake, x_real, rankings, (50, 100), valid=30, target=target)
+        expected = x_fake.clone()
+        expected[..., :30] = x_real[..., :30]  # 100 % of the explained frames: the real input there, the rest untouched
+        assert curves["a"][1] == pytest.approx(logit(expected), abs=1e-5) == pytest.approx(curves["b"][1], abs=1e-5)
+        order = torch.argsort(rankings["a"].flatten(), descending=True, stable=True)[:300]
+        region = x_fake[0, 0, :, :30].reshape(-1).clone()
+        region[order] = x_real[0, 0, :, :30].reshape(-1)[order]
+        half = x_fake.clone()
+        half[0, 0, :, :30] = region.view(20, 30)
+        assert curves["a"][0] == pytest.approx(logit(half), abs=1e-5)
+        score = float(lcnn_model.bonafide_score(net(half).detach())[0])
+        assert curves["a"][0] != pytest.approx(score, abs=1e-3)  # the score is another quantity
+    assert xai.curve_sign("restore", 0) == -1 and xai.curve_sign("insert", 0) == 1  # the spoof logit falls / rises
+    assert xai.curve_sign("restore", 1) == 1
+
+
+def test_xai_aopc_is_the_trapezoid_over_uniform_steps():
+    ks = [5.0, 10.0, 15.0, 20.0]
+    curve = [1.0, 0.0, -2.0, -3.0]  # the target logit after each step, from 2.0 at k = 0
+    # moves (start - value, the logit should fall): 0, 1, 2, 4, 5 at k = 0, 5, 10, 15, 20
+    by_hand = 5 * ((0 + 1) / 2 + (1 + 2) / 2 + (2 + 4) / 2 + (4 + 5) / 2) / 20
+    assert xai.aopc(ks, curve, 2.0, -1) == pytest.approx(by_hand) == pytest.approx(2.375)
+    assert xai.aopc(ks, curve, 2.0, +1) == pytest.approx(-by_hand)
+    assert xai.aopc([10.0, 20.0], [1.0, 1.0], 0.0, 1) == pytest.approx((0.5 * 10 + 1.0 * 10) / 20)  # any spacing
+    with pytest.raises(ValueError, match="must increase"):
+        xai.aopc([10.0, 5.0], [0.0, 0.0], 0.0, 1)
+    assert xai.normalised_aopc(0.5, 0.0, 2.0) == pytest.approx(0.25)
+    assert xai.normalised_aopc(1.0, 1.0, 1.0) is None
+
+
+# ---------------------------------------- report.py ----------------------------------------
+
+
+def test_report_faithfulness_aopc_and_its_normalisation_on_the_pairs_own_bounds():
+    ks = [10.0, 20.0]
+    restore = {"gradcam": [1.0, 0.0], "random": [2.0, 2.0], "bound_best": [0.0, -2.0], "bound_worst": [2.5, 3.0]}
+    f = report.Faithfulness("spoof", ks, 2.0, -1.0, restore, {k: [-1.0, -1.0] for k in restore})
+    assert f.aopc("restore", "gradcam") == pytest.approx(xai.aopc(ks, [1.0, 0.0], 2.0, -1))
+    lo, hi = f.bounds("restore")
+    assert (lo, hi) == (f.aopc("restore", "bound_worst"), f.aopc("restore", "bound_best"))
+    assert f.naopc("restore", "bound_best") == 1.0 and f.naopc("restore", "bound_worst") == 0.0
+    assert 0 < f.naopc("restore", "gradcam") < 1
+    assert f.naopc("insert", "gradcam") is None  # every ordering equal: no range to normalise on
+
+
+def test_report_bootstrap_ci_and_paired_difference():
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.3, 0.1, 400)
+    s = report.bootstrap_ci(values)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(400)
+    assert s["n"] == 400 and s["mean"] == pytest.approx(values.mean())
+    assert s["ci"][0] == pytest.approx(values.mean() - half, abs=0.004) and s["ci"][1] == pytest.approx(
+        values.mean() + half, abs=0.004
+    )
+    assert report.bootstrap_ci([0.5]) == {"mean": 0.5, "ci": [None, None], "n": 1}  # one pair: no interval
+    assert report.fmt_ci(report.bootstrap_ci([0.156])) == "0.156 (n = 1)"
+    assert report.bootstrap_ci([None, float("nan")])["mean"] is None
+    d = report.paired_vs([0.3, 0.5, 0.1], [0.2, 0.2, 0.2])
+    assert d["mean"] == pytest.approx(0.1) and d["share_above"] == pytest.approx(2 / 3)
+    assert report.bootstrap_ci(values)["ci"] == s["ci"]  # a fixed seed: the same numbers every run
+
+
+def test_report_pair_result_round_trips_through_json(tmp_path):
+    a = report.Agreement(0.1, 0.2, 0.3, 0.4, 0.5)
+    res = report.PairResult(
+        "melgl__x", "x", "melgl", "local", "LA_0079", "envelope", 3, 3, 0.9, 0.0, 2.0, 32, 100, 0.95,
+        {"time_size": 5, "freq_size": 17, "time_var": 11.6, "freq_var": 14.2},
+        report.Prediction(0.1, 0.3, 0.2, 0.55, 1), report.Prediction(0.5, 0.1, -0.4, 0.4, 0),
+        {"spoof": {"gradcam": a}}, a, a, {"gradcam": [None, 0.2]}, ["classifier.fc32"], {"gradcam": [0.5]},
+        report.Faithfulness("spoof", [5.0], 0.5, 0.1, {"random": [0.4]}, {"random": [0.2]}), {},
+        {"gradcam": float("nan")}, {"spearman": 0.1},
+    )  # fmt: skip
+    back = report.PairResult.from_json(res.to_json())
+    assert back.pred_fake.label == "spoof" and back.agreement["spoof"]["gradcam"] == a
+    assert back.sanity == {"gradcam": [None, 0.2]} and back.mask_kernel["freq_size"] == 17
+    # the spoof logit falls from 0.5 to 0.4 when restoring: trapezoid of moves 0 and 0.1 over [0, 5] / 5
+    assert back.vs_input == {"gradcam": None} and back.faithfulness.aopc("restore", "random") == pytest.approx(0.05)
+    for bad in ("{}", "[]", '{"pair_id": ', "null"):
+        with pytest.raises(ValueError):
+            report.PairResult.from_json(bad)
+
+
+# ---------------------------------------- explain.py ----------------------------------------
 # --- vocv4 reading
 
 
@@ -4003,8 +4205,8 @@ def explain_tiny_checkpoint(path: Path) -> Path:
     return path
 
 
-def explain_pairs_of(out: Path) -> dict[str, "explain.PairResult"]:
-    return {p.stem: explain.PairResult.from_json(p.read_text()) for p in sorted((out / "pairs").glob("*.json"))}
+def explain_pairs_of(out: Path) -> dict[str, "report.PairResult"]:
+    return {p.stem: report.PairResult.from_json(p.read_text()) for p in sorted((out / "pairs").glob("*.json"))}
 
 
 @explain_needs_nii
@@ -4021,7 +4223,9 @@ def test_explain_cli_on_the_real_neural_pair(tmp_path, capsys):
     assert pid == "voc__11463_11657_000002" and pair.vocoder == "voc"  # named after the fake's folder (same stems)
     assert summary["model"]["trained"] and summary["layer"] == "features.mfm27"
     assert abs(pair.lag) < 160 and pair.frames == 32 and pair.start_s == pytest.approx(1.0, abs=0.01)
-    assert pair.sanity_seeds == 2 and set(pair.sanity) == {"gradcam", "ixg", "ixg_abs"}
+    assert set(pair.sanity) == {"gradcam", "ixg", "ixg_abs"} and all(len(v) == 2 for v in pair.sanity.values())
+    assert len(pair.cascade_stages) == 11 and all(len(v) == 11 for v in pair.cascade.values())
+    assert pair.align == "envelope" and pair.envelope_corr > 0.8
     assert 0 <= pair.level_profile["mask"]["quiet_share"] <= 1
     assert pair.mask_pixels == round(0.05 * 863 * 32)
     assert set(pair.agreement["spoof"]) == {"gradcam", "ixg", "ixg_abs"} and set(pair.vs_input) == {
@@ -4030,15 +4234,26 @@ def test_explain_cli_on_the_real_neural_pair(tmp_path, capsys):
     }
     assert 0 <= pair.between_maps["iou_top"] <= 1
     f = pair.faithfulness
-    assert f.ks == [1, 2, 5, 10, 15, 20] and set(f.restore) == set(explain.FAITH_RANKINGS)
-    assert all(len(v) == 6 for v in (*f.restore.values(), *f.insert.values()))
+    assert f.ks == list(xai.FAITH_KS) and set(f.restore) == {*xai.FAITH_RANKINGS, *xai.BOUND_RANKINGS}
+    assert all(len(v) == 8 for v in (*f.restore.values(), *f.insert.values()))
+    # the curves read the quantity the maps explain: the spoof logit, from the same starting point as the prediction
+    assert f.target == "spoof" and set(pair.agreement) == {"spoof", "predicted"}
+    assert f.start_fake == pytest.approx(pair.pred_fake.logit_spoof, abs=1e-4)
+    assert f.start_real == pytest.approx(pair.pred_real.logit_spoof, abs=1e-4)
     v = summary["vocoders"]["voc"]
     assert v["n"] == 1 and set(v["agreement"]) == {"spoof", "predicted"} and v["floor"]["iou"]["n"] == 1
     for name in ("pair_voc__11463_11657_000002.png", "maps_voc__11463_11657_000002.png", "summary_agreement.png",
-                 "summary_faithfulness.png", "sanity_voc__11463_11657_000002.png"):  # fmt: skip
+                 "summary_faithfulness.png", "summary_sanity.png", "sanity_voc__11463_11657_000002.png"):  # fmt: skip
         assert (out / name).stat().st_size > 10_000, name
     printed = capsys.readouterr().out
-    assert "IoU (95 % CI)" in printed and "random" in printed and "AOPC" in printed and "detection EER" in printed
+    assert (
+        "IoU" in printed
+        and "random" in printed
+        and "AOPC" in printed
+        and "nAOPC" in printed
+        and "detection EER" in printed
+    )
+    assert "one pair: no confidence interval" in printed and "(n = 1)" in printed and "[" not in printed.split("==")[1]
 
 
 def test_explain_cli_short_form_with_local_vocoders_and_vocv4(tmp_path, monkeypatch, capsys):
@@ -4058,6 +4273,8 @@ def test_explain_cli_short_form_with_local_vocoders_and_vocv4(tmp_path, monkeypa
     assert "RANDOMLY INITIALISED" in capsys.readouterr().err
     pairs = explain_pairs_of(out)
     assert list(pairs) == [f"hifigan__{utt}", f"melgl__{utt}"] and pairs[f"hifigan__{utt}"].source.startswith("vocv4")
+    assert pairs[f"hifigan__{utt}"].align == "start" and pairs[f"hifigan__{utt}"].lag == 0  # vocv4: start-aligned
+    assert pairs[f"melgl__{utt}"].align == "envelope"
     assert not json.loads((out / "summary.json").read_text())["model"]["trained"]
     assert all((out / f"maps_{n}__{utt}.png").is_file() for n in ("hifigan", "melgl"))
 
@@ -4102,7 +4319,10 @@ def test_explain_many_pairs_from_a_folder_resume_and_name_a_failing_pair(tmp_pat
     assert summary["n_pairs"] == 6 and set(summary["vocoders"]) == {"griffinlim", "melgl"}
     iou = summary["vocoders"]["melgl"]["agreement"]["spoof"]["gradcam"]["iou"]
     assert iou["n"] == 3 and iou["ci"][0] <= iou["mean"] <= iou["ci"][1] and 0 <= iou["vs_floor"]["share_above"] <= 1
-    assert set(summary["vocoders"]["melgl"]["faithfulness"]["restore"]["rankings"]) == set(explain.FAITH_RANKINGS)
+    assert set(summary["vocoders"]["melgl"]["faithfulness"]["restore"]["rankings"]) == {
+        *xai.FAITH_RANKINGS,
+        *xai.BOUND_RANKINGS,
+    }
     assert summary["vocoders"]["melgl"]["detection"]["eer"] is not None
     # a rerun explains nothing again: finished pairs are skipped, the failed ones retried
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "pairs").glob("*.json")}
@@ -4147,57 +4367,6 @@ def test_explain_every_bona_fide_file_of_a_split_and_every_vocv4_pair(tmp_path):
     assert list(explain_pairs_of(tmp_path / "b")) == ["waveglow__LA_T_4179989"]
 
 
-def test_explain_perturbation_curves_and_aopc():
-    torch.manual_seed(0)
-    net = lcnn_model.LCNN(in_bins=20, num_frames=32, dropout=0.1).eval()
-    x_real, x_fake = torch.randn(1, 1, 20, 32), torch.randn(1, 1, 20, 32)
-    score = lambda x: float(lcnn_model.bonafide_score(net(x))[0])  # noqa: E731
-    rankings = {"a": torch.rand(20, 30), "b": torch.rand(20, 30)}
-    curves = explain.perturbation_curves(net, x_fake, x_real, rankings, (50, 100), valid=30)
-    expected = x_fake.clone()
-    expected[..., :30] = x_real[..., :30]  # 100 % of the explained frames: the real input there, the rest untouched
-    assert curves["a"][1] == pytest.approx(score(expected), abs=1e-5) == pytest.approx(curves["b"][1], abs=1e-5)
-    half = x_fake.clone().view(-1)  # 50 %: exactly the top half of ranking a, taken from the real input
-    order = torch.argsort(rankings["a"].flatten(), descending=True, stable=True)[:300]
-    region = x_fake[0, 0, :, :30].reshape(-1).clone()
-    region[order] = x_real[0, 0, :, :30].reshape(-1)[order]
-    half = x_fake.clone()
-    half[0, 0, :, :30] = region.view(20, 30)
-    assert curves["a"][0] == pytest.approx(score(half), abs=1e-5)
-    assert explain.aopc([1.0, 3.0], 0.0, "restore") == pytest.approx(4 / 3)  # mean of 0, 1, 3
-    assert explain.aopc([-1.0, -3.0], 0.0, "insert") == pytest.approx(4 / 3)
-
-
-def test_explain_bootstrap_ci_and_paired_difference():
-    rng = np.random.default_rng(1)
-    values = rng.normal(0.3, 0.1, 400)
-    s = explain.bootstrap_ci(values)
-    half = 1.96 * values.std(ddof=1) / np.sqrt(400)
-    assert s["n"] == 400 and s["mean"] == pytest.approx(values.mean())
-    assert s["ci"][0] == pytest.approx(values.mean() - half, abs=0.004) and s["ci"][1] == pytest.approx(
-        values.mean() + half, abs=0.004
-    )
-    assert explain.bootstrap_ci([0.5]) == {"mean": 0.5, "ci": [0.5, 0.5], "n": 1}
-    assert explain.bootstrap_ci([None, float("nan")])["mean"] is None
-    d = explain.paired_vs([0.3, 0.5, 0.1], [0.2, 0.2, 0.2])
-    assert d["mean"] == pytest.approx(0.1) and d["share_above"] == pytest.approx(2 / 3)
-    assert explain.bootstrap_ci(values)["ci"] == s["ci"]  # a fixed seed: the same numbers every run
-
-
-def test_explain_pair_result_round_trips_through_json(tmp_path):
-    a = explain.Agreement(0.1, 0.2, 0.3, 0.4, 0.5)
-    res = explain.PairResult(
-        "melgl__x", "x", "melgl", "local", "LA_0079", 3, 0.0, 2.0, 32, 100, 0.95,
-        explain.Prediction(0.1, 0.3, 0.2, 0.55, 1), explain.Prediction(0.5, 0.1, -0.4, 0.4, 0),
-        {"spoof": {"gradcam": a}}, a, a, {"gradcam": None}, 2, {"gradcam": 2},
-        explain.Faithfulness([5.0], -0.4, 0.2, {"random": [-0.3]}, {"random": [0.1]}), {}, {"gradcam": float("nan")},
-        {"spearman": 0.1},
-    )  # fmt: skip
-    back = explain.PairResult.from_json(res.to_json())
-    assert back.pred_fake.label == "spoof" and back.agreement["spoof"]["gradcam"] == a
-    assert back.vs_input == {"gradcam": None} and back.faithfulness.aopc("restore", "random") == pytest.approx(0.05)
-
-
 def test_explain_non_finite_audio_is_one_error_naming_the_file(tmp_path):
     ckpt = explain_tiny_checkpoint(tmp_path / "tiny.pt")
     nan = data_nonfinite_wav(tmp_path / "real.wav", "start")
@@ -4238,7 +4407,7 @@ def test_explain_cli_rejects_contradictory_flags(tmp_path):
         explain.main(["--real", "x.flac", "--vocv4-root", str(tmp_path), "--random-model"])
     with pytest.raises(ValueError, match="--mask-quantile must be in"):
         explain.main(["--real", "x.flac", "--mask-quantile", "1.5"])
-    with pytest.raises(ValueError, match=r"--faith-ks must be percentages in \(0, 100\]"):
+    with pytest.raises(ValueError, match=r"--faith-ks must be increasing percentages in \(0, 100\]"):
         explain.main(["--real", "x.flac", "--faith-ks", "0"])
     with pytest.raises(ValueError, match="--random-model explains an untrained LCNN"):
         explain.main(["--real", "x.flac", "--random-model", "--ckpt", "x.pt"])
@@ -4263,6 +4432,124 @@ def test_explain_cli_on_the_mel_front_end_of_a_random_model(tmp_path):
     assert explain_pairs_of(out)["melgl__11463_11657_000002"].mask_pixels == round(0.05 * 20 * 32)  # 20 mel bands
 
 
+def test_explain_pair_sources_and_defaults_are_resolved_in_one_place_without_changing_the_flags(tmp_path):
+    args = explain.build_parser().parse_args(["--utt", "LA_T_4179989", "--data-root", str(DEMO)])
+    before = vars(args).copy()
+    info = explain.ModelInfo(None, False, "stft", 32, "repeat", None, None, None, None, False, False)
+    resolved = explain.resolve_defaults(args, info, data.make_frontend("stft"))
+    assert vars(args) == before  # check_flags and resolve_defaults read the flags, never change them
+    assert resolved.vocoders == ["hifigan", "waveglow"] and resolved.vocode == ["griffinlim", "melgl"]
+    assert (resolved.time_size, resolved.freq_size) == (5, 17) and resolved.out == str(
+        Path("explain_out") / "LA_T_4179989"
+    )
+    specs = explain.collect_pairs(resolved)
+    assert [s.pair_id for s in specs] == ["griffinlim__LA_T_4179989", "melgl__LA_T_4179989"]
+    assert {s.align for s in specs} == {"envelope"}
+    given = explain.build_parser().parse_args(["--real", "a.flac", "--fake", "b.wav", "--time-size", "3"])
+    resolved = explain.resolve_defaults(given, info, data.make_frontend("stft"))
+    assert resolved.vocode == [] and resolved.time_size == 3 and resolved.freq_size == 17  # a given flag wins
+
+
+def test_explain_utterance_id_naming_a_path_outside_the_tree_is_refused(tmp_path):
+    la = tmp_path / "LA"
+    shutil.copytree(DEMO / corpora.PROTOCOL_DIR, la / corpora.PROTOCOL_DIR)
+    (la / "ASVspoof2019_LA_train" / "flac").mkdir(parents=True)
+    for utt in ("LA_T_4179989", "LA_T_1138215"):
+        shutil.copy(DEMO / "ASVspoof2019_LA_train" / "flac" / f"{utt}.flac", la / "ASVspoof2019_LA_train" / "flac")
+    protocol = la / corpora.PROTOCOL_DIR / corpora.PROTOCOL_FILES["train"]
+    protocol.write_text("LA_0079 LA_T_4179989 - - bonafide\nLA_0079 ../../../outside/good - - bonafide\n")
+    outside = tmp_path / "outside" / "good.flac"  # where the id points: ASVspoof2019_LA_train/flac/../../../
+    outside.parent.mkdir()
+    shutil.copy(DEMO / "ASVspoof2019_LA_train" / "flac" / "LA_T_1138215.flac", outside)
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
+    common = ["--ckpt", str(ckpt), "--data-root", str(la), "--vocode", "griffinlim", "--random-seeds", "2",
+              "--reinit-seeds", "0", "--no-cascade", "--faith-ks", "--figures", "0", "--device", "cpu"]  # fmt: skip
+    read = []
+    real_load = data.load_audio
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "load_audio", lambda p, *a, **k: read.append(Path(p).resolve()) or real_load(p, *a, **k))
+        # the one id-to-path rule (corpora.check_utt_id) refuses the protocol line itself, for every pair source
+        for source in (["--utt", "../../../outside/good"], ["--split", "train"], ["--split", "train", "--skip-bad"]):
+            with pytest.raises(ValueError, match=r"cm\.train\.trn\.txt line 2: utt id '\.\./\.\./\.\./outside/good' "
+                                                 "is not a plain file name"):  # fmt: skip
+                explain.main([*source, "--out", str(tmp_path / "a"), *common])
+    assert outside.resolve() not in read
+
+
+def test_explain_checkpoint_with_nan_weights_is_one_line(tmp_path):
+    ckpt = explain_tiny_checkpoint(tmp_path / "nan_weights.pt")
+    state = torch.load(ckpt, weights_only=True)
+    state["model"]["classifier.fc32.bias"].fill_(float("nan"))
+    torch.save(state, ckpt)
+    sf.write(tmp_path / "a.wav", data_tone(1.0), 16000)
+    argv = ["--ckpt", str(ckpt), "--real", str(tmp_path / "a.wav"), "--vocode", "griffinlim", "--out",
+            str(tmp_path / "o"), "--device", "cpu"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"^--ckpt \S*nan_weights\.pt: 1 weight tensor\(s\) hold NaN or inf \(first: "
+                                         r"classifier\.fc32\.bias\)"):  # fmt: skip
+        explain.main(argv)
+    done = subprocess.run([sys.executable, str(REPO / "explain.py"), *argv], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1 and "nan_weights.pt" in done.stderr
+
+
+def test_explain_flags_that_contradict_the_checkpoint_or_mean_nothing_are_refused(tmp_path):
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")  # stft, 32 frames
+    base = ["--ckpt", str(ckpt), "--real", str(DEMO / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac"),
+            "--out", str(tmp_path / "o"), "--device", "cpu"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"^--frontend mel: \S*best\.pt was trained with --frontend stft"):
+        explain.main([*base, "--frontend", "mel"])
+    with pytest.raises(ValueError, match=r"^--num-frames 64: \S*best\.pt was trained on 32 frames"):
+        explain.main([*base, "--num-frames", "64"])
+    for flag in ("--batch-size", "--num-workers"):
+        with pytest.raises(ValueError, match=rf"^{flag}: explain\.py explains one pair at a time"):
+            explain.main([*base, flag, "0"])
+        assert flag not in explain.build_parser().format_help()
+
+
+def test_explain_pairs_that_are_not_pairs_are_refused_naming_the_measure(tmp_path, capsys):
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
+    flac = DEMO / "ASVspoof2019_LA_train" / "flac"
+    real = data.load_audio(flac / "LA_T_4179989.flac")
+    sf.write(tmp_path / "late.wav", torch.cat([torch.zeros(8000), vocoders.vocode(real, "griffinlim")]).numpy(), 16000,
+             subtype="FLOAT")  # fmt: skip
+    common = ["--ckpt", str(ckpt), "--random-seeds", "2", "--reinit-seeds", "0", "--no-cascade", "--faith-ks",
+              "--figures", "0", "--device", "cpu"]  # fmt: skip
+    cases = [(flac / "LA_T_4179989.flac", r"max \|real - fake\| = 0\.0e\+00"),
+             (flac / "LA_T_1138215.flac", r"(normalised cross-correlation of 10 ms envelopes|search limit)"),
+             (tmp_path / "late.wav", r"peaks at the search limit \(lag \+1600 samples")]  # fmt: skip
+    for i, (fake, match) in enumerate(cases):
+        with pytest.raises(ValueError, match=rf"^not a real/vocoded pair: .*{match}"):
+            explain.main(["--real", str(flac / "LA_T_4179989.flac"), "--fake", str(fake), "--out",
+                          str(tmp_path / f"o{i}"), *common])  # fmt: skip
+    # in a many-pair run a refused pair is listed as failed, the others are explained
+    argv = ["--real", str(flac / "LA_T_4179989.flac"), "--fake", str(tmp_path / "late.wav"), "--vocode", "griffinlim",
+            "--out", str(tmp_path / "many"), *common]  # fmt: skip
+    assert explain.main(argv) == 1
+    failed = json.loads((tmp_path / "many" / "failed.json").read_text())
+    assert [f["pair"] for f in failed] == ["late__LA_T_4179989"] and "search limit" in failed[0]["error"]
+    assert list(explain_pairs_of(tmp_path / "many")) == ["griffinlim__LA_T_4179989"]
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"pair_id": "griffinlim__LA_T_4179989", "name": ', ""])
+def test_explain_unreadable_pair_file_is_named_and_the_pair_explained_again(tmp_path, capsys, content):
+    ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "out"
+    argv = ["--real", str(DEMO / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac"), "--vocode", "griffinlim",
+            "--ckpt", str(ckpt), "--out", str(out), "--random-seeds", "2", "--reinit-seeds", "0", "--no-cascade",
+            "--faith-ks", "--figures", "0", "--device", "cpu"]  # fmt: skip
+    assert explain.main(argv) == 0
+    pair_file = out / "pairs" / "griffinlim__LA_T_4179989.json"
+    good = pair_file.read_text()
+    pair_file.write_text(content)
+    capsys.readouterr()
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(pair_file))}: not a pair result of this explain\.py"):
+        report.read_pair(pair_file)
+    assert explain.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{pair_file}: not a pair result of this explain.py" in err and "explaining that pair again" in err
+    assert report.read_pair(pair_file).pair_id == "griffinlim__LA_T_4179989" and json.loads(pair_file.read_text())
+    assert json.loads(good).keys() == json.loads(pair_file.read_text()).keys()
+
+
 # ---------------------------------------- homework.ipynb ----------------------------------------
 HOMEWORK = REPO / "homework.ipynb"
 MACHINE_PATHS = re.compile(r"(/work/|/tmp/|/home/|/root/|/Users/|\.venv/lib)")
@@ -4285,6 +4572,29 @@ def test_homework_notebook_is_committed_answered_and_with_outputs():
     outputs = json.dumps([c.get("outputs", []) for c in code])
     assert not MACHINE_PATHS.search(outputs), MACHINE_PATHS.search(outputs).group(0)
     assert '"output_type": "error"' not in outputs and "image/jpeg" in outputs
+
+
+def test_homework_nii_counts_are_computed_from_the_table_not_typed():
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(HOMEWORK, as_version=4)
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and "NII_TABLE1 = {" in c.source]
+    ns = {"np": np}
+    with warnings.catch_warnings():
+        exec(cell.source.split("\n\n\ndef nii_table_counts")[0], ns)  # the table only: the counts are made here
+    table = ns["NII_TABLE1"]
+    assert len(table) == 9 and all(len(per) == 4 and all(len(v) == 6 for v in per.values()) for per in table.values())
+    means = {cell_: {loss: sum(v) / 6 for loss, v in per.items()} for cell_, per in table.items()}
+    ce_am = sum(m["CE"] < m["AM"] for m in means.values())
+    ce_oc = sum(m["CE"] < m["OC"] for m in means.values())
+    lowest = {loss: sum(min(m, key=m.get) == loss for m in means.values()) for loss in ("AM", "OC", "CE", "P2SGrad")}
+    overall = {loss: sum(x for per in table.values() for x in per[loss]) / 54 for loss in lowest}
+    answer = next(c.source for c in nb.cells if c.source.startswith("## 4. The loss"))
+    assert f"cross-entropy beats AM-softmax in {ce_am} of 9" in answer and f"OC-softmax in {ce_oc} of 9" in answer
+    best = max(lowest, key=lowest.get)
+    assert f"{best}, not cross-entropy, has the lowest mean EER in {lowest[best]} of 9" in answer
+    assert all(f"{overall[loss]:.2f} %" in answer for loss in lowest)
+    printed = "".join(o.get("text", "") for o in cell.get("outputs", []))
+    assert f"CE beats AM-softmax in {ce_am} of 9 cells, OC-softmax in {ce_oc} of 9" in printed  # the committed output
 
 
 @pytest.mark.slow

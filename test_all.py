@@ -2,7 +2,8 @@
 
 Offline, on the CPU. Real data is read from ../shared/data beside the checkout and tests that need it skip when it is
 absent; ../shared/data/heldout is never read. Reference libraries (pytorch-grad-cam, Captum, torchaudio's
-transforms, SciPy) are test-only dependencies.
+transforms, SciPy) are test-only dependencies. Tests that take over ~20 s on two busy cores are marked slow:
+`make test` runs them all, `make test-fast` leaves them out (-m "not slow").
 
 Sections, one per file, in import order: cli.py, corpora.py, data.py, vocoders.py, download.py, metrics.py,
 model.py, tune.py, train.py, evaluate.py, bench.py (with benchkit.py), explain.py, homework.ipynb. Each tests the
@@ -1771,6 +1772,7 @@ def test_cli_json_on_b01_with_data_root_gives_eer_tdcf_and_attacks(protocols, tm
     assert list(result["per_attack"]) == [f"A{i:02d}" for i in range(7, 20)]
 
 
+@pytest.mark.slow
 def test_cli_text_report_infers_the_split_and_writes_the_det(protocols, tmp_path):
     b02 = protocols / "baseline_cm_scores" / "B02_LA_primary_eval.txt"
     asv = protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt"
@@ -3172,6 +3174,7 @@ def test_asoftmax_bf16_channels_last_cached_run_trains_and_scores(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_bf16_run_on_the_cpu_lowers_the_loss_and_resumes_exactly(tmp_path):
     flags = ("--precision", "bf16", "--limit-train", "0", "--num-frames", "600", "--no-augment")  # whole items
     lcnn_train.main(small_run_flags(tmp_path / "ref", "--epochs", "3", *flags))
@@ -3715,6 +3718,7 @@ def test_generated_files_are_la_like_and_reused(tmp_path):
     assert layout.audio_path("eval", entries[0].utt_id).stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_bench_times_the_real_loops_against_naive_on_a_tiny_config(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LCNN_TUNE", raising=False)  # the defaults row measures (at toy size: well under a second)
     monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
@@ -3762,6 +3766,7 @@ def test_bench_flops_counter_matches_the_stc_table():
     assert flops["forward"] == pytest.approx(14.3e9, rel=0.01) and flops["train"] == pytest.approx(41.2e9, rel=0.01)
 
 
+@pytest.mark.slow
 def test_bench_gpu_check_runs_every_step_at_toy_size_on_the_cpu(tmp_path, capsys):
     real = DEMO if DEMO is not None else MINI
     bench.main(["--device", "cpu", "--what", "gpu", "--num-workers", "0", "--files-dir", str(tmp_path),

@@ -1,4 +1,4 @@
-# `make demo`: create .venv, install, run the main job offline.  `make test`: run the test suite.
+# `make demo`: create .venv, install, run the main job offline.  `make test`: run the test suite (all of it).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -6,7 +6,7 @@ DATA    ?= demo_data/LA
 RUN     ?= runs/demo
 DEMO    ?= demo
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-fast lint venv clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,8 +33,12 @@ demo: venv
 	@echo "demo outputs: $(RUN)/ (checkpoints, curves.png), $(DEMO)/: LA_T_4179989.png, scores_dev.txt, scores_dev_det.png, explain/"
 
 # pytest exits 5 when it collects nothing: that must fail CI, and it does (any non-zero status fails make).
+# `make test` runs every test, the slow ones (@pytest.mark.slow, over ~20 s each) included; `make test-fast` skips them.
 test: venv
 	$(BIN)/python -m pytest test_all.py -q
+
+test-fast: venv
+	$(BIN)/python -m pytest test_all.py -q -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check .

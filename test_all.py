@@ -2,7 +2,24 @@
 
 Offline, on the CPU. Real data is read from ../shared/data beside the checkout and tests that need it skip when it is
 absent; ../shared/data/heldout is never read. Reference libraries (pytorch-grad-cam, Captum, torchaudio's
-transforms, SciPy) are test-only dependencies.
+transforms, SciPy) are test-only dependencies. Tests that take over ~20 s on two busy cores are marked slow:
+`make test` runs them all, `make test-fast` leaves them out (-m "not slow").
+
+Sections, one per file, in import order: cli.py, corpora.py, data.py, vocoders.py, download.py, metrics.py,
+model.py, tune.py, train.py, evaluate.py, bench.py (with benchkit.py), explain.py, homework.ipynb. Each tests the
+behaviour its file owns; a test that runs several scripts sits with the file whose rule it pins.
+
+Shared builders (top of the file), one of each kind:
+    make_signal(seconds, sr, channels, amp, kind)   synthetic audio: a 440 Hz tone or Gaussian noise
+    write_nonfinite_wav(path, where, value)         a float WAV of that tone with one NaN/inf sample
+    make_la_tree(la, splits, copy_of=, bad=)        an ASVspoof 2019 LA tree: small synthetic, or a linked copy
+                                                    (whole or a spread subset) of DEMO / MINI, optionally with one
+                                                    bad file; benchkit.generate_la_files for speech-like trees
+    make_corpus(root, kind, lines)                  the other corpus formats (2021 LA/DF, In-the-Wild, ASVspoof 5,
+                                                    Kaldi, folders, CSV) from real demo audio
+    make_checkpoint(path, frontend, num_frames)     a random-init checkpoint with train.py's keys (tiny_ckpt: one
+                                                    per module); train_small_run: a real 3-epoch run
+    small_run_flags(out, *extra), script_env()      train.py flags of a seconds-long run; a subprocess's environment
 """
 
 import dataclasses
@@ -46,6 +63,8 @@ import xai
 from corpora import LALayout, find_la_root
 from model import build_model
 
+# --- shared builders: what more than one section uses (the module docstring lists the builders) ---
+
 REPO = Path(__file__).resolve().parent
 
 
@@ -60,154 +79,378 @@ def shared_data() -> Path | None:
 SHARED = shared_data()
 MINI = SHARED / "asvspoof2019_la_mini" / "LA" if SHARED and (SHARED / "asvspoof2019_la_mini" / "LA").is_dir() else None
 DEMO = REPO / "demo_data" / "LA"  # the embedded demo set: always there (demo_data/README.md)
-
-
-# ---------------------------------------- data.py ----------------------------------------
-DATA_PROTOCOLS = SHARED / "protocols" / "asvspoof2019_la" if SHARED else None
-data_needs_protocols = pytest.mark.skipif(
-    DATA_PROTOCOLS is None or not DATA_PROTOCOLS.is_dir(), reason="../shared/data/protocols absent"
+PROTOCOLS = SHARED / "protocols" / "asvspoof2019_la" if SHARED else None  # official protocols, ASV and baseline scores
+needs_protocols = pytest.mark.skipif(
+    PROTOCOLS is None or not PROTOCOLS.is_dir(), reason="../shared/data/protocols absent"
 )
-DATA_DEMO_COUNTS = {  # the embedded demo set (demo_data/README.md)
-    "train": (141, 90, {"A01": 6, "A02": 4, "A03": 11, "A04": 14, "A05": 7, "A06": 9}),
-    "dev": (80, 40, {"A01": 10, "A02": 5, "A03": 4, "A04": 7, "A05": 7, "A06": 7}),
-    "eval": (1, 0, {"A09": 1}),
-}
-DATA_MINI_COUNTS = {
-    "train": (279, 228, {"A01": 6, "A02": 4, "A03": 11, "A04": 14, "A05": 7, "A06": 9}),
-    "dev": (101, 50, {"A01": 12, "A02": 7, "A03": 5, "A04": 8, "A05": 10, "A06": 9}),
-    "eval": (1, 0, {"A09": 1}),
-}
 
 
-# --- helpers: synthetic trees, a copy of the mini tree, a local HTTP server ---
+@pytest.fixture(autouse=True, scope="session")
+def _no_measured_settings(tmp_path_factory):
+    """The suite's numbers must not depend on which precision a timing picked on this machine (bf16 scores move by
+    ~1e-3 and with the batch): every test runs with LCNN_TUNE=off, i.e. the unmeasured rules, and a cache of its own;
+    the tune tests turn measuring back on. Subprocesses inherit both."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LCNN_TUNE", "off")
+        mp.setenv("LCNN_TUNE_CACHE", str(tmp_path_factory.mktemp("tune") / "tune.json"))
+        yield
 
 
-def data_tone(seconds: float = 0.5, sr: int = 16000, channels: int = 1, amp: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    x = amp * np.sin(2 * np.pi * 440 * t) * (1 + 0.1 * np.random.default_rng(0).standard_normal(t.size))
+def make_signal(
+    seconds: float = 0.5, sr: int = 16000, channels: int = 1, amp: float = 0.3, kind: str = "tone"
+) -> np.ndarray:
+    """Synthetic float32 audio, seeded (the same array on every call): (samples,), or (samples, channels) holding
+    the same signal in every channel.
+
+    kind "tone": 440 Hz of peak ~`amp` with 10 % multiplicative noise; "noise": Gaussian noise of standard deviation
+    `amp`. Speech-like audio (voiced syllables, fricatives, pauses) is bench's own: benchkit.synth_utterance, or
+    benchkit.generate_la_files for a whole tree.
+    """
+    n = int(seconds * sr)
+    rng = np.random.default_rng(0)
+    if kind == "tone":
+        t = np.arange(n) / sr
+        x = amp * np.sin(2 * np.pi * 440 * t) * (1 + 0.1 * rng.standard_normal(t.size))
+    elif kind == "noise":
+        x = amp * rng.standard_normal(n)
+    else:
+        raise ValueError(f"kind must be 'tone' or 'noise', got {kind!r}")
     return np.stack([x] * channels, axis=1).astype(np.float32) if channels > 1 else x.astype(np.float32)
 
 
-def data_make_tree(la: Path, splits: dict[str, list[tuple[str, str, str]]]) -> Path:
-    """An official-layout LA tree at `la` with short synthetic FLAC files: splits = {split: [(utt, system, key)]}."""
+def write_nonfinite_wav(path: Path, where: str = "end", value: float = float("nan"), seconds: float = 1.0) -> Path:
+    """A float32 WAV of make_signal's tone with one NaN/inf sample near its start or in its last 100 samples."""
+    x = make_signal(seconds)
+    x[100 if where == "start" else -50] = value
+    sf.write(path, x, 16000, format="WAV", subtype="FLOAT")  # (even when named .flac: soundfile reads the header)
+    return path
+
+
+SMALL_LA_SPLITS = {  # make_la_tree's default: {split: [(utt_id, system, key)]}
+    "train": [("LA_T_0000001", "-", "bonafide"), ("LA_T_0000002", "A01", "spoof"), ("LA_T_0000003", "A02", "spoof")],
+    "dev": [("LA_D_0000001", "-", "bonafide"), ("LA_D_0000002", "A03", "spoof")],
+    "eval": [("LA_E_0000001", "A09", "spoof")],
+}
+LA_BAD_UTT = {"train": "LA_T_9999999", "dev": "LA_D_9999999"}  # the bona fide file make_la_tree(bad=...) adds
+
+
+def make_la_tree(
+    la: Path,
+    splits: dict | None = None,
+    *,
+    copy_of: Path | None = None,
+    bad: tuple[str, str] | None = None,
+) -> Path:
+    """An ASVspoof 2019 LA tree in the official layout at `la` (the folder holding ASVspoof2019_LA_cm_protocols/).
+
+    Args:
+        la: where to build it (returned).
+        splits: without `copy_of`, {split: [(utt_id, system, key)]}, each file a 0.5 s make_signal tone, speaker
+            LA_0079; default SMALL_LA_SPLITS (3 train, 2 dev, 1 eval file). With `copy_of`, {split: n}: n lines of
+            each named split spread over its protocol (corpora.spread_entries), no other split; default None: the
+            whole tree, every other file (ASV scores) copied too.
+        copy_of: an LA folder to copy (DEMO, MINI): its audio files become symlinks, its other files real copies,
+            so a test may edit protocols and delete or damage files without touching the original.
+        bad: (split, "garbage" or "nan"): one more bona fide line, LA_BAD_UTT[split], at the end of the split's
+            protocol, whose file is not audio or a 2 s float WAV with a NaN sample (write_nonfinite_wav).
+
+    Which builder when: this one for a tree a test damages or whose file names it needs; benchkit.generate_la_files
+    (bench's own generator, product code) where realistic speech-like audio or many files matter -- 1-12 s files,
+    every tenth bona fide, ids LA_E_1000000 on; DEMO and MINI themselves only where nothing is written. The other
+    corpus formats: make_corpus.
+    """
+    la = Path(la)
     (la / corpora.PROTOCOL_DIR).mkdir(parents=True, exist_ok=True)
-    for split, rows in splits.items():
-        flac = la / f"ASVspoof2019_LA_{split}" / "flac"
-        flac.mkdir(parents=True, exist_ok=True)
-        lines = [f"LA_0079 {utt} - {system} {key}" for utt, system, key in rows]
-        (la / corpora.PROTOCOL_DIR / corpora.PROTOCOL_FILES[split]).write_text("\n".join(lines) + "\n")
-        for utt, _, _ in rows:
-            sf.write(flac / f"{utt}.flac", data_tone(), 16000, subtype="PCM_16")
+    if copy_of is None:
+        for split, rows in (SMALL_LA_SPLITS if splits is None else splits).items():
+            flac = la / f"ASVspoof2019_LA_{split}" / "flac"
+            flac.mkdir(parents=True, exist_ok=True)
+            lines = [f"LA_0079 {utt} - {system} {key}" for utt, system, key in rows]
+            (la / corpora.PROTOCOL_DIR / corpora.PROTOCOL_FILES[split]).write_text("\n".join(lines) + "\n")
+            for utt, _, _ in rows:
+                sf.write(flac / f"{utt}.flac", make_signal(), 16000, subtype="PCM_16")
+    elif splits is None:
+        for dirpath, _, files in os.walk(copy_of):
+            out = la / Path(dirpath).relative_to(copy_of)
+            out.mkdir(parents=True, exist_ok=True)
+            for name in files:
+                if name.endswith(".flac"):
+                    (out / name).symlink_to(Path(dirpath) / name)
+                else:
+                    shutil.copy(Path(dirpath) / name, out / name)
+    else:
+        for split, n in splits.items():
+            name = corpora.PROTOCOL_FILES[split]
+            lines = corpora.spread_entries((copy_of / corpora.PROTOCOL_DIR / name).read_text().splitlines(), n)
+            flac = la / f"ASVspoof2019_LA_{split}" / "flac"
+            flac.mkdir(parents=True, exist_ok=True)
+            for line in lines:
+                utt = line.split()[1]
+                (flac / f"{utt}.flac").symlink_to(copy_of / f"ASVspoof2019_LA_{split}" / "flac" / f"{utt}.flac")
+            (la / corpora.PROTOCOL_DIR / name).write_text("\n".join(lines) + "\n")
+    if bad is not None:
+        split, kind = bad
+        path = la / f"ASVspoof2019_LA_{split}" / "flac" / f"{LA_BAD_UTT[split]}.flac"
+        if kind == "nan":
+            write_nonfinite_wav(path, "start", seconds=2.0)
+        else:
+            path.write_bytes(b"not audio" * 100)
+        with open(la / corpora.PROTOCOL_DIR / corpora.PROTOCOL_FILES[split], "a") as f:
+            f.write(f"LA_0079 {LA_BAD_UTT[split]} - - bonafide\n")
     return la
 
 
-def data_small_tree(la: Path) -> Path:
-    return data_make_tree(
-        la,
-        {
-            "train": [
-                ("LA_T_0000001", "-", "bonafide"),
-                ("LA_T_0000002", "A01", "spoof"),
-                ("LA_T_0000003", "A02", "spoof"),
-            ],
-            "dev": [("LA_D_0000001", "-", "bonafide"), ("LA_D_0000002", "A03", "spoof")],
-            "eval": [("LA_E_0000001", "A09", "spoof")],
-        },
+# 2 bona fide + 2 spoof real LA dev files (demo_data: always there), as (utt id, key, attack)
+CORPUS_TRIALS = [("LA_D_1293230", "bonafide", "-"), ("LA_D_1789452", "bonafide", "-"),
+                  ("LA_D_3829330", "spoof", "A01"), ("LA_D_7142124", "spoof", "A01")]  # fmt: skip
+
+
+def corpus_audio(i: int) -> Path:
+    return DEMO / "ASVspoof2019_LA_dev" / "flac" / f"{CORPUS_TRIALS[i][0]}.flac"
+
+
+def make_corpus(root: Path, kind: str, lines: list[str] | None = None) -> Path:
+    """A 4-trial corpus of `kind` (la21, df21, itw, asv5, kaldi, folders, csv) in its exact on-disk format, from the
+    real demo audio of CORPUS_TRIALS; `lines` replaces the key file's lines (malformed variants). Returns the root to
+    pass as --data-root. ASVspoof 2019 LA: make_la_tree."""
+    root.mkdir(parents=True, exist_ok=True)
+    ids = [f"{kind.upper()}_E_{1000001 + i}" for i in range(4)]
+    keys = [k for _, k, _ in CORPUS_TRIALS]
+    if kind in ("la21", "df21"):
+        track = kind[:2].upper()
+        (root / f"ASVspoof2021_{track}_eval" / "flac").mkdir(parents=True)
+        for i, u in enumerate(ids):
+            shutil.copy(corpus_audio(i), root / f"ASVspoof2021_{track}_eval" / "flac" / f"{u}.flac")
+        if track == "LA":
+            default = [f"LA_00{i} {u} alaw ita_tx {'-' if k == 'bonafide' else 'A07'} {k} notrim "
+                       f"{'eval' if i < 3 else 'progress'}" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
+        else:
+            default = [f"LA_00{i} {u} low_mp3 vcc2020 {'-' if k == 'bonafide' else 'A14'} {k} notrim "
+                       f"{'eval' if i < 3 else 'hidden_track'} {'bonafide' if k == 'bonafide' else 'neural_vocoder'}"
+                       " - - - -" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
+        key_file = root / "keys" / track / "CM" / "trial_metadata.txt"
+    elif kind == "itw":
+        for i in range(4):
+            shutil.copy(corpus_audio(i), root / f"{i}.flac")
+        default = ["file,speaker,label"] + [f"{i}.flac,Speaker {i // 2},{'bona-fide' if k == 'bonafide' else 'spoof'}"
+                                            for i, k in enumerate(keys)]  # fmt: skip
+        key_file = root / "meta.csv"
+    elif kind == "asv5":
+        (root / "flac_E_eval").mkdir()
+        ids = [f"E_{i:010d}" for i in range(4)]
+        for i, u in enumerate(ids):
+            shutil.copy(corpus_audio(i), root / "flac_E_eval" / f"{u}.flac")
+        default = [f"E_{i:04d} {u} F mp3 3 11 {'-' if k == 'bonafide' else 'AC1'} {'-' if k == 'bonafide' else 'A21'} "
+                   f"{k} -" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
+        key_file = root / "ASVspoof5.eval.track_1.tsv"
+    elif kind == "kaldi":
+        (root / "audio").mkdir()
+        for i in range(4):
+            shutil.copy(corpus_audio(i), root / "audio" / f"u{i}.flac")
+        (root / "wav.scp").write_text("".join(f"utt{i} audio/u{i}.flac\n" for i in range(4)))
+        default = [f"utt{i} {k}" for i, k in enumerate(keys)]
+        key_file = root / "utt2lab"
+    elif kind == "folders":
+        for i, k in enumerate(keys):
+            folder = root / ("real" if k == "bonafide" else "fake" / Path("hifigan" if i == 2 else ""))
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(corpus_audio(i), folder / f"clip {i}.flac")  # a space: ids must not hold one
+        return root
+    else:  # csv
+        (root / "clips").mkdir()
+        for i in range(4):
+            shutil.copy(corpus_audio(i), root / "clips" / f"c{i}.flac")
+        default = ["path\tlabel\tsource\tattack"] + [f"clips/c{i}.flac\t{'genuine' if k == 'bonafide' else 'deepfake'}"
+                   f"\tsrc{i % 2}\t{'-' if k == 'bonafide' else 'tts'}" for i, k in enumerate(keys)]  # fmt: skip
+        key_file = root / "key.tsv"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("".join(f"{line}\n" for line in (lines if lines is not None else default)))
+    return root
+
+
+def make_checkpoint(
+    path: Path, frontend: str = "mel", num_frames: int = 32, *, drop=(), args: dict | None = None, **extra
+) -> Path:
+    """A random-init LCNN checkpoint with train.py's keys, seeded (the same weights on every call), saved at `path`.
+
+    Args:
+        frontend: "mel" (20 bins) or "stft" (863 bins), stored in args with num_frames, pad repeat, recipe tiny.
+        drop: top-level keys to leave out (error tests).
+        args: stored flags to add or replace, e.g. {"recipe": "test"}.
+        **extra: more top-level keys, e.g. best_dev_eer=50.0.
+
+    A trained checkpoint (calibration, optimizer, history): the train_small_run fixture's.
+    """
+    torch.manual_seed(0)
+    in_bins = 20 if frontend == "mel" else 863
+    model = build_model({"in_bins": in_bins, "num_frames": num_frames, "dropout": 0.1, "head": "linear"})
+    ckpt = {"model": model.state_dict(), "model_args": model.model_args(),
+            "args": {"frontend": frontend, "num_frames": num_frames, "pad": "repeat", "recipe": "tiny", **(args or {})},
+            "epoch": 1, **extra}  # fmt: skip
+    for key in drop:
+        ckpt.pop(key)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """make_checkpoint's default (mel, 32 frames), once per module: read it, copy it, never write to it."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.pt")
+
+
+def small_run_flags(out, *extra) -> list[str]:
+    """train.py flags of seconds-long runs on the demo tree: 48 train / 24 dev files, 20 x 64 mel inputs."""
+    return [
+        "--recipe", "tiny", "--data-root", str(DEMO), "--out", str(out), "--limit-train", "48",
+        "--limit-dev", "24", "--num-frames", "64", "--device", "cpu", "--num-workers", "0", "--augment", *extra,
+    ]  # fmt: skip
+
+
+def script_env() -> dict:
+    """The environment of a script run as a subprocess: unbuffered, one thread, not under torchrun."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def train_small_run(tmp_path_factory):
+    """Three epochs of a small run, uninterrupted (the reference for the resume tests)."""
+    run = tmp_path_factory.mktemp("train") / "run"
+    assert lcnn_train.main(small_run_flags(run, "--epochs", "3")) == 0
+    return run
+
+
+# the names the explain section still calls these by (that section is being changed elsewhere): drop once it uses
+# make_signal and write_nonfinite_wav
+data_tone = make_signal
+data_nonfinite_wav = write_nonfinite_wav
+
+
+# ---------------------------------------- cli.py ----------------------------------------
+
+# --- run_cli: one line on stderr, exit 1 (or 2 for usage) ---
+
+
+def test_run_cli_turns_an_allocation_failure_into_one_line_naming_the_size_flags(capsys):
+    def main(argv):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:124] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 128000000000 bytes.\nmore torch text")  # fmt: skip
+
+    with pytest.raises(SystemExit) as done:
+        cli.run_cli(main, [])
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and err.count("\n") == 1
+    assert err.startswith("error: out of memory (") and "--batch-size" in err and "--num-frames" in err
+
+
+@pytest.mark.parametrize("script,argv,match", [
+    ("train.py", ["--batch-size", "abc"], r"^train\.py: error: argument --batch-size: invalid int value: 'abc' \(see train\.py --help\)$"),
+    ("evaluate.py", ["--files", "x"], r"^evaluate\.py: error: the following arguments are required: --ckpt"),
+    ("metrics.py", ["--scores", "x", "--bogus"], r"^metrics\.py: error: unrecognized arguments: --bogus"),
+    ("explain.py", ["--vocode", "hifigan"], r"^explain\.py: error: argument --vocode: invalid choice"),
+])  # fmt: skip
+def test_usage_errors_are_one_line(script, argv, match):
+    done = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and re.match(match, done.stderr) and len(done.stderr.strip().splitlines()) == 1, (
+        done.stderr
     )
 
 
-def data_truncate(path: Path, keep: float = 0.5) -> None:
-    raw = path.read_bytes()
-    path.unlink()  # replaces a symlink by a real, shorter file
-    path.write_bytes(raw[: int(len(raw) * keep)])
+# --- progress line ---
 
 
-def data_link_copy(src: Path, dst: Path) -> Path:
-    """A copy of an LA tree whose audio files are symlinks (protocols are real copies)."""
-    for dirpath, _, files in os.walk(src):
-        out = dst / Path(dirpath).relative_to(src)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in files:
-            if name.endswith(".flac"):
-                (out / name).symlink_to(Path(dirpath) / name)
-            else:
-                shutil.copy(Path(dirpath) / name, out / name)
-    return dst
+def test_data_progress_line_in_megabytes_and_unknown_total():
+    stream = io.StringIO()
+    bar = cli.Progress(3_000_000, "LA.zip", unit="MB", scale=1e6, stream=stream)
+    bar.update(1_500_000)
+    assert "LA.zip: 1.5/3.0 MB (50%)" in stream.getvalue() and "MB/s" in stream.getvalue()
+    unknown = cli.Progress(0, "x", unit="MB", scale=1e6, stream=io.StringIO(), every=1e9)
+    unknown.update(10)
+    unknown.update(10)
+    assert unknown.stream.getvalue().count("\n") == 1 and "ETA ?" in unknown.stream.getvalue()
 
 
-def data_zip_of(folder: Path, top: str = "LA") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for p in sorted(folder.rglob("*")):
-            z.write(p, f"{top}/{p.relative_to(folder)}")
-    return buf.getvalue()
+# --- writes: atomic files, checked output paths, run locks ---
 
 
-class DataServer:
-    """http.server on 127.0.0.1 in a thread serving `files` ({url path: bytes}); optionally honours Range."""
-
-    def __init__(self, files: dict[str, bytes], ranges: bool = True):
-        self.files, self.ranges, self.requests = files, ranges, []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                server.requests.append((self.path, self.headers.get("Range")))
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                if server.ranges and self.headers.get("Range"):
-                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                self.wfile.write(body[start:])
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def test_data_atomic_write_removes_temporaries_of_killed_writers_only(tmp_path):
+    target = tmp_path / "last.pt"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".last.pt.{dead.pid}.1234.tmp"
+    live = tmp_path / f".last.pt.{os.getppid()}.1234.tmp"  # another live process writing the same file
+    other = tmp_path / f".best.pt.{dead.pid}.1.tmp"  # another file's: not ours to touch now
+    for p in (stale, live, other):
+        p.write_text("half a checkpoint")
+    with cli.atomic_write(target) as f:
+        f.write("whole")
+    assert target.read_text() == "whole" and not stale.exists() and live.exists() and other.exists()
 
 
-@pytest.fixture
-def data_server():
-    servers = []
-
-    def start(files, ranges=True):
-        servers.append(DataServer(files, ranges))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
+def test_data_check_output_path_refuses_folders_and_unwritable_places(tmp_path):
+    assert cli.check_output_path(tmp_path / "new" / "s.txt", "--out") == tmp_path / "new" / "s.txt"
+    with pytest.raises(ValueError, match=r"--out .* is a folder; expected a file path"):
+        cli.check_output_path(tmp_path, "--out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match=r"^--out .*file/s\.txt: cannot write in"):
+        cli.check_output_path(tmp_path / "file" / "s.txt", "--out")
 
 
-def data_closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_work(tiny_ckpt, tmp_path):
+    """One output-path rule (cli.check_outputs) in evaluate.py and metrics.py: nothing is overwritten, exit 1."""
+    tree = make_la_tree(tmp_path / "LA", copy_of=DEMO)
+    ckpt = shutil.copy(tiny_ckpt, tmp_path / "best.pt")
+    protocol = find_la_root(tree).protocol_path("dev")
+    before = {p: Path(p).read_bytes() for p in (ckpt, protocol)}
+    base = [sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(ckpt), "--data-root", str(tree), "--split", "dev"]
+    for extra, match in ((["--out", str(ckpt)], "--out .* is --ckpt"),
+                         (["--out", str(protocol)], r"--out .* is the key file \(dev\)"),
+                         (["--out", str(tmp_path / "s.txt"), "--det", str(tmp_path / "s.txt")], "--det .* is also --out")):  # fmt: skip
+        run = subprocess.run(base + extra, capture_output=True, text=True, env=script_env())
+        assert run.returncode == 1 and run.stderr.count("\n") == 1 and re.search(match, run.stderr), run.stderr
+    assert all(Path(p).read_bytes() == raw for p, raw in before.items())
+    scores = tmp_path / "s.txt"
+    metrics.write_score_file(scores, ["LA_D_1"], ["-"], ["bonafide"], [1.0])
+    run = subprocess.run([sys.executable, str(REPO / "metrics.py"), "--scores", str(scores), "--det", str(scores)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 1 and "--det" in run.stderr and "is --scores" in run.stderr
+    assert metrics.read_score_file(scores).utt_id.tolist() == ["LA_D_1"]
+    run = subprocess.run([sys.executable, str(REPO / "metrics.py"), "--scores", str(tmp_path)], capture_output=True,
+                         text=True)  # fmt: skip
+    assert run.returncode == 1 and "is a folder, expected a file" in run.stderr, run.stderr
 
 
-# --- protocols ---
+def test_run_lock_is_exclusive_and_released():
+    import tempfile as tf
+
+    with tf.TemporaryDirectory() as d:
+        with cli.RunLock(d, "--out") as lock:
+            assert lock.held and Path(d, ".lock").read_text().split()[0] == str(os.getpid())
+            code = subprocess.run([sys.executable, "-c", f"import cli; cli.RunLock({d!r}).__enter__()"], cwd=REPO,
+                                  capture_output=True, text=True)  # fmt: skip
+            assert code.returncode != 0 and f"in use by process {os.getpid()}" in code.stderr
+        assert not Path(d, ".lock").exists()
 
 
-@data_needs_protocols
+# --- device and worker rules ---
+
+
+def test_num_workers_rule_is_in_process_on_the_cpu_and_parallel_with_a_gpu():
+    assert cli.default_num_workers(None, torch.device("cpu")) == 0
+    assert cli.default_num_workers(None, torch.device("cuda")) == min(16, os.cpu_count() or 1)
+    assert cli.default_num_workers(3, torch.device("cpu")) == 3
+    with pytest.raises(ValueError, match="--num-workers must be 0 or more"):
+        cli.default_num_workers(-1, torch.device("cpu"))
+
+
+# ---------------------------------------- corpora.py ----------------------------------------
+
+# --- ASVspoof 2019 LA protocols and the id-to-path rule ---
+
+
+@needs_protocols
 @pytest.mark.parametrize(
     "split,lines,bonafide,spoof,systems",
     [
@@ -217,7 +460,7 @@ def data_closed_port() -> int:
     ],
 )
 def test_data_real_protocol_counts(split, lines, bonafide, spoof, systems):
-    entries = corpora.read_cm_protocol(DATA_PROTOCOLS / corpora.PROTOCOL_FILES[split])
+    entries = corpora.read_cm_protocol(PROTOCOLS / corpora.PROTOCOL_FILES[split])
     assert len(entries) == lines
     assert sum(e.label == corpora.LABEL_BONAFIDE for e in entries) == bonafide
     assert sum(e.key == "spoof" for e in entries) == spoof
@@ -256,6 +499,33 @@ def test_data_protocol_repeated_utt_and_missing_file(tmp_path):
         corpora.read_cm_protocol(tmp_path / "absent.txt")
 
 
+def test_data_text_files_that_are_not_utf8_name_the_line(tmp_path):
+    la = make_la_tree(tmp_path / "LA")
+    protocol = find_la_root(la).protocol_path("train")
+    protocol.write_bytes(protocol.read_bytes() + b"LA_0079 LA_T_\xff000009 - - bonafide\n")
+    with pytest.raises(ValueError, match=r"^ASVspoof2019\.LA\.cm\.train\.trn\.txt line 4: not UTF-8 text \(byte 0xff"):
+        corpora.read_cm_protocol(protocol)
+    protocol.write_bytes(b"\xef\xbb\xbf" + protocol.read_bytes().splitlines(keepends=True)[0])  # a BOM is fine
+    assert corpora.read_cm_protocol(protocol)[0].speaker == "LA_0079"
+
+
+def test_an_utt_id_that_names_a_path_is_refused_at_its_protocol_line(tmp_path):
+    """The one id-to-path rule: no reader can turn a protocol line into a file outside the data root."""
+    for bad in ("../../../outside/good", "a/b", "..", "x\\y"):
+        with pytest.raises(ValueError, match=r"p\.txt line 3: utt id .* is not a plain file name"):
+            corpora.parse_protocol_line(f"LA_0079 {bad} - - bonafide", "p.txt line 3")
+    layout = make_la_tree(tmp_path / "LA")
+    with pytest.raises(ValueError, match="not a plain file name"):
+        find_la_root(layout).audio_path("dev", "../../x")
+
+
+def test_spread_limit_takes_both_classes_of_a_sorted_protocol():
+    entries = ["bonafide"] * 228 + ["spoof"] * 51  # the mini train protocol's order
+    picked = corpora.spread_entries(entries, 20)
+    assert len(picked) == 20 and set(picked) == {"bonafide", "spoof"}
+    assert corpora.spread_entries(entries, 0) == entries
+
+
 # --- layouts ---
 
 
@@ -282,6 +552,150 @@ def test_data_wrong_root_lists_where_it_looked(tmp_path):
         corpora.find_la_root(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no --data-root given"):
         corpora.find_la_root(None)
+
+
+# --- every corpus's reader, built from real audio in each exact format (issue 16) ---
+
+
+@pytest.mark.parametrize(
+    "word,key", [("bonafide", "bonafide"), ("Bona-Fide", "bonafide"), ("bona_fide", "bonafide"), ("genuine", "bonafide"),
+                 ("real", "bonafide"), ("HUMAN", "bonafide"), ("spoof", "spoof"), ("fake", "spoof"),
+                 ("deepfake", "spoof"), ("synthetic", "spoof")],
+)  # fmt: skip
+def test_label_words_are_normalised_and_others_name_the_line(word, key):
+    assert corpora.normalise_label(word, "x line 1") == key
+    with pytest.raises(ValueError, match=r"meta.csv line 7: label 'maybe' is neither bona fide .* nor spoof"):
+        corpora.normalise_label("maybe", "meta.csv line 7")
+
+
+@pytest.mark.parametrize("kind", ["la21", "df21", "itw", "asv5", "kaldi", "folders", "csv"])
+def test_each_reader_reads_its_exact_format_from_real_audio(kind, tmp_path):
+    root = make_corpus(tmp_path / kind, kind)
+    assert corpora.detect_corpus(root) == kind
+    corpus = corpora.read_corpus(root)
+    n = 3 if kind in ("la21", "df21") else 4  # the 2021 sets: the eval subset by default, not progress/hidden_track
+    assert corpus.name == kind and len(corpus.entries) == n
+    assert sorted(e.key for e in corpus.entries) == sorted(k for _, k, _ in CORPUS_TRIALS[:n])
+    for e in corpus.entries:
+        assert Path(e.path).is_absolute() and Path(e.path).is_file() and e.utt_id.split() == [e.utt_id]
+        assert (e.system == "-") == (e.key == "bonafide")
+        assert data.load_audio(e.path).shape[0] > 16000  # the real audio, decodable through the path
+    expected_column = {"la21": ("codec", "alaw"), "df21": ("vocoder", None), "itw": ("speaker", "Speaker 0"),
+                       "asv5": ("codec", "mp3"), "kaldi": ("speaker", "-"), "folders": ("folder", "real"),
+                       "csv": ("source", "src0")}[kind]  # fmt: skip
+    column, value = expected_column
+    first = next(e for e in corpus.entries if e.key == "bonafide")
+    assert column in corpus.columns() and first.column(column) is not None
+    if value is not None:
+        assert first.column(column) == value
+    spoofs = {e.system for e in corpus.entries if e.key == "spoof"}
+    assert spoofs == {"la21": {"A07"}, "df21": {"A14"}, "itw": {"spoof"}, "asv5": {"A21"}, "kaldi": {"spoof"},
+                      "folders": {"hifigan", "spoof"}, "csv": {"tts"}}[kind]  # fmt: skip
+    if kind in ("la21", "df21"):
+        everything = corpora.read_corpus(root, kind, "all")
+        assert len(everything.entries) == 4 and len(everything.listed) == 4
+        other = "progress" if kind == "la21" else "hidden"
+        assert len(corpora.read_corpus(root, kind, other).entries) == 1
+
+
+def test_la19_reader_gives_the_split_with_paths(tmp_path):
+    corpus = corpora.read_corpus(DEMO, subset="dev")
+    assert corpus.name == "la19" and corpus.has_asv and len(corpus.entries) == 80
+    assert all(Path(e.path).is_file() for e in corpus.entries)
+    assert corpus.entries == [dataclasses.replace(e, path=corpus.entries[i].path)
+                              for i, e in enumerate(find_la_root(DEMO).protocol("dev"))]  # fmt: skip
+
+
+_MALFORMED = {
+    # kind: {variant: (lines, expected message)}
+    "la21": {"missing column": (["LA_0001 LA_E_1000001 alaw ita_tx - bonafide notrim"], r"line 1: expected 8 fields"),
+             "unknown label": (["LA_0001 LA_E_1000001 alaw ita_tx - maybe notrim eval"], r"line 1: label 'maybe'"),
+             "duplicate id": (["LA_0001 LA_E_1000001 alaw ita_tx - bonafide notrim eval"] * 2,
+                              r"line 2: id LA_E_1000001 already on line 1"),
+             "path outside root": (["LA_0001 ../../x alaw ita_tx - bonafide notrim eval"], r"line 1: utt id '../../x'")},
+    "itw": {"missing column": (["file,speaker,label", "0.flac,A"], r"meta.csv line 2: expected 3 fields"),
+            "unknown label": (["file,speaker,label", "0.flac,A,maybe"], r"meta.csv line 2: label 'maybe'"),
+            "duplicate id": (["file,speaker,label", "0.flac,A,spoof", "0.flac,B,spoof"],
+                             r"meta.csv line 3: id 0 already on line 2"),
+            "path outside root": (["file,speaker,label", "../../etc/passwd,A,spoof"],
+                                  r"meta.csv line 2: audio path '../../etc/passwd' .* outside --data-root")},
+    "asv5": {"missing column": (["E_0001 E_0000000000 F mp3 3 11 - - bonafide"], r"line 1: expected 10 fields"),
+             "unknown label": (["E_0001 E_0000000000 F mp3 3 11 - - maybe -"], r"line 1: label 'maybe'"),
+             "duplicate id": (["E_0001 E_0000000000 F mp3 3 11 - - bonafide -"] * 2, r"line 2: id E_0000000000"),
+             "path outside root": (["E_0001 ../E_0 F mp3 3 11 - - bonafide -"], r"line 1: utt id '../E_0'")},
+    "kaldi": {"missing column": (["utt0"], r"utt2lab line 1: expected 2 fields"),
+              "unknown label": (["utt0 maybe"], r"utt2lab line 1: label 'maybe'"),
+              "duplicate id": (["utt0 spoof", "utt0 bonafide"], r"utt2lab line 2: id utt0 already on line 1")},
+    "csv": {"missing column": (["path\tlabel", "clips/c0.flac"], r"key.tsv line 2: expected 2 fields"),
+            "unknown label": (["path\tlabel", "clips/c0.flac\tmaybe"], r"key.tsv line 2: label 'maybe'"),
+            "duplicate id": (["path\tlabel", "clips/c0.flac\tspoof", "clips/./c0.flac\tspoof"],
+                             r"key.tsv line 3: id clips/c0 already on line 2"),
+            "path outside root": (["path\tlabel", "/etc/passwd\tspoof"], r"key.tsv line 2: audio path '/etc/passwd'"),
+            "no label column": (["path\tverdict", "clips/c0.flac\tspoof"], r"key.tsv line 1: header .* no label")},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind,variant", [(k, v) for k, vs in _MALFORMED.items() for v in vs])
+def test_readers_refuse_malformed_keys_naming_file_and_line(kind, variant, tmp_path):
+    lines, message = _MALFORMED[kind][variant]
+    root = make_corpus(tmp_path / kind, kind, lines)
+    with pytest.raises(ValueError, match=message):
+        corpora.read_corpus(root, kind)
+
+
+def test_kaldi_pipe_and_absolute_path_outside_the_root_are_refused(tmp_path):
+    root = make_corpus(tmp_path / "k", "kaldi")
+    (root / "wav.scp").write_text("utt0 sox a.wav -t wav - |\n")
+    with pytest.raises(ValueError, match=r"wav.scp line 1: .* is a command \(Kaldi pipe\)"):
+        corpora.read_kaldi(root)
+    (root / "wav.scp").write_text(f"utt0 {corpus_audio(0)}\n")  # absolute, in demo_data: outside this root
+    with pytest.raises(ValueError, match=r"wav.scp line 1: audio path .* outside --data-root"):
+        corpora.read_kaldi(root)
+
+
+def test_detect_corpus_names_what_it_looked_for_and_ambiguity(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no corpus recognised; expected ASVspoof 2019 LA .*\(wav.scp"):
+        corpora.detect_corpus(tmp_path)
+    root = make_corpus(tmp_path / "both", "kaldi")
+    (root / "meta.csv").write_text("file,speaker,label\n")
+    with pytest.raises(ValueError, match=r"several corpora \(kaldi, itw\); choose one with --corpus"):
+        corpora.read_corpus(root)
+    assert corpora.read_corpus(root, "kaldi").name == "kaldi"
+    with pytest.raises(ValueError, match="--subset eval: the kaldi corpus has no subsets"):
+        corpora.read_corpus(root, "kaldi", "eval")
+
+
+def test_cross_corpus_set_writes_in_the_wild_format_read_back(tmp_path):
+    if SHARED is None:
+        pytest.skip("../shared/data is absent")
+    files = corpora.shared_cross_corpus(SHARED)
+    assert {f.source for f in files} >= {"librivox", "cmu_arctic", "asterisk_ivr", "la19_enrollment", "nii_nsf_arctic"}
+    assert not any("heldout" in f.path for f in files)
+    meta = corpora.write_itw_corpus(tmp_path / "x", files[:3] + files[-2:])
+    assert meta.read_text().splitlines()[0] == "file,speaker,label,source"
+    corpus = corpora.read_corpus(tmp_path / "x")
+    assert corpus.name == "itw" and [e.key for e in corpus.entries] == [corpora.normalise_label(f.key, "")
+                                                                        for f in files[:3] + files[-2:]]  # fmt: skip
+    assert corpus.entries[-1].column("source") == files[-1].source
+
+
+# ---------------------------------------- data.py ----------------------------------------
+DATA_DEMO_COUNTS = {  # the embedded demo set (demo_data/README.md)
+    "train": (141, 90, {"A01": 6, "A02": 4, "A03": 11, "A04": 14, "A05": 7, "A06": 9}),
+    "dev": (80, 40, {"A01": 10, "A02": 5, "A03": 4, "A04": 7, "A05": 7, "A06": 7}),
+    "eval": (1, 0, {"A09": 1}),
+}
+DATA_MINI_COUNTS = {
+    "train": (279, 228, {"A01": 6, "A02": 4, "A03": 11, "A04": 14, "A05": 7, "A06": 9}),
+    "dev": (101, 50, {"A01": 12, "A02": 7, "A03": 5, "A04": 8, "A05": 10, "A06": 9}),
+    "eval": (1, 0, {"A09": 1}),
+}
+
+
+def data_truncate(path: Path, keep: float = 0.5) -> None:
+    raw = path.read_bytes()
+    path.unlink()  # replaces a symlink by a real, shorter file
+    path.write_bytes(raw[: int(len(raw) * keep)])
 
 
 # --- audio: fix_length, augmentation ---
@@ -328,6 +742,97 @@ def test_data_augment_is_refused_outside_training():
         data.ASVspoof2019LA(DEMO, "dev", 16000, augment=True)
     with pytest.raises(ValueError, match="training only"):
         data.ASVspoof2019LA(DEMO, "eval", 16000, augment=True)
+
+
+# --- audio files: truncated, non-finite, too short or silent, long, odd rates (the faults of issues 10 and 17) ---
+
+
+def test_data_a_wav_cut_short_is_truncated_although_libsndfile_reads_it(tmp_path):
+    ok = tmp_path / "ok.wav"
+    sf.write(ok, make_signal(1.0), 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(ok.read_bytes()[:16000])  # header intact, half of the samples gone
+    lying = tmp_path / "lying.wav"  # a data chunk that claims 2 GB
+    raw = bytearray(ok.read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at : at + 4] = (2**31).to_bytes(4, "little")
+    lying.write_bytes(bytes(raw))
+    assert sf.info(str(cut)).frames > 0 and len(sf.read(str(cut))[0]) < 16000  # libsndfile: a shorter valid file
+    for path in (cut, lying):
+        with pytest.raises(RuntimeError, match=rf"{path.name}: truncated: the WAV header declares [\d,]+ bytes of audio, "
+                                               r"the file holds [\d,]+"):  # fmt: skip
+            data.load_audio(path)
+        assert data.check_audio_file(path)[1][0].startswith("truncated: the WAV header declares")
+    # complete files and streaming headers (size unknown: 0xFFFFFFFF) are fine
+    assert (
+        data.wav_shortfall(ok) is None and data.check_audio_file(ok)[1] == [] and data.load_audio(ok).shape == (16000,)
+    )
+    stream = tmp_path / "stream.wav"
+    raw = bytearray(ok.read_bytes())
+    raw[at : at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    stream.write_bytes(bytes(raw))
+    assert data.wav_shortfall(stream) is None
+    assert data.wav_shortfall(DEMO / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac") is None  # not a WAV
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_data_non_finite_audio_is_a_problem_named_by_file_and_sample(tmp_path, value):
+    path = write_nonfinite_wav(tmp_path / "x.wav", "start", value)
+    with pytest.raises(ValueError, match=r"x\.wav: 1 sample\(s\) are NaN or inf \(first at sample 100, 0\.006 s\)"):
+        data.load_audio(path)
+    # a window before it is refused too: the whole file is verified (a file with NaN anywhere is a bad file)
+    with pytest.raises(ValueError, match=r"x\.wav: 1 sample\(s\) are NaN or inf"):
+        data.load_audio(path, num_samples=50)
+    # the default check decodes the file's end: NaN there is found; --deep finds it anywhere
+    end = write_nonfinite_wav(tmp_path / "end.wav", "end", value)
+    assert data.check_audio_file(end)[1][0].startswith("non-finite: 1 NaN/inf sample(s) (in the last")
+    assert data.check_audio_file(path, deep=True)[1] == ["non-finite: 1 NaN/inf sample(s); expected finite audio"]
+
+
+@pytest.mark.parametrize("samples,peak", [(1, 0.3), (16, 0.3), (320, 0.3), (1723, 0.3), (16000, 0.0)])
+def test_audio_too_short_to_hold_a_frame_or_silent_is_unusable_everywhere(tmp_path, tiny_ckpt, samples, peak):
+    """One rule (data.MIN_SAMPLES, data.check_not_silent) for load_audio, --check, the Dataset and --files:
+    a 1 ms or 20 ms clip or digital silence is never given a confident verdict."""
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, (peak * np.sin(np.arange(samples) / 3.0)).astype(np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(data.UnusableAudio, match=r"clip\.wav: .*(too short to score|digital silence)"):
+        data.load_audio(clip)
+    assert any("too short" in p or "digital silence" in p or "silent" in p
+               for p in data.check_audio_file(clip, deep=True)[1])  # fmt: skip
+    ok = tmp_path / "ok.wav"
+    sf.write(ok, (0.3 * np.sin(np.arange(1724) / 3.0)).astype(np.float32), 16000, subtype="FLOAT")
+    assert data.load_audio(ok).shape == (1724,)
+    out = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(tiny_ckpt), "--files", str(clip),
+                          str(ok), "--skip-bad", "--json"], capture_output=True, text=True, env=script_env())  # fmt: skip
+    rows = json.loads(out.stdout)["files"]
+    assert "verdict" not in rows[0] and rows[0]["file"].endswith("clip.wav") and "verdict" in rows[1], rows
+    assert "too short to score" in rows[0]["error"] or "digital silence" in rows[0]["error"]
+    assert "1 scored, 1 skipped: first " in out.stderr and "score files: 2/2 files" in out.stderr  # progress, tally
+
+
+def test_data_long_file_reads_only_the_window_it_needs(tmp_path, monkeypatch):
+    long = tmp_path / "long.flac"
+    sf.write(long, make_signal(30.0), 16000, format="FLAC")
+    whole = data.load_audio(long)
+    torch.manual_seed(3)
+    window = data.load_audio(long, num_samples=8000, random_crop=True)
+    torch.manual_seed(3)
+    assert torch.equal(window, data.fix_length(whole, 8000, random_crop=True))  # the same draw, the same samples
+    assert torch.equal(data.load_audio(long, num_samples=8000, offset=16000), whole[16000:24000])
+    sf.write(tmp_path / "r.wav", make_signal(3.0, sr=22050), 22050)  # another rate: resampled whole, then cut
+    assert torch.equal(
+        data.load_audio(tmp_path / "r.wav", num_samples=4000), data.load_audio(tmp_path / "r.wav")[:4000]
+    )
+
+
+def test_an_odd_sample_rate_is_resampled_with_bounded_memory(tmp_path):
+    x = make_signal(1.0, 16001, amp=0.1, kind="noise")
+    sf.write(tmp_path / "odd.wav", x, 16001, subtype="FLOAT")
+    wave = data.load_audio(tmp_path / "odd.wav")  # taken as 16 kHz (0.006 % off): no gigabyte kernel
+    assert wave.shape == (16001,) and torch.allclose(wave, torch.from_numpy(x))
+    sf.write(tmp_path / "cd.wav", x, 22050, subtype="FLOAT")  # a ratio of small integers: resampled as such
+    assert data.load_audio(tmp_path / "cd.wav").shape == (round(16001 * 16000 / 22050),)
+    assert data.resample(torch.zeros(44101), 44101).shape[0] in (16000, 16001)  # 44,101 Hz is read as 44,100 Hz
 
 
 # --- front-ends ---
@@ -407,7 +912,7 @@ def test_data_check_table_and_split_flag(capsys):
 
 
 def test_data_check_deep_names_deleted_and_truncated_files(tmp_path, capsys):
-    la = data_link_copy(DEMO, tmp_path / "LA")
+    la = make_la_tree(tmp_path / "LA", copy_of=DEMO)
     deleted = la / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac"
     truncated = la / "ASVspoof2019_LA_dev" / "flac" / "LA_D_1105131.flac"
     deleted.unlink()
@@ -427,9 +932,9 @@ def test_data_check_deep_names_deleted_and_truncated_files(tmp_path, capsys):
 
 
 def test_data_check_audio_file_flags_rate_stereo_silence_empty_and_garbage(tmp_path):
-    sf.write(tmp_path / "ok.flac", data_tone(), 16000)
-    sf.write(tmp_path / "rate.flac", data_tone(sr=22050), 22050)
-    sf.write(tmp_path / "stereo.flac", data_tone(channels=2), 16000)
+    sf.write(tmp_path / "ok.flac", make_signal(), 16000)
+    sf.write(tmp_path / "rate.flac", make_signal(sr=22050), 22050)
+    sf.write(tmp_path / "stereo.flac", make_signal(channels=2), 16000)
     sf.write(tmp_path / "silent.flac", np.zeros(8000, dtype=np.float32), 16000)
     sf.write(tmp_path / "noframes.wav", np.zeros(0, dtype=np.float32), 16000)
     (tmp_path / "garbage.flac").write_bytes(b"not audio at all" * 10)
@@ -443,11 +948,11 @@ def test_data_check_audio_file_flags_rate_stereo_silence_empty_and_garbage(tmp_p
 
 
 def test_data_check_reports_missing_folder_protocol_and_empty_file(tmp_path, capsys):
-    la = data_small_tree(tmp_path / "LA")
+    la = make_la_tree(tmp_path / "LA")
     shutil.rmtree(la / "ASVspoof2019_LA_eval")
     (la / corpora.PROTOCOL_DIR / corpora.PROTOCOL_FILES["dev"]).unlink()
     (la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000002.flac").write_bytes(b"")
-    sf.write(la / "ASVspoof2019_LA_train" / "flac" / "LA_T_9999999.flac", data_tone(), 16000)  # in no protocol
+    sf.write(la / "ASVspoof2019_LA_train" / "flac" / "LA_T_9999999.flac", make_signal(), 16000)  # in no protocol
     report = data.check_dataset(la)
     train, dev, ev = (report["splits"][s] for s in corpora.SPLITS)
     assert [p["problem"] for p in train["problems"]] == ["empty file (0 bytes)"] and train["unlisted"] == 1
@@ -458,11 +963,61 @@ def test_data_check_reports_missing_folder_protocol_and_empty_file(tmp_path, cap
     assert "missing folder" in capsys.readouterr().out
 
 
+def test_data_check_names_a_non_finite_file_and_exits_1(tmp_path, capsys):
+    la = make_la_tree(tmp_path / "LA")
+    target = la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000002.flac"
+    x = make_signal().astype(np.float32)
+    x[-10] = np.nan
+    sf.write(target.with_suffix(".wav"), x, 16000, subtype="FLOAT")
+    target.unlink()
+    target.with_suffix(".wav").rename(target)  # a float WAV named .flac: soundfile reads it by its header
+    capsys.readouterr()
+    assert data.main(["--data-root", str(la), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "LA_T_0000002.flac: non-finite: 1 NaN/inf sample(s)" in out and "1 problem(s)" in out
+
+
+def test_a_broken_symlink_in_a_flac_folder_costs_only_that_file(tmp_path, capsys):
+    la = make_la_tree(tmp_path / "LA")
+    flac = la / "ASVspoof2019_LA_dev" / "flac"
+    (flac / "LA_D_9999999.flac").symlink_to(tmp_path / "nowhere.flac")  # dangling, listed by no protocol
+    loop = flac / "LA_D_0000001.flac"
+    loop.unlink()
+    loop.symlink_to(loop)  # a loop, listed
+    report = data.check_dataset(la, ["dev"], progress=False)
+    problems = report["splits"]["dev"]["problems"]
+    assert [p["path"] for p in problems] == [str(loop)] and "broken symbolic link" in problems[0]["problem"]
+    ds = data.ASVspoof2019LA(find_la_root(la), "dev", 8000, skip_bad=True)
+    assert [e.utt_id for e in ds.entries] == ["LA_D_0000002"]
+
+
+def test_data_check_reports_missing_duplicate_and_unkeyed_audio_on_any_corpus(tmp_path, capsys):
+    root = make_corpus(tmp_path / "k", "kaldi")
+    (root / "wav.scp").write_text("utt0 audio/u0.flac\nutt1 audio/u1.flac\nutt2 audio/u0.flac\nutt3 audio/gone.flac\n"
+                                  "utt9 audio/u2.flac\n")  # fmt: skip
+    (root / "utt2lab").write_text("utt0 bonafide\nutt1 real\nutt2 spoof\nutt3 fake\nutt4 spoof\n")
+    assert data.main(["--data-root", str(root), "--check", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    problems = report["splits"]["kaldi"]["problems"]
+    what = {(p["utt_id"], p["problem"].split(":")[0]) for p in problems}
+    assert ("utt2", "listed twice in utt2lab") in what  # u0.flac under utt0 and utt2
+    assert ("utt3", "missing") in what  # keyed, no audio
+    assert ("utt9", "no label") in what and ("utt4", "no audio") in what  # in only one of the two files
+    assert ("u3", "no key") in what  # on disk in the key's folder, named by no line
+    assert report["problems"] == len(problems) == 5
+    # a clean corpus: no problems, exit 0, and the table names it
+    assert data.main(["--data-root", str(make_corpus(tmp_path / "i", "itw")), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "In-the-Wild at" in out and "no problems found" in out
+    with pytest.raises(ValueError, match="--split dev is for ASVspoof 2019 LA"):
+        data.main(["--data-root", str(tmp_path / "i"), "--check", "--split", "dev"])
+
+
 # --- Dataset over a tree with problems, collate ---
 
 
 def test_data_dataset_lists_every_problem_or_skips_and_counts(tmp_path, capsys):
-    la = data_small_tree(tmp_path / "LA")
+    la = make_la_tree(tmp_path / "LA")
     (la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000002.flac").unlink()
     data_truncate(la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000003.flac")
     with pytest.raises(FileNotFoundError, match=r"(?s)1 problem\(s\).*LA_T_0000002\.flac: missing"):
@@ -497,11 +1052,40 @@ def test_data_dataset_lists_every_problem_or_skips_and_counts(tmp_path, capsys):
 
 
 def test_data_dataset_fails_on_missing_folder_even_when_skipping(tmp_path):
-    la = data_small_tree(tmp_path / "LA")
+    la = make_la_tree(tmp_path / "LA")
     shutil.rmtree(la / "ASVspoof2019_LA_dev")
     for skip in (False, True):
         with pytest.raises(FileNotFoundError, match="missing folder"):
             data.ASVspoof2019LA(la, "dev", 8000, skip_bad=skip)
+
+
+def test_data_dataset_turns_non_finite_audio_into_bad_audio_and_cache_into_a_problem(tmp_path, capsys):
+    la = make_la_tree(tmp_path / "LA")
+    target = la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000003.flac"
+    target.unlink()
+    write_nonfinite_wav(target, "start")
+    ds = data.ASVspoof2019LA(la, "train", 8000)
+    item = ds[2]
+    assert isinstance(item, data.BadAudio) and "NaN or inf" in item.problem and item.utt_id == "LA_T_0000003"
+    with pytest.raises(RuntimeError, match=r"LA_T_0000003\.flac: .*NaN or inf"):
+        data.ASVspoof2019LA(la, "train", 8000, cache=True)  # never a silent zero in the cache
+    cached = data.ASVspoof2019LA(la, "train", 8000, cache=True, skip_bad=True)
+    assert [e.utt_id for e in cached.entries] == ["LA_T_0000001", "LA_T_0000002"]
+    assert "skipped 1 of 3" in capsys.readouterr().err
+
+
+def test_audio_dataset_scores_entries_of_any_corpus_and_names_missing_files(tmp_path):
+    corpus = corpora.read_corpus(make_corpus(tmp_path / "c", "csv"))
+    ds = data.AudioDataset(corpus.entries, 16000, name="csv", source=corpus.key_file.name)
+    x, label, utt, system, _ = ds[2]
+    assert x.shape == (16000,) and label == 0 and utt == "clips/c2" and system == "tts"
+    Path(corpus.entries[1].path).unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"1 problem\(s\) in the 4 csv files listed in key.tsv, first: .*c1.flac"
+    ):
+        data.AudioDataset(corpus.entries, 16000, name="csv", source=corpus.key_file.name)
+    kept = data.AudioDataset(corpus.entries, 16000, skip_bad=True, name="csv", source="key.tsv")
+    assert len(kept) == 3 and kept.problems[0].utt_id == "clips/c1"
 
 
 # --- --show ---
@@ -536,12 +1120,120 @@ def test_data_flags_of_another_action_are_refused_as_usage_errors(capsys):
         assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
-# --- --download (local server only: never the internet) ---
+# ---------------------------------------- vocoders.py ----------------------------------------
+# vocoded copies of the training bona fide as extra spoofs; the local vocoders themselves and vocv4 pairing are
+# tested in the explain.py section for now
 
 
-def test_data_download_extract_and_check_from_a_local_server(tmp_path, data_server, capsys):
-    body = data_zip_of(data_small_tree(tmp_path / "src" / "LA"))
-    server = data_server({"/LA.zip": body})
+def test_vocoded_training_spoofs_are_made_once_cached_and_added(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    flags = small_run_flags(tmp_path / "run", "--epochs", "1", "--limit-train", "24", "--vocode", "griffinlim",
+                            "melgl", "--vocoded-cache", str(cache))  # fmt: skip
+    lcnn_train.main(flags)
+    (h,) = _train_metrics(tmp_path / "run")
+    bona = sum(e.key == "bonafide" for e in corpora.spread_entries(find_la_root(DEMO).protocol("train"), 24))
+    assert h["n_train"] == 24 + 2 * bona
+    made = sorted(p.name for p in cache.rglob("*.wav"))
+    assert len(made) == 2 * bona and made[0].startswith("griffinlim_LA_T_")
+    out = capsys.readouterr()
+    assert f"making {2 * bona} of {2 * bona}" in out.err and f"griffinlim {bona}, melgl {bona}" in out.out
+    mtimes = {p: p.stat().st_mtime_ns for p in cache.rglob("*.wav")}
+    lcnn_train.main(small_run_flags(tmp_path / "run2", *flags[flags.index("--epochs") :]))
+    assert "making" not in capsys.readouterr().err  # reused, never recomputed
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    with pytest.raises(ValueError, match=r"cannot resume .*trained with --vocoded \['griffinlim', 'melgl'\]"):
+        lcnn_train.parse_args(["--resume", str(tmp_path / "run"), "--vocoded", "griffinlim"])
+
+
+def test_vocv4_copies_of_the_training_bona_fide_become_spoofs(tmp_path):
+    utt = "LA_T_4179989"
+    real = data.load_audio(DEMO / "ASVspoof2019_LA_train" / "flac" / f"{utt}.flac")
+    vocv4 = explain_write_vocv4(tmp_path / "vocv4", utt, real)
+    entries = find_la_root(DEMO).protocol("train")
+    extra = vocoders.vocv4_training_entries(vocv4, entries, ["hifigan"])
+    assert [(e.utt_id, e.system, e.key, e.speaker) for e in extra] == [
+        (f"hifigan_{utt}", "hifigan", "spoof", "LA_0079")
+    ]
+    ds = data.ASVspoof2019LA(DEMO, "train", 8000, entries=entries[:2] + extra)
+    assert ds.path(2) == Path(extra[0].path) and ds[2][1] == corpora.LABEL_SPOOF
+
+
+# ---------------------------------------- download.py ----------------------------------------
+# a local HTTP server only: never the internet
+
+
+def zip_of(folder: Path, top: str = "LA") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted(folder.rglob("*")):
+            z.write(p, f"{top}/{p.relative_to(folder)}")
+    return buf.getvalue()
+
+
+class LocalServer:
+    """http.server on 127.0.0.1 in a thread serving `files` ({url path: bytes}); optionally honours Range."""
+
+    def __init__(self, files: dict[str, bytes], ranges: bool = True):
+        self.files, self.ranges, self.requests = files, ranges, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                server.requests.append((self.path, self.headers.get("Range")))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if server.ranges and self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def local_server():
+    servers = []
+
+    def start(files, ranges=True):
+        servers.append(LocalServer(files, ranges))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_data_download_extract_and_check_from_a_local_server(tmp_path, local_server, capsys):
+    body = zip_of(make_la_tree(tmp_path / "src" / "LA"))
+    server = local_server({"/LA.zip": body})
     to = tmp_path / "dl"
     assert data.main(["--download", "--to", str(to), "--url", server.url + "/LA.zip"]) == 0
     assert "no problems found" in capsys.readouterr().out
@@ -553,9 +1245,9 @@ def test_data_download_extract_and_check_from_a_local_server(tmp_path, data_serv
 
 
 @pytest.mark.parametrize("ranges", [True, False])
-def test_data_download_resumes_a_partial_file(tmp_path, data_server, ranges):
+def test_data_download_resumes_a_partial_file(tmp_path, local_server, ranges):
     body = os.urandom(3_000_000)
-    server = data_server({"/big.bin": body}, ranges=ranges)
+    server = local_server({"/big.bin": body}, ranges=ranges)
     dest = tmp_path / "big.bin"
     (tmp_path / "big.bin.part").write_bytes(body[:1_234_567])
     assert download.download(server.url + "/big.bin", dest, progress=False) == dest
@@ -563,9 +1255,9 @@ def test_data_download_resumes_a_partial_file(tmp_path, data_server, ranges):
     assert server.requests == [("/big.bin", "bytes=1234567-")]  # asked for the rest only
 
 
-def test_data_download_part_already_whole_and_http_error(tmp_path, data_server):
+def test_data_download_part_already_whole_and_http_error(tmp_path, local_server):
     body = b"x" * 1000
-    server = data_server({"/f": body})
+    server = local_server({"/f": body})
     (tmp_path / "f.part").write_bytes(body)
     assert download.download(server.url + "/f", tmp_path / "f", progress=False).read_bytes() == body  # 416 -> done
     with pytest.raises(ConnectionError, match="HTTP 404.*by hand"):
@@ -573,7 +1265,7 @@ def test_data_download_part_already_whole_and_http_error(tmp_path, data_server):
 
 
 def test_data_download_offline_fails_fast_with_hand_instructions(tmp_path):
-    url = f"http://127.0.0.1:{data_closed_port()}/LA.zip"
+    url = f"http://127.0.0.1:{closed_port()}/LA.zip"
     start = time.monotonic()
     with pytest.raises(ConnectionError) as err:
         data.main(["--download", "--to", str(tmp_path / "dl"), "--url", url, "--timeout", "3"])
@@ -590,14 +1282,14 @@ def test_data_extract_refuses_damaged_archive_and_existing_target(tmp_path):
     with pytest.raises(ValueError, match="not a zip or tar|damaged"):
         download.extract_archive(bad, tmp_path)
     good = tmp_path / "good.zip"
-    good.write_bytes(data_zip_of(data_small_tree(tmp_path / "src" / "LA")))
+    good.write_bytes(zip_of(make_la_tree(tmp_path / "src" / "LA")))
     (tmp_path / "LA").mkdir()
     with pytest.raises(FileExistsError, match="already exists"):
         download.extract_archive(good, tmp_path)
     assert not list(tmp_path.glob(".good.zip.extracting-*"))
 
 
-def test_data_download_vocv4_tar(tmp_path, data_server, capsys):
+def test_data_download_vocv4_tar(tmp_path, local_server, capsys):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
         for name, payload in [
@@ -607,7 +1299,7 @@ def test_data_download_vocv4_tar(tmp_path, data_server, capsys):
             info = tarfile.TarInfo(f"project09-voc.v4/{name}")
             info.size = len(payload)
             t.addfile(info, io.BytesIO(payload))
-    server = data_server({"/project09-voc.v4.tar": buf.getvalue()})
+    server = local_server({"/project09-voc.v4.tar": buf.getvalue()})
     to = tmp_path / "voc"
     url = server.url + "/project09-voc.v4.tar"
     assert data.main(["--download", "--to", str(to), "--source", "vocv4", "--url", url, "--keep-archive"]) == 0
@@ -629,7 +1321,7 @@ def test_data_kaggle_without_the_tool_says_how_to_install(tmp_path, monkeypatch)
 
 def test_data_kaggle_with_a_fake_tool_gives_the_la_la_nesting(tmp_path, monkeypatch, capsys):
     zip_path = tmp_path / "asvpoof-2019-dataset.zip"
-    zip_path.write_bytes(data_zip_of(data_small_tree(tmp_path / "src" / "LA"), top="LA/LA"))
+    zip_path.write_bytes(zip_of(make_la_tree(tmp_path / "src" / "LA"), top="LA/LA"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     tool = bin_dir / "kaggle"
@@ -647,389 +1339,6 @@ def test_data_kaggle_with_a_fake_tool_gives_the_la_la_nesting(tmp_path, monkeypa
     assert "no problems found" in capsys.readouterr().out
 
 
-# --- bad audio, text files and writes (the faults of issue 10) ---
-
-
-def data_nonfinite_wav(path: Path, where: str = "end", value: float = float("nan"), seconds: float = 1.0) -> Path:
-    """A float32 WAV of a tone with one NaN/inf sample near its start or in its last 100 samples."""
-    x = data_tone(seconds).astype(np.float32)
-    x[100 if where == "start" else -50] = value
-    sf.write(path, x, 16000, format="WAV", subtype="FLOAT")  # (even when named .flac: soundfile reads the header)
-    return path
-
-
-def test_data_a_wav_cut_short_is_truncated_although_libsndfile_reads_it(tmp_path):
-    ok = tmp_path / "ok.wav"
-    sf.write(ok, data_tone(1.0), 16000, subtype="PCM_16")
-    cut = tmp_path / "cut.wav"
-    cut.write_bytes(ok.read_bytes()[:16000])  # header intact, half of the samples gone
-    lying = tmp_path / "lying.wav"  # a data chunk that claims 2 GB
-    raw = bytearray(ok.read_bytes())
-    at = raw.index(b"data") + 4
-    raw[at : at + 4] = (2**31).to_bytes(4, "little")
-    lying.write_bytes(bytes(raw))
-    assert sf.info(str(cut)).frames > 0 and len(sf.read(str(cut))[0]) < 16000  # libsndfile: a shorter valid file
-    for path in (cut, lying):
-        with pytest.raises(RuntimeError, match=rf"{path.name}: truncated: the WAV header declares [\d,]+ bytes of audio, "
-                                               r"the file holds [\d,]+"):  # fmt: skip
-            data.load_audio(path)
-        assert data.check_audio_file(path)[1][0].startswith("truncated: the WAV header declares")
-    # complete files and streaming headers (size unknown: 0xFFFFFFFF) are fine
-    assert (
-        data.wav_shortfall(ok) is None and data.check_audio_file(ok)[1] == [] and data.load_audio(ok).shape == (16000,)
-    )
-    stream = tmp_path / "stream.wav"
-    raw = bytearray(ok.read_bytes())
-    raw[at : at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
-    stream.write_bytes(bytes(raw))
-    assert data.wav_shortfall(stream) is None
-    assert data.wav_shortfall(DEMO / "ASVspoof2019_LA_train" / "flac" / "LA_T_4179989.flac") is None  # not a WAV
-
-
-def test_run_cli_turns_an_allocation_failure_into_one_line_naming_the_size_flags(capsys):
-    def main(argv):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:124] err == 0. DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 128000000000 bytes.\nmore torch text")  # fmt: skip
-
-    with pytest.raises(SystemExit) as done:
-        cli.run_cli(main, [])
-    err = capsys.readouterr().err
-    assert done.value.code == 1 and err.count("\n") == 1
-    assert err.startswith("error: out of memory (") and "--batch-size" in err and "--num-frames" in err
-
-
-@pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_data_non_finite_audio_is_a_problem_named_by_file_and_sample(tmp_path, value):
-    path = data_nonfinite_wav(tmp_path / "x.wav", "start", value)
-    with pytest.raises(ValueError, match=r"x\.wav: 1 sample\(s\) are NaN or inf \(first at sample 100, 0\.006 s\)"):
-        data.load_audio(path)
-    # a window before it is refused too: the whole file is verified (a file with NaN anywhere is a bad file)
-    with pytest.raises(ValueError, match=r"x\.wav: 1 sample\(s\) are NaN or inf"):
-        data.load_audio(path, num_samples=50)
-    # the default check decodes the file's end: NaN there is found; --deep finds it anywhere
-    end = data_nonfinite_wav(tmp_path / "end.wav", "end", value)
-    assert data.check_audio_file(end)[1][0].startswith("non-finite: 1 NaN/inf sample(s) (in the last")
-    assert data.check_audio_file(path, deep=True)[1] == ["non-finite: 1 NaN/inf sample(s); expected finite audio"]
-
-
-def test_data_check_names_a_non_finite_file_and_exits_1(tmp_path, capsys):
-    la = data_small_tree(tmp_path / "LA")
-    target = la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000002.flac"
-    x = data_tone().astype(np.float32)
-    x[-10] = np.nan
-    sf.write(target.with_suffix(".wav"), x, 16000, subtype="FLOAT")
-    target.unlink()
-    target.with_suffix(".wav").rename(target)  # a float WAV named .flac: soundfile reads it by its header
-    capsys.readouterr()
-    assert data.main(["--data-root", str(la), "--check"]) == 1
-    out = capsys.readouterr().out
-    assert "LA_T_0000002.flac: non-finite: 1 NaN/inf sample(s)" in out and "1 problem(s)" in out
-
-
-def test_data_dataset_turns_non_finite_audio_into_bad_audio_and_cache_into_a_problem(tmp_path, capsys):
-    la = data_small_tree(tmp_path / "LA")
-    target = la / "ASVspoof2019_LA_train" / "flac" / "LA_T_0000003.flac"
-    target.unlink()
-    data_nonfinite_wav(target, "start")
-    ds = data.ASVspoof2019LA(la, "train", 8000)
-    item = ds[2]
-    assert isinstance(item, data.BadAudio) and "NaN or inf" in item.problem and item.utt_id == "LA_T_0000003"
-    with pytest.raises(RuntimeError, match=r"LA_T_0000003\.flac: .*NaN or inf"):
-        data.ASVspoof2019LA(la, "train", 8000, cache=True)  # never a silent zero in the cache
-    cached = data.ASVspoof2019LA(la, "train", 8000, cache=True, skip_bad=True)
-    assert [e.utt_id for e in cached.entries] == ["LA_T_0000001", "LA_T_0000002"]
-    assert "skipped 1 of 3" in capsys.readouterr().err
-
-
-def test_data_long_file_reads_only_the_window_it_needs(tmp_path, monkeypatch):
-    long = tmp_path / "long.flac"
-    sf.write(long, data_tone(30.0), 16000, format="FLAC")
-    whole = data.load_audio(long)
-    torch.manual_seed(3)
-    window = data.load_audio(long, num_samples=8000, random_crop=True)
-    torch.manual_seed(3)
-    assert torch.equal(window, data.fix_length(whole, 8000, random_crop=True))  # the same draw, the same samples
-    assert torch.equal(data.load_audio(long, num_samples=8000, offset=16000), whole[16000:24000])
-    sf.write(tmp_path / "r.wav", data_tone(3.0, sr=22050), 22050)  # another rate: resampled whole, then cut
-    assert torch.equal(
-        data.load_audio(tmp_path / "r.wav", num_samples=4000), data.load_audio(tmp_path / "r.wav")[:4000]
-    )
-
-
-def test_data_text_files_that_are_not_utf8_name_the_line(tmp_path):
-    la = data_small_tree(tmp_path / "LA")
-    protocol = find_la_root(la).protocol_path("train")
-    protocol.write_bytes(protocol.read_bytes() + b"LA_0079 LA_T_\xff000009 - - bonafide\n")
-    with pytest.raises(ValueError, match=r"^ASVspoof2019\.LA\.cm\.train\.trn\.txt line 4: not UTF-8 text \(byte 0xff"):
-        corpora.read_cm_protocol(protocol)
-    protocol.write_bytes(b"\xef\xbb\xbf" + protocol.read_bytes().splitlines(keepends=True)[0])  # a BOM is fine
-    assert corpora.read_cm_protocol(protocol)[0].speaker == "LA_0079"
-
-
-def test_data_atomic_write_removes_temporaries_of_killed_writers_only(tmp_path):
-    target = tmp_path / "last.pt"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / f".last.pt.{dead.pid}.1234.tmp"
-    live = tmp_path / f".last.pt.{os.getppid()}.1234.tmp"  # another live process writing the same file
-    other = tmp_path / f".best.pt.{dead.pid}.1.tmp"  # another file's: not ours to touch now
-    for p in (stale, live, other):
-        p.write_text("half a checkpoint")
-    with cli.atomic_write(target) as f:
-        f.write("whole")
-    assert target.read_text() == "whole" and not stale.exists() and live.exists() and other.exists()
-
-
-def test_data_check_output_path_refuses_folders_and_unwritable_places(tmp_path):
-    assert cli.check_output_path(tmp_path / "new" / "s.txt", "--out") == tmp_path / "new" / "s.txt"
-    with pytest.raises(ValueError, match=r"--out .* is a folder; expected a file path"):
-        cli.check_output_path(tmp_path, "--out")
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(OSError, match=r"^--out .*file/s\.txt: cannot write in"):
-        cli.check_output_path(tmp_path / "file" / "s.txt", "--out")
-
-
-# --- progress line ---
-
-
-def test_data_progress_line_in_megabytes_and_unknown_total():
-    stream = io.StringIO()
-    bar = cli.Progress(3_000_000, "LA.zip", unit="MB", scale=1e6, stream=stream)
-    bar.update(1_500_000)
-    assert "LA.zip: 1.5/3.0 MB (50%)" in stream.getvalue() and "MB/s" in stream.getvalue()
-    unknown = cli.Progress(0, "x", unit="MB", scale=1e6, stream=io.StringIO(), every=1e9)
-    unknown.update(10)
-    unknown.update(10)
-    assert unknown.stream.getvalue().count("\n") == 1 and "ETA ?" in unknown.stream.getvalue()
-
-
-# --- corpora.py: every corpus's reader, built from real audio in each exact format (issue 16) ---
-
-# 2 bona fide + 2 spoof real LA dev files (demo_data: always there), as (utt id, key, attack)
-_CORPUS_TRIALS = [("LA_D_1293230", "bonafide", "-"), ("LA_D_1789452", "bonafide", "-"),
-                  ("LA_D_3829330", "spoof", "A01"), ("LA_D_7142124", "spoof", "A01")]  # fmt: skip
-
-
-def _corpus_audio(i: int) -> Path:
-    return DEMO / "ASVspoof2019_LA_dev" / "flac" / f"{_CORPUS_TRIALS[i][0]}.flac"
-
-
-def _make_corpus(root: Path, kind: str, lines: list[str] | None = None) -> Path:
-    """A 4-trial corpus of `kind` in its exact on-disk format; `lines` replaces the key file's lines (malformed
-    variants). Returns the root to pass as --data-root."""
-    root.mkdir(parents=True, exist_ok=True)
-    ids = [f"{kind.upper()}_E_{1000001 + i}" for i in range(4)]
-    keys = [k for _, k, _ in _CORPUS_TRIALS]
-    if kind in ("la21", "df21"):
-        track = kind[:2].upper()
-        (root / f"ASVspoof2021_{track}_eval" / "flac").mkdir(parents=True)
-        for i, u in enumerate(ids):
-            shutil.copy(_corpus_audio(i), root / f"ASVspoof2021_{track}_eval" / "flac" / f"{u}.flac")
-        if track == "LA":
-            default = [f"LA_00{i} {u} alaw ita_tx {'-' if k == 'bonafide' else 'A07'} {k} notrim "
-                       f"{'eval' if i < 3 else 'progress'}" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
-        else:
-            default = [f"LA_00{i} {u} low_mp3 vcc2020 {'-' if k == 'bonafide' else 'A14'} {k} notrim "
-                       f"{'eval' if i < 3 else 'hidden_track'} {'bonafide' if k == 'bonafide' else 'neural_vocoder'}"
-                       " - - - -" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
-        key_file = root / "keys" / track / "CM" / "trial_metadata.txt"
-    elif kind == "itw":
-        for i in range(4):
-            shutil.copy(_corpus_audio(i), root / f"{i}.flac")
-        default = ["file,speaker,label"] + [f"{i}.flac,Speaker {i // 2},{'bona-fide' if k == 'bonafide' else 'spoof'}"
-                                            for i, k in enumerate(keys)]  # fmt: skip
-        key_file = root / "meta.csv"
-    elif kind == "asv5":
-        (root / "flac_E_eval").mkdir()
-        ids = [f"E_{i:010d}" for i in range(4)]
-        for i, u in enumerate(ids):
-            shutil.copy(_corpus_audio(i), root / "flac_E_eval" / f"{u}.flac")
-        default = [f"E_{i:04d} {u} F mp3 3 11 {'-' if k == 'bonafide' else 'AC1'} {'-' if k == 'bonafide' else 'A21'} "
-                   f"{k} -" for i, (u, k) in enumerate(zip(ids, keys))]  # fmt: skip
-        key_file = root / "ASVspoof5.eval.track_1.tsv"
-    elif kind == "kaldi":
-        (root / "audio").mkdir()
-        for i in range(4):
-            shutil.copy(_corpus_audio(i), root / "audio" / f"u{i}.flac")
-        (root / "wav.scp").write_text("".join(f"utt{i} audio/u{i}.flac\n" for i in range(4)))
-        default = [f"utt{i} {k}" for i, k in enumerate(keys)]
-        key_file = root / "utt2lab"
-    elif kind == "folders":
-        for i, k in enumerate(keys):
-            folder = root / ("real" if k == "bonafide" else "fake" / Path("hifigan" if i == 2 else ""))
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy(_corpus_audio(i), folder / f"clip {i}.flac")  # a space: ids must not hold one
-        return root
-    else:  # csv
-        (root / "clips").mkdir()
-        for i in range(4):
-            shutil.copy(_corpus_audio(i), root / "clips" / f"c{i}.flac")
-        default = ["path\tlabel\tsource\tattack"] + [f"clips/c{i}.flac\t{'genuine' if k == 'bonafide' else 'deepfake'}"
-                   f"\tsrc{i % 2}\t{'-' if k == 'bonafide' else 'tts'}" for i, k in enumerate(keys)]  # fmt: skip
-        key_file = root / "key.tsv"
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text("".join(f"{line}\n" for line in (lines if lines is not None else default)))
-    return root
-
-
-@pytest.mark.parametrize(
-    "word,key", [("bonafide", "bonafide"), ("Bona-Fide", "bonafide"), ("bona_fide", "bonafide"), ("genuine", "bonafide"),
-                 ("real", "bonafide"), ("HUMAN", "bonafide"), ("spoof", "spoof"), ("fake", "spoof"),
-                 ("deepfake", "spoof"), ("synthetic", "spoof")],
-)  # fmt: skip
-def test_label_words_are_normalised_and_others_name_the_line(word, key):
-    assert corpora.normalise_label(word, "x line 1") == key
-    with pytest.raises(ValueError, match=r"meta.csv line 7: label 'maybe' is neither bona fide .* nor spoof"):
-        corpora.normalise_label("maybe", "meta.csv line 7")
-
-
-@pytest.mark.parametrize("kind", ["la21", "df21", "itw", "asv5", "kaldi", "folders", "csv"])
-def test_each_reader_reads_its_exact_format_from_real_audio(kind, tmp_path):
-    root = _make_corpus(tmp_path / kind, kind)
-    assert corpora.detect_corpus(root) == kind
-    corpus = corpora.read_corpus(root)
-    n = 3 if kind in ("la21", "df21") else 4  # the 2021 sets: the eval subset by default, not progress/hidden_track
-    assert corpus.name == kind and len(corpus.entries) == n
-    assert sorted(e.key for e in corpus.entries) == sorted(k for _, k, _ in _CORPUS_TRIALS[:n])
-    for e in corpus.entries:
-        assert Path(e.path).is_absolute() and Path(e.path).is_file() and e.utt_id.split() == [e.utt_id]
-        assert (e.system == "-") == (e.key == "bonafide")
-        assert data.load_audio(e.path).shape[0] > 16000  # the real audio, decodable through the path
-    expected_column = {"la21": ("codec", "alaw"), "df21": ("vocoder", None), "itw": ("speaker", "Speaker 0"),
-                       "asv5": ("codec", "mp3"), "kaldi": ("speaker", "-"), "folders": ("folder", "real"),
-                       "csv": ("source", "src0")}[kind]  # fmt: skip
-    column, value = expected_column
-    first = next(e for e in corpus.entries if e.key == "bonafide")
-    assert column in corpus.columns() and first.column(column) is not None
-    if value is not None:
-        assert first.column(column) == value
-    spoofs = {e.system for e in corpus.entries if e.key == "spoof"}
-    assert spoofs == {"la21": {"A07"}, "df21": {"A14"}, "itw": {"spoof"}, "asv5": {"A21"}, "kaldi": {"spoof"},
-                      "folders": {"hifigan", "spoof"}, "csv": {"tts"}}[kind]  # fmt: skip
-    if kind in ("la21", "df21"):
-        everything = corpora.read_corpus(root, kind, "all")
-        assert len(everything.entries) == 4 and len(everything.listed) == 4
-        other = "progress" if kind == "la21" else "hidden"
-        assert len(corpora.read_corpus(root, kind, other).entries) == 1
-
-
-def test_la19_reader_gives_the_split_with_paths(tmp_path):
-    corpus = corpora.read_corpus(DEMO, subset="dev")
-    assert corpus.name == "la19" and corpus.has_asv and len(corpus.entries) == 80
-    assert all(Path(e.path).is_file() for e in corpus.entries)
-    assert corpus.entries == [dataclasses.replace(e, path=corpus.entries[i].path)
-                              for i, e in enumerate(find_la_root(DEMO).protocol("dev"))]  # fmt: skip
-
-
-_MALFORMED = {
-    # kind: {variant: (lines, expected message)}
-    "la21": {"missing column": (["LA_0001 LA_E_1000001 alaw ita_tx - bonafide notrim"], r"line 1: expected 8 fields"),
-             "unknown label": (["LA_0001 LA_E_1000001 alaw ita_tx - maybe notrim eval"], r"line 1: label 'maybe'"),
-             "duplicate id": (["LA_0001 LA_E_1000001 alaw ita_tx - bonafide notrim eval"] * 2,
-                              r"line 2: id LA_E_1000001 already on line 1"),
-             "path outside root": (["LA_0001 ../../x alaw ita_tx - bonafide notrim eval"], r"line 1: utt id '../../x'")},
-    "itw": {"missing column": (["file,speaker,label", "0.flac,A"], r"meta.csv line 2: expected 3 fields"),
-            "unknown label": (["file,speaker,label", "0.flac,A,maybe"], r"meta.csv line 2: label 'maybe'"),
-            "duplicate id": (["file,speaker,label", "0.flac,A,spoof", "0.flac,B,spoof"],
-                             r"meta.csv line 3: id 0 already on line 2"),
-            "path outside root": (["file,speaker,label", "../../etc/passwd,A,spoof"],
-                                  r"meta.csv line 2: audio path '../../etc/passwd' .* outside --data-root")},
-    "asv5": {"missing column": (["E_0001 E_0000000000 F mp3 3 11 - - bonafide"], r"line 1: expected 10 fields"),
-             "unknown label": (["E_0001 E_0000000000 F mp3 3 11 - - maybe -"], r"line 1: label 'maybe'"),
-             "duplicate id": (["E_0001 E_0000000000 F mp3 3 11 - - bonafide -"] * 2, r"line 2: id E_0000000000"),
-             "path outside root": (["E_0001 ../E_0 F mp3 3 11 - - bonafide -"], r"line 1: utt id '../E_0'")},
-    "kaldi": {"missing column": (["utt0"], r"utt2lab line 1: expected 2 fields"),
-              "unknown label": (["utt0 maybe"], r"utt2lab line 1: label 'maybe'"),
-              "duplicate id": (["utt0 spoof", "utt0 bonafide"], r"utt2lab line 2: id utt0 already on line 1")},
-    "csv": {"missing column": (["path\tlabel", "clips/c0.flac"], r"key.tsv line 2: expected 2 fields"),
-            "unknown label": (["path\tlabel", "clips/c0.flac\tmaybe"], r"key.tsv line 2: label 'maybe'"),
-            "duplicate id": (["path\tlabel", "clips/c0.flac\tspoof", "clips/./c0.flac\tspoof"],
-                             r"key.tsv line 3: id clips/c0 already on line 2"),
-            "path outside root": (["path\tlabel", "/etc/passwd\tspoof"], r"key.tsv line 2: audio path '/etc/passwd'"),
-            "no label column": (["path\tverdict", "clips/c0.flac\tspoof"], r"key.tsv line 1: header .* no label")},
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("kind,variant", [(k, v) for k, vs in _MALFORMED.items() for v in vs])
-def test_readers_refuse_malformed_keys_naming_file_and_line(kind, variant, tmp_path):
-    lines, message = _MALFORMED[kind][variant]
-    root = _make_corpus(tmp_path / kind, kind, lines)
-    with pytest.raises(ValueError, match=message):
-        corpora.read_corpus(root, kind)
-
-
-def test_kaldi_pipe_and_absolute_path_outside_the_root_are_refused(tmp_path):
-    root = _make_corpus(tmp_path / "k", "kaldi")
-    (root / "wav.scp").write_text("utt0 sox a.wav -t wav - |\n")
-    with pytest.raises(ValueError, match=r"wav.scp line 1: .* is a command \(Kaldi pipe\)"):
-        corpora.read_kaldi(root)
-    (root / "wav.scp").write_text(f"utt0 {_corpus_audio(0)}\n")  # absolute, in demo_data: outside this root
-    with pytest.raises(ValueError, match=r"wav.scp line 1: audio path .* outside --data-root"):
-        corpora.read_kaldi(root)
-
-
-def test_detect_corpus_names_what_it_looked_for_and_ambiguity(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no corpus recognised; expected ASVspoof 2019 LA .*\(wav.scp"):
-        corpora.detect_corpus(tmp_path)
-    root = _make_corpus(tmp_path / "both", "kaldi")
-    (root / "meta.csv").write_text("file,speaker,label\n")
-    with pytest.raises(ValueError, match=r"several corpora \(kaldi, itw\); choose one with --corpus"):
-        corpora.read_corpus(root)
-    assert corpora.read_corpus(root, "kaldi").name == "kaldi"
-    with pytest.raises(ValueError, match="--subset eval: the kaldi corpus has no subsets"):
-        corpora.read_corpus(root, "kaldi", "eval")
-
-
-def test_data_check_reports_missing_duplicate_and_unkeyed_audio_on_any_corpus(tmp_path, capsys):
-    root = _make_corpus(tmp_path / "k", "kaldi")
-    (root / "wav.scp").write_text("utt0 audio/u0.flac\nutt1 audio/u1.flac\nutt2 audio/u0.flac\nutt3 audio/gone.flac\n"
-                                  "utt9 audio/u2.flac\n")  # fmt: skip
-    (root / "utt2lab").write_text("utt0 bonafide\nutt1 real\nutt2 spoof\nutt3 fake\nutt4 spoof\n")
-    assert data.main(["--data-root", str(root), "--check", "--json"]) == 1
-    report = json.loads(capsys.readouterr().out)
-    problems = report["splits"]["kaldi"]["problems"]
-    what = {(p["utt_id"], p["problem"].split(":")[0]) for p in problems}
-    assert ("utt2", "listed twice in utt2lab") in what  # u0.flac under utt0 and utt2
-    assert ("utt3", "missing") in what  # keyed, no audio
-    assert ("utt9", "no label") in what and ("utt4", "no audio") in what  # in only one of the two files
-    assert ("u3", "no key") in what  # on disk in the key's folder, named by no line
-    assert report["problems"] == len(problems) == 5
-    # a clean corpus: no problems, exit 0, and the table names it
-    assert data.main(["--data-root", str(_make_corpus(tmp_path / "i", "itw")), "--check"]) == 0
-    out = capsys.readouterr().out
-    assert "In-the-Wild at" in out and "no problems found" in out
-    with pytest.raises(ValueError, match="--split dev is for ASVspoof 2019 LA"):
-        data.main(["--data-root", str(tmp_path / "i"), "--check", "--split", "dev"])
-
-
-def test_audio_dataset_scores_entries_of_any_corpus_and_names_missing_files(tmp_path):
-    corpus = corpora.read_corpus(_make_corpus(tmp_path / "c", "csv"))
-    ds = data.AudioDataset(corpus.entries, 16000, name="csv", source=corpus.key_file.name)
-    x, label, utt, system, _ = ds[2]
-    assert x.shape == (16000,) and label == 0 and utt == "clips/c2" and system == "tts"
-    Path(corpus.entries[1].path).unlink()
-    with pytest.raises(
-        FileNotFoundError, match=r"1 problem\(s\) in the 4 csv files listed in key.tsv, first: .*c1.flac"
-    ):
-        data.AudioDataset(corpus.entries, 16000, name="csv", source=corpus.key_file.name)
-    kept = data.AudioDataset(corpus.entries, 16000, skip_bad=True, name="csv", source="key.tsv")
-    assert len(kept) == 3 and kept.problems[0].utt_id == "clips/c1"
-
-
-def test_cross_corpus_set_writes_in_the_wild_format_read_back(tmp_path):
-    if SHARED is None:
-        pytest.skip("../shared/data is absent")
-    files = corpora.shared_cross_corpus(SHARED)
-    assert {f.source for f in files} >= {"librivox", "cmu_arctic", "asterisk_ivr", "la19_enrollment", "nii_nsf_arctic"}
-    assert not any("heldout" in f.path for f in files)
-    meta = corpora.write_itw_corpus(tmp_path / "x", files[:3] + files[-2:])
-    assert meta.read_text().splitlines()[0] == "file,speaker,label,source"
-    corpus = corpora.read_corpus(tmp_path / "x")
-    assert corpus.name == "itw" and [e.key for e in corpus.entries] == [corpora.normalise_label(f.key, "")
-                                                                        for f in files[:3] + files[-2:]]  # fmt: skip
-    assert corpus.entries[-1].column("source") == files[-1].source
-
-
 # ---------------------------------------- metrics.py ----------------------------------------
 METRICS_PY = Path(metrics.__file__).resolve()
 B01_EER, B01_MIN_TDCF = 9.572028, 0.235936  # ASVspoof 2019 LA eval, organisers' tDCF_python (legacy t-DCF)
@@ -1039,10 +1348,9 @@ B02_EER, B02_MIN_TDCF = 8.089825, 0.211053
 @pytest.fixture
 def protocols() -> Path:
     """The folder of official LA protocols, organisers' ASV scores and baseline CM scores."""
-    folder = SHARED / "protocols" / "asvspoof2019_la" if SHARED else None
-    if folder is None or not folder.is_dir():
+    if PROTOCOLS is None or not PROTOCOLS.is_dir():
         pytest.skip("../shared/data/protocols/asvspoof2019_la absent")
-    return folder
+    return PROTOCOLS
 
 
 # --- the organisers' formulation (tDCF_python eval_metrics.py), transcribed as the reference ---
@@ -1452,13 +1760,15 @@ def test_det_plot_without_curves_is_refused(tmp_path):
 # --- command line ---
 
 
-def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _run_metrics_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(METRICS_PY), *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_cli_json_on_b01_with_data_root_gives_eer_tdcf_and_attacks(protocols, tmp_path):
     b01 = protocols / "baseline_cm_scores" / "B01_LA_primary_eval.txt"
-    run = _run_cli("--scores", str(b01), "--data-root", str(protocols), "--split", "eval", "--json", cwd=tmp_path)
+    run = _run_metrics_py(
+        "--scores", str(b01), "--data-root", str(protocols), "--split", "eval", "--json", cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert set(result) == {"eer", "min_tdcf", "min_dcf", "act_dcf", "cllr", "n_bonafide", "n_spoof", "per_attack"}
@@ -1467,11 +1777,12 @@ def test_cli_json_on_b01_with_data_root_gives_eer_tdcf_and_attacks(protocols, tm
     assert list(result["per_attack"]) == [f"A{i:02d}" for i in range(7, 20)]
 
 
+@pytest.mark.slow
 def test_cli_text_report_infers_the_split_and_writes_the_det(protocols, tmp_path):
     b02 = protocols / "baseline_cm_scores" / "B02_LA_primary_eval.txt"
     asv = protocols / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt"
     for args in (("--data-root", str(protocols)), ("--asv-scores", str(asv))):
-        run = _run_cli("--scores", str(b02), *args, "--det", "det.png", cwd=tmp_path)
+        run = _run_metrics_py("--scores", str(b02), *args, "--det", "det.png", cwd=tmp_path)
         assert run.returncode == 0, run.stderr
         assert "8.089825 %" in run.stdout and "0.211053" in run.stdout and "A19" in run.stdout
         assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"
@@ -1480,7 +1791,7 @@ def test_cli_text_report_infers_the_split_and_writes_the_det(protocols, tmp_path
 def test_cli_without_asv_scores_reports_eer_only(tmp_path):
     p = metrics.write_score_file(tmp_path / "s.txt", ["a", "b", "c", "d"], ["-", "-", "A07", "A08"],
                                  ["bonafide", "bonafide", "spoof", "spoof"], [2.0, 1.0, 1.5, -1.0])  # fmt: skip
-    run = _run_cli("--scores", str(p), "--json", cwd=tmp_path)
+    run = _run_metrics_py("--scores", str(p), "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     # A07 alone: DET points (FRR, FAR) = (0, 1), (.5, 1), (.5, 0), (1, 0); the first |FRR - FAR| minimum is (.5, 1)
     result = json.loads(run.stdout)
@@ -1492,7 +1803,7 @@ def test_cli_data_root_in_kaggle_layout_is_found(tmp_path):
     _write_asv(tmp_path / "LA" / "LA" / "ASVspoof2019_LA_asv_scores")
     p = metrics.write_score_file(tmp_path / "s.txt", ["LA_E_1", "LA_E_2", "LA_E_3", "LA_E_4"], ["-", "-", "A07", "A07"],
                                  ["bonafide", "bonafide", "spoof", "spoof"], [2.0, 1.0, 1.5, -1.0])  # fmt: skip
-    run = _run_cli("--scores", str(p), "--data-root", str(tmp_path), "--json", cwd=tmp_path)
+    run = _run_metrics_py("--scores", str(p), "--data-root", str(tmp_path), "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["min_tdcf"] is not None
 
@@ -1500,17 +1811,17 @@ def test_cli_data_root_in_kaggle_layout_is_found(tmp_path):
 def test_cli_bad_score_file_exits_1_with_one_line_naming_file_and_line(tmp_path):
     p = tmp_path / "bad.txt"
     p.write_text("LA_E_1 - bonafide 1.0\nLA_E_2 A07 spoof\n")
-    run = _run_cli("--scores", str(p), cwd=tmp_path)
+    run = _run_metrics_py("--scores", str(p), cwd=tmp_path)
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: bad.txt line 2: expected 4 fields")
-    debug = _run_cli("--scores", str(p), "--debug", cwd=tmp_path)
+    debug = _run_metrics_py("--scores", str(p), "--debug", cwd=tmp_path)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
 def test_cli_data_root_without_asv_scores_exits_1_listing_the_places(tmp_path):
     p = metrics.write_score_file(tmp_path / "s.txt", ["LA_D_1", "LA_D_2", "LA_D_3"], ["-", "A01", "A02"],
                                  ["bonafide", "spoof", "spoof"], [2.0, 1.0, 0.0])  # fmt: skip
-    run = _run_cli("--scores", str(p), "--data-root", str(tmp_path), cwd=tmp_path)
+    run = _run_metrics_py("--scores", str(p), "--data-root", str(tmp_path), cwd=tmp_path)
     assert run.returncode == 1 and "ASVspoof2019.LA.asv.dev.gi.trl.scores.txt" in run.stderr
     assert "looked in" in run.stderr and run.stderr.count("\n") == 1
 
@@ -1518,7 +1829,7 @@ def test_cli_data_root_without_asv_scores_exits_1_listing_the_places(tmp_path):
 def test_cli_data_root_with_mixed_splits_asks_for_split(tmp_path):
     p = metrics.write_score_file(tmp_path / "s.txt", ["LA_D_1", "LA_E_2", "LA_E_3"], ["-", "A01", "A02"],
                                  ["bonafide", "spoof", "spoof"], [2.0, 1.0, 0.0])  # fmt: skip
-    run = _run_cli("--scores", str(p), "--data-root", str(tmp_path), cwd=tmp_path)
+    run = _run_metrics_py("--scores", str(p), "--data-root", str(tmp_path), cwd=tmp_path)
     assert run.returncode == 1 and "pass --split dev or --split eval" in run.stderr
 
 
@@ -1540,14 +1851,14 @@ def test_cli_score_file_is_checked_against_the_protocol_under_data_root(tmp_path
         first_spoof = next(r for r in rows if r[1] not in ("-", "A06"))
         first_spoof[1] = "A06"
     (tmp_path / "s.txt").write_text("".join(" ".join(r) + "\n" for r in rows))
-    run = _run_cli("--scores", str(tmp_path / "s.txt"), "--data-root", str(DEMO), "--split", "dev", cwd=tmp_path)
+    run = _run_metrics_py("--scores", str(tmp_path / "s.txt"), "--data-root", str(DEMO), "--split", "dev", cwd=tmp_path)
     assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert re.search(r"s\.txt does not match ASVspoof2019\.LA\.cm\.dev\.trl\.txt: " + expected, run.stderr), run.stderr
     # the whole split in any order is accepted
     (tmp_path / "ok.txt").write_text(
         "".join(f"{e.utt_id} {e.system} {e.key} {i}\n" for i, e in enumerate(trials[::-1]))
     )
-    assert _run_cli("--scores", str(tmp_path / "ok.txt"), "--data-root", str(DEMO), cwd=tmp_path).returncode == 0
+    assert _run_metrics_py("--scores", str(tmp_path / "ok.txt"), "--data-root", str(DEMO), cwd=tmp_path).returncode == 0
 
 
 def test_score_and_asv_files_that_are_not_utf8_name_the_line(tmp_path):
@@ -1958,7 +2269,7 @@ def test_eer_by_column_compares_one_class_values_with_the_whole_other_class():
 
 
 def test_metrics_cli_measures_a_score_file_against_any_corpus_with_by(tmp_path, capsys):
-    corpus = corpora.read_corpus(_make_corpus(tmp_path / "c", "csv"))
+    corpus = corpora.read_corpus(make_corpus(tmp_path / "c", "csv"))
     rng = np.random.default_rng(0)
     values = rng.normal(size=len(corpus.entries)) + np.array([e.label for e in corpus.entries])
     path = metrics.write_score_file(tmp_path / "s.txt", [e.utt_id for e in corpus.entries],
@@ -1985,39 +2296,9 @@ def test_metrics_cli_measures_a_score_file_against_any_corpus_with_by(tmp_path, 
         metrics.main(["--scores", str(short), "--data-root", str(corpus.root)])
 
 
-# ---------------------------------------- model.py and train.py ----------------------------------------
+# ---------------------------------------- model.py ----------------------------------------
 
-
-def _train_small_flags(out, *extra) -> list[str]:
-    """Seconds-long runs on the mini tree: 48 train / 24 dev files, 20 x 64 mel inputs."""
-    return [
-        "--recipe", "tiny", "--data-root", str(DEMO), "--out", str(out), "--limit-train", "48",
-        "--limit-dev", "24", "--num-frames", "64", "--device", "cpu", "--num-workers", "0", "--augment", *extra,
-    ]  # fmt: skip
-
-
-def _train_metrics(run) -> list[dict]:
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _train_env() -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    return env
-
-
-# ----------------------------------------------------------------------------- model.py
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _no_measured_settings(tmp_path_factory):
-    """The suite's numbers must not depend on which precision a timing picked on this machine (bf16 scores move by
-    ~1e-3 and with the batch): every test runs with LCNN_TUNE=off, i.e. the unmeasured rules, and a cache of its own;
-    the tune tests below turn measuring back on. Subprocesses inherit both."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LCNN_TUNE", "off")
-        mp.setenv("LCNN_TUNE_CACHE", str(tmp_path_factory.mktemp("tune") / "tune.json"))
-        yield
+# --- the LCNN of the STC table, MFM ---
 
 
 def _lcnn_expected_parameters(in_bins: int, num_frames: int) -> int:
@@ -2096,6 +2377,17 @@ def test_mfm_backward_equals_torch_maximum_in_either_memory_format(shape, channe
         assert torch.equal(lcnn_model.MFM()(x), torch.maximum(*x.chunk(2, 1)))
 
 
+def test_build_model_rejects_unknown_arguments_and_bad_heads():
+    assert lcnn_model.build_model({"in_bins": 20, "num_frames": 64, "dropout": 0.1, "head": "linear"}).in_bins == 20
+    with pytest.raises(ValueError, match="unknown LCNN argument.*n_bins"):
+        lcnn_model.build_model({"n_bins": 20})
+    with pytest.raises(ValueError, match="head must be"):
+        lcnn_model.LCNN(head="arcface")
+
+
+# --- precision, memory format, the one waveform -> logits path ---
+
+
 def test_precision_and_memory_format_rules():
     cpu = torch.device("cpu")
     assert not lcnn_model.use_bf16("auto", cpu) and lcnn_model.use_bf16("bf16", cpu)
@@ -2108,7 +2400,181 @@ def test_precision_and_memory_format_rules():
     assert lcnn_model.bonafide_score(np.array([[1.0, 3.5]])).tolist() == [2.5]  # the same function on numpy
 
 
-# --- tune.py: the measured choice of precision and memory format ---
+def test_waves_to_logits_makes_features_outside_autocast_and_logits_in_float32():
+    fe = data.make_frontend("mel")
+    net = build_model({"in_bins": 20, "num_frames": 32, "dropout": 0.1, "head": "linear"}).eval()
+    seen = {}
+    real_forward = fe.forward
+
+    def spy(wave):
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        return real_forward(wave)
+
+    fe.forward = spy
+    waves = 0.1 * torch.randn(3, fe.num_samples(32))
+    logits = lcnn_model.waves_to_logits(net, fe, waves, bf16=True, channels_last=True)
+    assert not seen["autocast"] and logits.dtype == torch.float32 and logits.shape == (3, 2)
+    fp32 = lcnn_model.waves_to_logits(net, fe, waves, bf16=False, channels_last=False)
+    assert (logits - fp32).abs().max() < 0.1 and not torch.equal(logits, fp32)  # bf16 really ran
+
+
+def test_cpu_backend_tunes_the_allocator_and_fused_adam_runs_on_the_cpu():
+    lcnn_model.configure_backend(torch.device("cpu"))
+    if sys.platform.startswith("linux"):
+        assert lcnn_model.tune_cpu_allocator()
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = lcnn_model.make_adam([p], 0.1, torch.device("cpu"))
+    assert opt.defaults["fused"]
+    p.grad = torch.ones(4)
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((4,), 0.9))
+
+
+def test_one_score_formula_one_autocast_and_the_shared_flags_everywhere():
+    sources = {p.name: p.read_text() for p in REPO.glob("*.py") if p.name != "test_all.py"}
+    formula = [(n, line) for n, text in sources.items() for line in text.splitlines()
+               if re.search(r"\[\s*(\.\.\.|:)\s*,\s*1\s*\]\s*-\s*\w+\s*\[\s*(\.\.\.|:)\s*,\s*0\s*\]", line)
+               and "`" not in line and not line.lstrip().startswith("#")]  # code, not the docstrings naming it  # fmt: skip
+    assert len(formula) == 1 and formula[0][0] == "metrics.py", formula
+    autocast = [n for n, text in sources.items() if "torch.autocast(" in text]
+    assert autocast == ["model.py"], autocast
+    for script in (lcnn_train, evaluate, explain, bench):
+        helptext = script.build_parser().format_help()
+        assert "--precision" in helptext and "--channels-last" in helptext and "--num-frames" in helptext, script
+    assert "--amp" not in lcnn_train.build_parser().format_help()
+
+
+# --- loss heads ---
+
+
+def test_asoftmax_margin_applies_only_to_the_target_class():
+    torch.manual_seed(0)
+    emb, labels = torch.randn(16, 80), torch.randint(0, 2, (16,))
+    heads = {m: lcnn_model.AngleLinear(80, 2, margin=m) for m in (1, 2, 4)}
+    for m in (2, 4):
+        heads[m].weight.data.copy_(heads[1].weight.data)
+    plain = heads[4](emb)  # scoring: ||x|| cos(theta), no margin
+    w = torch.nn.functional.normalize(heads[4].weight, dim=1)
+    assert torch.allclose(plain, emb @ w.T, atol=1e-5)
+    assert torch.allclose(heads[1](emb, labels), plain, atol=1e-5)  # m = 1: psi = cos, no margin
+    target = torch.nn.functional.one_hot(labels, 2).bool()
+    for m in (2, 4):
+        margin = heads[m](emb, labels)
+        assert torch.equal(margin[~target], plain[~target])  # non-target logits untouched
+        assert (margin[target] < plain[target] - 1e-4).all()  # psi(theta) < cos(theta): a harder target
+        annealed = heads[m](emb, labels, lamb=1e6)  # huge lambda: back to the plain logits
+        assert torch.allclose(annealed, plain, atol=1e-3)
+    assert lcnn_model.asoftmax_lambda(0) == 1500 and lcnn_model.asoftmax_lambda(10**6) == 5
+    with pytest.raises(ValueError, match="margin"):
+        lcnn_model.AngleLinear(80, 2, margin=7)
+
+
+def _asoftmax_before_the_fix(head, x, labels):
+    """AngleLinear.forward as it was before issue 20: x.float(), but F.linear left to autocast."""
+    import math
+
+    F = torch.nn.functional
+    x = x.float()
+    norm = x.norm(dim=1, keepdim=True)
+    cos = F.linear(F.normalize(x, dim=1), F.normalize(head.weight.float(), dim=1)).clamp(-1, 1)
+    cos_y = cos.gather(1, labels.view(-1, 1))
+    k = torch.floor(head.margin * torch.acos(cos_y) / math.pi)
+    psi_y = (1 - 2 * (k % 2)) * head.COS_M[head.margin](cos_y) - 2 * k
+    return (norm * cos).scatter(1, labels.view(-1, 1), norm * psi_y)
+
+
+def test_asoftmax_head_computes_its_angles_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = lcnn_model.AngleLinear(80, 2, margin=4)
+    emb = (3 * torch.randn(64, 80)).bfloat16().float()  # bf16-representable: both paths see the same input
+    labels = torch.randint(0, 2, (64,))
+    fp32_margin, fp32_plain = head(emb, labels, lamb=0.0), head(emb)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        margin, plain = head(emb.bfloat16(), labels, lamb=0.0), head(emb.bfloat16())
+        old = _asoftmax_before_the_fix(head, emb.bfloat16(), labels)
+    assert margin.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(margin, fp32_margin, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(plain, fp32_plain, atol=1e-6, rtol=1e-6)
+    assert (old.float() - fp32_margin).abs().max() > 1e-2  # what the fix removes (bf16 cosines)
+    margin.sum().backward()  # gradients flow through the float32 head
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
+
+
+# --- checkpoints: the one reader (model.load_checkpoint, behind evaluate.load_scorer and train.py --resume) ---
+
+
+def test_load_checkpoint_names_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        lcnn_model.load_checkpoint(tmp_path / "none.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a train.py checkpoint"):
+        lcnn_model.load_checkpoint(tmp_path / "foreign.pt")
+
+
+@pytest.mark.parametrize(
+    "drop,message",
+    [(("model",), "not a train.py checkpoint"), (("args",), "not a train.py checkpoint: no args")],
+)
+def test_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path, drop, message):
+    ckpt = make_checkpoint(tmp_path / "c.pt", drop=drop)
+    with pytest.raises(ValueError, match=message):
+        evaluate.load_scorer(ckpt)
+
+
+class _PickledCode:  # a checkpoint that would run code if loaded without weights_only
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("content", ["text", "truncated", "code", "code-protocol-4", "list"])
+def test_unreadable_checkpoint_is_one_clear_line_without_torch_advice(tmp_path, tiny_ckpt, content):
+    path = tmp_path / "c.pt"
+    if content == "text":
+        path.write_text("hello")
+    elif content == "truncated":
+        path.write_bytes(tiny_ckpt.read_bytes()[:5000])
+    elif content.startswith("code"):  # protocol 4: torch first warns in several lines about the protocol
+        torch.save({"model": _PickledCode()}, path, pickle_protocol=4 if content.endswith("4") else 2)
+    else:
+        torch.save([1, 2], path)
+    with pytest.raises(ValueError) as err, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate.load_scorer(path)
+    assert not caught, [str(w.message)[:80] for w in caught]  # nothing but the one line reaches the user
+    message = str(err.value)
+    assert message.startswith(f"--ckpt {path}: ") and "\n" not in message and "weights_only=False" not in message
+    assert "train.py checkpoint" in message
+
+
+def test_checkpoint_with_stored_arguments_of_the_wrong_type_is_one_clear_line(tmp_path):
+    good = make_checkpoint(tmp_path / "good.pt")
+    for where, key, value, message in (
+        ("model_args", "dropout", "x", r"stored model_args\['dropout'\] must be a number in \[0, 1\), got 'x'"),
+        ("model_args", "num_frames", 3.5, r"stored model_args\['num_frames'\] must be at least 16 .*a whole number, got 3\.5"),
+        ("args", "pad", "middle", r"stored args\['pad'\] = 'middle'; expected one of repeat, zeros"),
+        ("args", "frontend", "cqt", r"stored args\['frontend'\] = 'cqt': --frontend must be one of"),
+    ):  # fmt: skip
+        ckpt = torch.load(good, weights_only=True)
+        ckpt[where][key] = value
+        torch.save(ckpt, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=message) as err:
+            evaluate.load_scorer(tmp_path / "bad.pt")
+        assert "\n" not in str(err.value) and str(tmp_path / "bad.pt") in str(err.value)
+
+
+def test_forged_sizes_in_a_checkpoint_are_refused_before_any_model_is_built(tiny_ckpt, tmp_path, monkeypatch):
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["model_args"].update(in_bins=2**14, num_frames=2**22)  # an LCNN of 5.5 TB of weights
+    torch.save(ckpt, tmp_path / "forged.pt")
+    monkeypatch.setattr(lcnn_model, "build_model", lambda *a: pytest.fail("built a model from forged sizes"))
+    with pytest.raises(ValueError, match=r"forged\.pt: stored model_args .* give fc29 .* inputs, but its weights "
+                                         r"have .*: the checkpoint is damaged or forged"):  # fmt: skip
+        lcnn_model.load_checkpoint(tmp_path / "forged.pt")
+
+
+# ---------------------------------------- tune.py ----------------------------------------
+# the measured choice of precision and memory format
+
 
 _TUNE_TIMES = {(False, True): 0.1, (False, False): 0.13, (True, True): 0.05, (True, False): 0.06}  # bf16/cl fastest
 
@@ -2256,7 +2722,7 @@ def test_train_and_evaluate_print_their_measured_settings_and_keep_the_flags_as_
     monkeypatch.delenv("LCNN_TUNE", raising=False)
     monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
     run = tmp_path / "run"
-    lcnn_train.main(_train_small_flags(run, "--epochs", "1", "--limit-train", "8", "--limit-dev", "4"))
+    lcnn_train.main(small_run_flags(run, "--epochs", "1", "--limit-train", "8", "--limit-dev", "4"))
     out = capsys.readouterr().out
     (line,) = [ln for ln in out.splitlines() if ln.startswith("settings: ")]
     assert "measured per train step of 32 x " in line and "fp32/cl" in line, line
@@ -2289,128 +2755,19 @@ def test_native_bf16_reads_the_cpu_flags_and_the_cuda_capability(monkeypatch):
     assert not tune.native_bf16(torch.device("mps"))
 
 
-def test_waves_to_logits_makes_features_outside_autocast_and_logits_in_float32():
-    fe = data.make_frontend("mel")
-    net = build_model({"in_bins": 20, "num_frames": 32, "dropout": 0.1, "head": "linear"}).eval()
-    seen = {}
-    real_forward = fe.forward
-
-    def spy(wave):
-        seen["autocast"] = torch.is_autocast_enabled("cpu")
-        return real_forward(wave)
-
-    fe.forward = spy
-    waves = 0.1 * torch.randn(3, fe.num_samples(32))
-    logits = lcnn_model.waves_to_logits(net, fe, waves, bf16=True, channels_last=True)
-    assert not seen["autocast"] and logits.dtype == torch.float32 and logits.shape == (3, 2)
-    fp32 = lcnn_model.waves_to_logits(net, fe, waves, bf16=False, channels_last=False)
-    assert (logits - fp32).abs().max() < 0.1 and not torch.equal(logits, fp32)  # bf16 really ran
+# ---------------------------------------- train.py ----------------------------------------
 
 
-def test_num_workers_rule_is_in_process_on_the_cpu_and_parallel_with_a_gpu():
-    assert cli.default_num_workers(None, torch.device("cpu")) == 0
-    assert cli.default_num_workers(None, torch.device("cuda")) == min(16, os.cpu_count() or 1)
-    assert cli.default_num_workers(3, torch.device("cpu")) == 3
-    with pytest.raises(ValueError, match="--num-workers must be 0 or more"):
-        cli.default_num_workers(-1, torch.device("cpu"))
+def _train_metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_cpu_backend_tunes_the_allocator_and_fused_adam_runs_on_the_cpu():
-    lcnn_model.configure_backend(torch.device("cpu"))
-    if sys.platform.startswith("linux"):
-        assert lcnn_model.tune_cpu_allocator()
-    p = torch.nn.Parameter(torch.ones(4))
-    opt = lcnn_model.make_adam([p], 0.1, torch.device("cpu"))
-    assert opt.defaults["fused"]
-    p.grad = torch.ones(4)
-    opt.step()
-    assert torch.allclose(p.detach(), torch.full((4,), 0.9))
+def _train_tree_flags(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--recipe", "tiny", "--data-root", str(root), "--num-frames", "64", "--device", "cpu", "--epochs", "1",
+            "--num-workers", "0", "--out", str(out), *extra]  # fmt: skip
 
 
-def test_one_score_formula_one_autocast_and_the_shared_flags_everywhere():
-    sources = {p.name: p.read_text() for p in REPO.glob("*.py") if p.name != "test_all.py"}
-    formula = [(n, line) for n, text in sources.items() for line in text.splitlines()
-               if re.search(r"\[\s*(\.\.\.|:)\s*,\s*1\s*\]\s*-\s*\w+\s*\[\s*(\.\.\.|:)\s*,\s*0\s*\]", line)
-               and "`" not in line and not line.lstrip().startswith("#")]  # code, not the docstrings naming it  # fmt: skip
-    assert len(formula) == 1 and formula[0][0] == "metrics.py", formula
-    autocast = [n for n, text in sources.items() if "torch.autocast(" in text]
-    assert autocast == ["model.py"], autocast
-    for script in (lcnn_train, evaluate, explain, bench):
-        helptext = script.build_parser().format_help()
-        assert "--precision" in helptext and "--channels-last" in helptext and "--num-frames" in helptext, script
-    assert "--amp" not in lcnn_train.build_parser().format_help()
-
-
-def test_asoftmax_margin_applies_only_to_the_target_class():
-    torch.manual_seed(0)
-    emb, labels = torch.randn(16, 80), torch.randint(0, 2, (16,))
-    heads = {m: lcnn_model.AngleLinear(80, 2, margin=m) for m in (1, 2, 4)}
-    for m in (2, 4):
-        heads[m].weight.data.copy_(heads[1].weight.data)
-    plain = heads[4](emb)  # scoring: ||x|| cos(theta), no margin
-    w = torch.nn.functional.normalize(heads[4].weight, dim=1)
-    assert torch.allclose(plain, emb @ w.T, atol=1e-5)
-    assert torch.allclose(heads[1](emb, labels), plain, atol=1e-5)  # m = 1: psi = cos, no margin
-    target = torch.nn.functional.one_hot(labels, 2).bool()
-    for m in (2, 4):
-        margin = heads[m](emb, labels)
-        assert torch.equal(margin[~target], plain[~target])  # non-target logits untouched
-        assert (margin[target] < plain[target] - 1e-4).all()  # psi(theta) < cos(theta): a harder target
-        annealed = heads[m](emb, labels, lamb=1e6)  # huge lambda: back to the plain logits
-        assert torch.allclose(annealed, plain, atol=1e-3)
-    assert lcnn_model.asoftmax_lambda(0) == 1500 and lcnn_model.asoftmax_lambda(10**6) == 5
-    with pytest.raises(ValueError, match="margin"):
-        lcnn_model.AngleLinear(80, 2, margin=7)
-
-
-def _asoftmax_before_the_fix(head, x, labels):
-    """AngleLinear.forward as it was before issue 20: x.float(), but F.linear left to autocast."""
-    import math
-
-    F = torch.nn.functional
-    x = x.float()
-    norm = x.norm(dim=1, keepdim=True)
-    cos = F.linear(F.normalize(x, dim=1), F.normalize(head.weight.float(), dim=1)).clamp(-1, 1)
-    cos_y = cos.gather(1, labels.view(-1, 1))
-    k = torch.floor(head.margin * torch.acos(cos_y) / math.pi)
-    psi_y = (1 - 2 * (k % 2)) * head.COS_M[head.margin](cos_y) - 2 * k
-    return (norm * cos).scatter(1, labels.view(-1, 1), norm * psi_y)
-
-
-def test_asoftmax_head_computes_its_angles_in_float32_under_bf16_autocast():
-    torch.manual_seed(0)
-    head = lcnn_model.AngleLinear(80, 2, margin=4)
-    emb = (3 * torch.randn(64, 80)).bfloat16().float()  # bf16-representable: both paths see the same input
-    labels = torch.randint(0, 2, (64,))
-    fp32_margin, fp32_plain = head(emb, labels, lamb=0.0), head(emb)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        margin, plain = head(emb.bfloat16(), labels, lamb=0.0), head(emb.bfloat16())
-        old = _asoftmax_before_the_fix(head, emb.bfloat16(), labels)
-    assert margin.dtype == plain.dtype == torch.float32
-    torch.testing.assert_close(margin, fp32_margin, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(plain, fp32_plain, atol=1e-6, rtol=1e-6)
-    assert (old.float() - fp32_margin).abs().max() > 1e-2  # what the fix removes (bf16 cosines)
-    margin.sum().backward()  # gradients flow through the float32 head
-    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
-
-
-def test_build_model_rejects_unknown_arguments_and_bad_heads():
-    assert lcnn_model.build_model({"in_bins": 20, "num_frames": 64, "dropout": 0.1, "head": "linear"}).in_bins == 20
-    with pytest.raises(ValueError, match="unknown LCNN argument.*n_bins"):
-        lcnn_model.build_model({"n_bins": 20})
-    with pytest.raises(ValueError, match="head must be"):
-        lcnn_model.LCNN(head="arcface")
-
-
-def test_load_checkpoint_names_missing_and_foreign_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        lcnn_model.load_checkpoint(tmp_path / "none.pt")
-    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="not a train.py checkpoint"):
-        lcnn_model.load_checkpoint(tmp_path / "foreign.pt")
-
-
-# ----------------------------------------------------------------------------- train.py: flags
+# --- flags and recipes ---
 
 
 @pytest.mark.parametrize("recipe", sorted(lcnn_train.RECIPES))
@@ -2440,22 +2797,37 @@ def test_unknown_recipe_and_bad_values_stop_at_start():
         lcnn_train.parse_args(["--lr", "fast"])
 
 
-def test_spread_limit_takes_both_classes_of_a_sorted_protocol():
-    entries = ["bonafide"] * 228 + ["spoof"] * 51  # the mini train protocol's order
-    picked = corpora.spread_entries(entries, 20)
-    assert len(picked) == 20 and set(picked) == {"bonafide", "spoof"}
-    assert corpora.spread_entries(entries, 0) == entries
+@pytest.mark.parametrize("flags,message", [
+    (("--limit-train", "-5"), "--limit-train must be 0 .every file. or at least 2"),
+    (("--limit-train", "1"), "--limit-train must be 0 .every file. or at least 2"),
+    (("--limit-dev", "2", "--limit-train", "48"), None),  # spread over a sorted protocol: both classes, accepted
+    (("--lr", "0"), "--lr must be a positive number"),
+])  # fmt: skip
+def test_impossible_flag_values_are_refused_before_any_work(tmp_path, flags, message):
+    argv = small_run_flags(tmp_path / "run", "--epochs", "1", *flags)
+    if message is None:
+        lcnn_train.main(argv)
+        return
+    with pytest.raises(ValueError, match=message):
+        lcnn_train.parse_args(argv)
+    assert not (tmp_path / "run").exists()
 
 
-# ----------------------------------------------------------------------------- train.py: runs
+@pytest.mark.parametrize("flags,match", [
+    (("--device", "foo"), r"--device 'foo': expected auto, cpu, cuda"),
+    (("--seed", "-1"), r"--seed must be in \[0, 2\*\*32"),
+    (("--num-frames", "8"), r"--num-frames must be at least 16 \(four 2x2 max-pools\)"),
+    (("--batch-size", "1"), r"--batch-size must be at least 2 \(BatchNorm"),
+    (("--loss", "asoftmax", "--margin", "7"), r"--margin must be 1, 2, 3 or 4"),
+    (("--patience", "-1"), r"--patience must be at least 0"),
+])  # fmt: skip
+def test_train_flags_with_impossible_values_name_the_flag(tmp_path, flags, match):
+    with pytest.raises(ValueError, match=match):
+        lcnn_train.main(small_run_flags(tmp_path / "run", "--epochs", "1", *flags))
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
-@pytest.fixture(scope="module")
-def train_small_run(tmp_path_factory):
-    """Three epochs of a small run, uninterrupted (the reference for the resume tests)."""
-    run = tmp_path_factory.mktemp("train") / "run"
-    assert lcnn_train.main(_train_small_flags(run, "--epochs", "3")) == 0
-    return run
+# --- runs, checkpoints, resume ---
 
 
 @pytest.mark.slow
@@ -2463,7 +2835,7 @@ def test_tiny_recipe_lowers_the_loss_and_writes_the_run_folder(tmp_path):
     run = tmp_path / "RUN"
     cmd = [sys.executable, str(REPO / "train.py"), "--recipe", "tiny", "--data-root", str(DEMO), "--out",
            str(run)]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO, env=_train_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     history = _train_metrics(run)
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -2506,7 +2878,7 @@ def test_each_checkpoint_carries_the_calibration_of_its_dev_scores(train_small_r
 
 def test_resume_reaches_the_metrics_of_an_uninterrupted_run(train_small_run, tmp_path):
     run = tmp_path / "run"
-    lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
+    lcnn_train.main(small_run_flags(run, "--epochs", "1"))
     assert len(_train_metrics(run)) == 1
     lcnn_train.main(["--resume", str(run), "--epochs", "3"])  # the checkpoint's flags, 2 more epochs
     keys = ("epoch", "train_loss", "dev_loss", "dev_eer", "lr", "best_epoch")
@@ -2522,12 +2894,12 @@ def test_resume_reaches_the_metrics_of_an_uninterrupted_run(train_small_run, tmp
 def test_kill_9_mid_run_then_resume_gives_identical_metrics(tmp_path):
     # reference and victim both run as subprocesses: the same thread count, so float sums agree bit for bit
     def command(run, *extra):
-        return [sys.executable, str(REPO / "train.py"), *_train_small_flags(run, "--epochs", "3"), *extra]
+        return [sys.executable, str(REPO / "train.py"), *small_run_flags(run, "--epochs", "3"), *extra]
 
-    ref = subprocess.run(command(tmp_path / "ref"), cwd=REPO, env=_train_env(), capture_output=True, text=True)
+    ref = subprocess.run(command(tmp_path / "ref"), cwd=REPO, env=script_env(), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-3000:]
     run = tmp_path / "run"
-    proc = subprocess.Popen(command(run), cwd=REPO, env=_train_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(run), cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while not (run / "last.pt").is_file():  # last.pt is the commit point: epoch 1 is done
@@ -2538,7 +2910,7 @@ def test_kill_9_mid_run_then_resume_gives_identical_metrics(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] in (1, 2)
     done = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", str(run)], cwd=REPO,
-                          env=_train_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+                          env=script_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     keys = ("epoch", "train_loss", "dev_loss", "dev_eer", "best_epoch")
     assert [{k: h[k] for k in keys} for h in _train_metrics(run)] == [
@@ -2552,112 +2924,14 @@ def test_resume_with_another_frontend_or_into_a_used_folder_is_a_clear_error(tra
     with pytest.raises(ValueError, match=r"trained with --num-frames 64, flags say 600"):
         lcnn_train.parse_args(["--resume", str(train_small_run), "--num-frames", "600"])
     with pytest.raises(FileExistsError, match="already holds a run"):
-        lcnn_train.main(_train_small_flags(train_small_run))
+        lcnn_train.main(small_run_flags(train_small_run))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         lcnn_train.parse_args(["--resume", str(train_small_run / "nothing")])
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    calls = []
-    real = lcnn_train.compute_loss
-
-    def nan_from_epoch_2(logits, labels):
-        calls.append(1)
-        loss = real(logits, labels)
-        return loss * float("nan") if len(calls) > 2 else loss  # 48 files / batch 32: 2 steps per epoch
-
-    monkeypatch.setattr(lcnn_train, "compute_loss", nan_from_epoch_2)
-    run = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="epoch 2 step 1: the training loss is nan"):
-        lcnn_train.main(_train_small_flags(run, "--epochs", "3"))
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
-    assert len(_train_metrics(run)) == 1
-
-
-def _train_tree_with_a_corrupt_file(tmp_path: Path, split: str = "train", kind: str = "garbage") -> tuple[Path, str]:
-    """A copy of a few mini-tree entries (symlinked audio) plus one bona fide file of `split` that is not audio
-    ("garbage") or a float WAV with a NaN sample ("nan"); returns (LA root, the bad file's name)."""
-    src, dst = DEMO, tmp_path / "LA"
-    protocols = dst / "ASVspoof2019_LA_cm_protocols"
-    protocols.mkdir(parents=True)
-    bad = {"train": "LA_T_9999999", "dev": "LA_D_9999999"}[split]
-    for part, n in (("train", 12), ("dev", 10)):
-        name = corpora.find_la_root(src).protocol_path(part).name
-        lines = (src / "ASVspoof2019_LA_cm_protocols" / name).read_text().splitlines()
-        lines = corpora.spread_entries(lines, n)
-        (dst / f"ASVspoof2019_LA_{part}" / "flac").mkdir(parents=True)
-        for line in lines:
-            utt = line.split()[1]
-            (dst / f"ASVspoof2019_LA_{part}" / "flac" / f"{utt}.flac").symlink_to(
-                src / f"ASVspoof2019_LA_{part}" / "flac" / f"{utt}.flac"
-            )
-        if part == split:
-            lines.append(f"LA_0079 {bad} - - bonafide")
-            path = dst / f"ASVspoof2019_LA_{part}" / "flac" / f"{bad}.flac"
-            if kind == "nan":
-                data_nonfinite_wav(path, "start", seconds=2.0)
-            else:
-                path.write_bytes(b"not audio" * 100)
-        (protocols / name).write_text("\n".join(lines) + "\n")
-    return dst, f"{bad}.flac"
-
-
-def test_corrupt_file_is_skipped_and_counted_with_skip_bad_and_an_error_without(tmp_path):
-    root, bad = _train_tree_with_a_corrupt_file(tmp_path)
-    flags = ["--recipe", "tiny", "--data-root", str(root), "--num-frames", "64", "--device", "cpu", "--epochs", "1"]
-    lcnn_train.main([*flags, "--out", str(tmp_path / "ok"), "--skip-bad", "--num-workers", "0"])
-    (h,) = _train_metrics(tmp_path / "ok")
-    assert (h["n_bad"], h["n_train"], h["n_dev"]) == (1, 12, 10)
-    with pytest.raises(RuntimeError, match=rf"{bad}: cannot decode audio.*pass --skip-bad"):
-        lcnn_train.main([*flags, "--out", str(tmp_path / "fail"), "--num-workers", "1"])  # error from a worker
-
-
-def _train_tree_flags(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--recipe", "tiny", "--data-root", str(root), "--num-frames", "64", "--device", "cpu", "--epochs", "1",
-            "--num-workers", "0", "--out", str(out), *extra]  # fmt: skip
-
-
-def test_non_finite_training_file_is_named_or_skipped_and_counted_never_zeroed(tmp_path):
-    root, bad = _train_tree_with_a_corrupt_file(tmp_path, "train", "nan")
-    with pytest.raises(data.BadAudioError, match=rf"{bad}: 1 sample\(s\) are NaN or inf .*pass --skip-bad"):
-        lcnn_train.main(_train_tree_flags(root, tmp_path / "fail"))
-    lcnn_train.main(_train_tree_flags(root, tmp_path / "skip", "--skip-bad"))
-    (h,) = _train_metrics(tmp_path / "skip")
-    assert (h["n_bad"], h["n_train"]) == (1, 12) and np.isfinite(h["train_loss"])
-    lcnn_train.main(_train_tree_flags(root, tmp_path / "cache", "--skip-bad", "--cache-audio"))
-    (h,) = _train_metrics(tmp_path / "cache")
-    assert h["n_train"] == 12 and np.isfinite(h["train_loss"])  # left out at decoding, not cached as zeros
-    assert h["n_bad"] == 1  # and counted like a file met in the loop
-    with pytest.raises(RuntimeError, match=rf"{bad}: .*NaN or inf"):
-        lcnn_train.main(_train_tree_flags(root, tmp_path / "cache2", "--cache-audio"))
-
-
-def test_failed_dev_scoring_keeps_the_trained_epoch_and_resume_scores_it_without_retraining(tmp_path, monkeypatch):
-    root, bad = _train_tree_with_a_corrupt_file(tmp_path, "dev", "nan")
-    run = tmp_path / "run"
-    with pytest.raises(data.BadAudioError, match=rf"{bad}: 1 sample\(s\) are NaN"):
-        lcnn_train.main(_train_tree_flags(root, run, "--epochs", "2"))
-    kept = torch.load(run / "last.pt", weights_only=True)
-    assert kept["epoch"] == 1 and kept["dev_pending"]["n_files"] == 12 and kept["history"] == []
-    # fix the file; the resumed run scores epoch 1's dev without training it again, then trains epoch 2
-    good = next((root / "ASVspoof2019_LA_dev" / "flac").glob("LA_D_1*.flac")).resolve()
-    (root / "ASVspoof2019_LA_dev" / "flac" / bad).unlink()
-    (root / "ASVspoof2019_LA_dev" / "flac" / bad).symlink_to(good)
-    calls = []
-    real = lcnn_train.train_one_epoch
-    monkeypatch.setattr(lcnn_train, "train_one_epoch", lambda *a, **k: calls.append(a[6]) or real(*a, **k))
-    lcnn_train.main(["--resume", str(run)])
-    assert calls == [2]
-    lcnn_train.main(_train_tree_flags(root, tmp_path / "ref", "--epochs", "2"))  # uninterrupted, on the fixed tree
-    keys = ("epoch", "train_loss", "dev_loss", "dev_eer", "best_epoch", "n_dev")
-    assert [{k: h[k] for k in keys} for h in _train_metrics(run)] == [
-        {k: h[k] for k in keys} for h in _train_metrics(tmp_path / "ref")
-    ]
-
-
 def test_flags_changed_on_resume_take_effect_visibly_or_are_refused(train_small_run, tmp_path, capsys):
     run = tmp_path / "run"
-    lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
+    lcnn_train.main(small_run_flags(run, "--epochs", "1"))
     for flag, value in (("--seed", "7"), ("--limit-train", "40"), ("--limit-dev", "20"), ("--no-augment", None)):
         with pytest.raises(
             ValueError, match=rf"cannot resume .*trained with {flag.replace('no-', '')} .*start a new run"
@@ -2676,31 +2950,44 @@ def test_flags_changed_on_resume_take_effect_visibly_or_are_refused(train_small_
     assert json.loads((run / "args.json").read_text())["lr"] == 0.01
 
 
-@pytest.mark.parametrize("flags,message", [
-    (("--limit-train", "-5"), "--limit-train must be 0 .every file. or at least 2"),
-    (("--limit-train", "1"), "--limit-train must be 0 .every file. or at least 2"),
-    (("--limit-dev", "2", "--limit-train", "48"), None),  # spread over a sorted protocol: both classes, accepted
-    (("--lr", "0"), "--lr must be a positive number"),
+def test_resume_into_another_folder_names_the_best_pt_that_exists(tmp_path, capsys):
+    base, copy = tmp_path / "base", tmp_path / "copy"
+    lcnn_train.main(small_run_flags(base, "--epochs", "1"))
+    capsys.readouterr()
+    lcnn_train.main(["--resume", str(base / "last.pt"), "--out", str(copy), "--epochs", "2"])
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")][0]
+    named = re.findall(r"(/\S+best\.pt)", done)
+    assert named and all(Path(p).is_file() for p in named), done
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda c: c.pop("step"), r"not a resumable train\.py checkpoint \(missing step\)"),
+    (lambda c: c.pop("history"), r"missing history"),
+    (lambda c: c.__setitem__("epoch", "1"), r"stored epoch is a str"),
+    (lambda c: c.__setitem__("best_dev_eer", "abc"), r"stored best_dev_eer is a str"),
+    (lambda c: c.__setitem__("optimizer", {}), r"stored optimizer / history are damaged"),
+    (lambda c: c["model"].__setitem__("classifier.fc29.weight", torch.zeros(3, 3)), r"its state does not fit the model"),
 ])  # fmt: skip
-def test_impossible_flag_values_are_refused_before_any_work(tmp_path, flags, message):
-    argv = _train_small_flags(tmp_path / "run", "--epochs", "1", *flags)
-    if message is None:
-        lcnn_train.main(argv)
-        return
-    with pytest.raises(ValueError, match=message):
-        lcnn_train.parse_args(argv)
-    assert not (tmp_path / "run").exists()
+def test_resume_of_a_damaged_checkpoint_is_one_line_naming_it(train_small_run, tmp_path, damage, match):
+    ckpt = torch.load(train_small_run / "last.pt", weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=match) as err:
+        lcnn_train.main(["--resume", str(tmp_path / "last.pt"), "--epochs", "4"])
+    assert str(tmp_path / "last.pt") in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_subset_with_one_class_is_refused_before_any_decoding(tmp_path, monkeypatch):
-    root, _ = _train_tree_with_a_corrupt_file(tmp_path)
-    protocol = find_la_root(root).protocol_path("dev")
-    protocol.write_text("".join(ln + "\n" for ln in protocol.read_text().splitlines() if "bonafide" in ln))
-    monkeypatch.setattr(data, "decode_all", lambda *a, **k: pytest.fail("decoded before refusing"))
-    with pytest.raises(
-        ValueError, match=r"--limit-dev 0 leaves 5 bonafide in the dev set: it needs bona fide and spoof"
-    ):
-        lcnn_train.main(_train_tree_flags(root, tmp_path / "run", "--cache-audio", "--skip-bad"))
+def test_resume_of_a_checkpoint_with_a_mistyped_flag_is_refused(train_small_run, tmp_path):
+    ckpt = torch.load(train_small_run / "last.pt", weights_only=True)
+    ckpt["args"]["lr"] = "abc"
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"last\.pt: stored flag lr = 'abc' is not a number"):
+        lcnn_train.parse_args(["--resume", str(tmp_path / "last.pt")])
+    (tmp_path / "trunc.pt").write_bytes((train_small_run / "last.pt").read_bytes()[:1000])
+    with pytest.raises(ValueError) as err:
+        lcnn_train.parse_args(["--resume", str(tmp_path / "trunc.pt")])
+    assert "not a readable train.py checkpoint" in str(err.value) and "\n" not in str(err.value)
+    assert "weights_only=False" not in str(err.value)
 
 
 @pytest.mark.parametrize("failing", ["last.pt", "best.pt"])
@@ -2720,7 +3007,7 @@ def test_best_state_survives_a_failed_checkpoint_write(tmp_path, monkeypatch, fa
         lcnn_train, "dev_metrics", lambda s: scored.append(1) or {"dev_loss": 1.0, "dev_eer": 50.0 - len(scored)}
     )
     with pytest.raises(OSError, match="No space left"):
-        lcnn_train.main(_train_small_flags(run, "--epochs", "3"))
+        lcnn_train.main(small_run_flags(run, "--epochs", "3"))
     last = torch.load(run / "last.pt", weights_only=True)
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["epoch"] >= last["best_epoch"] and (run / "best.pt").is_file()  # never a best epoch without its file
@@ -2742,7 +3029,7 @@ def test_a_stop_before_last_pt_leaves_a_folder_that_agrees_with_itself_after_res
 
     monkeypatch.setattr(lcnn_train, "save_atomic", stop_at_last_epoch)
     with pytest.raises(KeyboardInterrupt):
-        lcnn_train.main(_train_small_flags(run, "--epochs", "2"))
+        lcnn_train.main(small_run_flags(run, "--epochs", "2"))
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
     stale = run / ".curves.png.999999999.1.tmp"  # what a kill -9 during a write leaves (a pid that cannot run)
     stale.write_bytes(b"x")
@@ -2754,45 +3041,6 @@ def test_a_stop_before_last_pt_leaves_a_folder_that_agrees_with_itself_after_res
     eer = metrics.compute_eer(dev.bonafide_scores, dev.spoof_scores)[0] * 100
     assert last["epoch"] == 2 and [h["epoch"] for h in history] == [1, 2] and not stale.exists()
     assert abs(eer - history[-1]["dev_eer"]) < 1e-9 and last["history"] == history
-
-
-def test_two_trainings_into_one_folder_the_second_stops_naming_the_first(tmp_path):
-    run = tmp_path / "run"
-    holder = subprocess.Popen(["sleep", "60"])  # a live process that holds the folder's lock
-    try:
-        run.mkdir()
-        (run / ".lock").write_text(f"{holder.pid} train.py --out {run}\n")
-        with pytest.raises(RuntimeError, match=rf"--out {re.escape(str(run))} is in use by process {holder.pid} "):
-            lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
-        assert not (run / "last.pt").exists()
-    finally:
-        holder.kill()
-        holder.wait()
-    # the holder is gone: its lock is stale, taken over with a note, and released at the end
-    lcnn_train.main(_train_small_flags(run, "--epochs", "1"))
-    assert (run / "last.pt").is_file() and not (run / ".lock").exists()
-
-
-def test_run_lock_is_exclusive_and_released():
-    import tempfile as tf
-
-    with tf.TemporaryDirectory() as d:
-        with cli.RunLock(d, "--out") as lock:
-            assert lock.held and Path(d, ".lock").read_text().split()[0] == str(os.getpid())
-            code = subprocess.run([sys.executable, "-c", f"import cli; cli.RunLock({d!r}).__enter__()"], cwd=REPO,
-                                  capture_output=True, text=True)  # fmt: skip
-            assert code.returncode != 0 and f"in use by process {os.getpid()}" in code.stderr
-        assert not Path(d, ".lock").exists()
-
-
-def test_resume_into_another_folder_names_the_best_pt_that_exists(tmp_path, capsys):
-    base, copy = tmp_path / "base", tmp_path / "copy"
-    lcnn_train.main(_train_small_flags(base, "--epochs", "1"))
-    capsys.readouterr()
-    lcnn_train.main(["--resume", str(base / "last.pt"), "--out", str(copy), "--epochs", "2"])
-    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")][0]
-    named = re.findall(r"(/\S+best\.pt)", done)
-    assert named and all(Path(p).is_file() for p in named), done
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
@@ -2810,110 +3058,119 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_previou
     assert torch.load(path, weights_only=True) == {"epoch": 1} and not list(tmp_path.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("flags,match", [
-    (("--device", "foo"), r"--device 'foo': expected auto, cpu, cuda"),
-    (("--seed", "-1"), r"--seed must be in \[0, 2\*\*32"),
-    (("--num-frames", "8"), r"--num-frames must be at least 16 \(four 2x2 max-pools\)"),
-    (("--batch-size", "1"), r"--batch-size must be at least 2 \(BatchNorm"),
-    (("--loss", "asoftmax", "--margin", "7"), r"--margin must be 1, 2, 3 or 4"),
-    (("--patience", "-1"), r"--patience must be at least 0"),
-])  # fmt: skip
-def test_train_flags_with_impossible_values_name_the_flag(tmp_path, flags, match):
-    with pytest.raises(ValueError, match=match):
-        lcnn_train.main(_train_small_flags(tmp_path / "run", "--epochs", "1", *flags))
-    assert not (tmp_path / "run" / "last.pt").exists()
+def test_two_trainings_into_one_folder_the_second_stops_naming_the_first(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(["sleep", "60"])  # a live process that holds the folder's lock
+    try:
+        run.mkdir()
+        (run / ".lock").write_text(f"{holder.pid} train.py --out {run}\n")
+        with pytest.raises(RuntimeError, match=rf"--out {re.escape(str(run))} is in use by process {holder.pid} "):
+            lcnn_train.main(small_run_flags(run, "--epochs", "1"))
+        assert not (run / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, taken over with a note, and released at the end
+    lcnn_train.main(small_run_flags(run, "--epochs", "1"))
+    assert (run / "last.pt").is_file() and not (run / ".lock").exists()
+
+
+# --- bad files and bad numbers ---
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = []
+    real = lcnn_train.compute_loss
+
+    def nan_from_epoch_2(logits, labels):
+        calls.append(1)
+        loss = real(logits, labels)
+        return loss * float("nan") if len(calls) > 2 else loss  # 48 files / batch 32: 2 steps per epoch
+
+    monkeypatch.setattr(lcnn_train, "compute_loss", nan_from_epoch_2)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="epoch 2 step 1: the training loss is nan"):
+        lcnn_train.main(small_run_flags(run, "--epochs", "3"))
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert len(_train_metrics(run)) == 1
+
+
+def test_corrupt_file_is_skipped_and_counted_with_skip_bad_and_an_error_without(tmp_path):
+    root = make_la_tree(tmp_path / "LA", {"train": 12, "dev": 10}, copy_of=DEMO, bad=("train", "garbage"))
+    bad = f"{LA_BAD_UTT['train']}.flac"
+    flags = ["--recipe", "tiny", "--data-root", str(root), "--num-frames", "64", "--device", "cpu", "--epochs", "1"]
+    lcnn_train.main([*flags, "--out", str(tmp_path / "ok"), "--skip-bad", "--num-workers", "0"])
+    (h,) = _train_metrics(tmp_path / "ok")
+    assert (h["n_bad"], h["n_train"], h["n_dev"]) == (1, 12, 10)
+    with pytest.raises(RuntimeError, match=rf"{bad}: cannot decode audio.*pass --skip-bad"):
+        lcnn_train.main([*flags, "--out", str(tmp_path / "fail"), "--num-workers", "1"])  # error from a worker
+
+
+def test_non_finite_training_file_is_named_or_skipped_and_counted_never_zeroed(tmp_path):
+    root = make_la_tree(tmp_path / "LA", {"train": 12, "dev": 10}, copy_of=DEMO, bad=("train", "nan"))
+    bad = f"{LA_BAD_UTT['train']}.flac"
+    with pytest.raises(data.BadAudioError, match=rf"{bad}: 1 sample\(s\) are NaN or inf .*pass --skip-bad"):
+        lcnn_train.main(_train_tree_flags(root, tmp_path / "fail"))
+    lcnn_train.main(_train_tree_flags(root, tmp_path / "skip", "--skip-bad"))
+    (h,) = _train_metrics(tmp_path / "skip")
+    assert (h["n_bad"], h["n_train"]) == (1, 12) and np.isfinite(h["train_loss"])
+    lcnn_train.main(_train_tree_flags(root, tmp_path / "cache", "--skip-bad", "--cache-audio"))
+    (h,) = _train_metrics(tmp_path / "cache")
+    assert h["n_train"] == 12 and np.isfinite(h["train_loss"])  # left out at decoding, not cached as zeros
+    assert h["n_bad"] == 1  # and counted like a file met in the loop
+    with pytest.raises(RuntimeError, match=rf"{bad}: .*NaN or inf"):
+        lcnn_train.main(_train_tree_flags(root, tmp_path / "cache2", "--cache-audio"))
+
+
+def test_failed_dev_scoring_keeps_the_trained_epoch_and_resume_scores_it_without_retraining(tmp_path, monkeypatch):
+    root = make_la_tree(tmp_path / "LA", {"train": 12, "dev": 10}, copy_of=DEMO, bad=("dev", "nan"))
+    bad = f"{LA_BAD_UTT['dev']}.flac"
+    run = tmp_path / "run"
+    with pytest.raises(data.BadAudioError, match=rf"{bad}: 1 sample\(s\) are NaN"):
+        lcnn_train.main(_train_tree_flags(root, run, "--epochs", "2"))
+    kept = torch.load(run / "last.pt", weights_only=True)
+    assert kept["epoch"] == 1 and kept["dev_pending"]["n_files"] == 12 and kept["history"] == []
+    # fix the file; the resumed run scores epoch 1's dev without training it again, then trains epoch 2
+    good = next((root / "ASVspoof2019_LA_dev" / "flac").glob("LA_D_1*.flac")).resolve()
+    (root / "ASVspoof2019_LA_dev" / "flac" / bad).unlink()
+    (root / "ASVspoof2019_LA_dev" / "flac" / bad).symlink_to(good)
+    calls = []
+    real = lcnn_train.train_one_epoch
+    monkeypatch.setattr(lcnn_train, "train_one_epoch", lambda *a, **k: calls.append(a[6]) or real(*a, **k))
+    lcnn_train.main(["--resume", str(run)])
+    assert calls == [2]
+    lcnn_train.main(_train_tree_flags(root, tmp_path / "ref", "--epochs", "2"))  # uninterrupted, on the fixed tree
+    keys = ("epoch", "train_loss", "dev_loss", "dev_eer", "best_epoch", "n_dev")
+    assert [{k: h[k] for k in keys} for h in _train_metrics(run)] == [
+        {k: h[k] for k in keys} for h in _train_metrics(tmp_path / "ref")
+    ]
+
+
+def test_a_subset_with_one_class_is_refused_before_any_decoding(tmp_path, monkeypatch):
+    root = make_la_tree(tmp_path / "LA", {"train": 12, "dev": 10}, copy_of=DEMO, bad=("train", "garbage"))
+    protocol = find_la_root(root).protocol_path("dev")
+    protocol.write_text("".join(ln + "\n" for ln in protocol.read_text().splitlines() if "bonafide" in ln))
+    monkeypatch.setattr(data, "decode_all", lambda *a, **k: pytest.fail("decoded before refusing"))
+    with pytest.raises(
+        ValueError, match=r"--limit-dev 0 leaves 5 bonafide in the dev set: it needs bona fide and spoof"
+    ):
+        lcnn_train.main(_train_tree_flags(root, tmp_path / "run", "--cache-audio", "--skip-bad"))
 
 
 def test_skip_bad_that_leaves_one_file_in_a_batch_skips_it_and_trains_on(tmp_path):
-    root, bad = _train_tree_with_a_corrupt_file(tmp_path, "train", "nan")
+    root = make_la_tree(tmp_path / "LA", {"train": 12, "dev": 10}, copy_of=DEMO, bad=("train", "nan"))
     lcnn_train.main(_train_tree_flags(root, tmp_path / "run", "--skip-bad", "--batch-size", "2"))
     (h,) = _train_metrics(tmp_path / "run")
     assert h["n_bad"] >= 1 and h["n_train"] <= 12 and np.isfinite(h["train_loss"])
 
 
-@pytest.mark.parametrize("damage,match", [
-    (lambda c: c.pop("step"), r"not a resumable train\.py checkpoint \(missing step\)"),
-    (lambda c: c.pop("history"), r"missing history"),
-    (lambda c: c.__setitem__("epoch", "1"), r"stored epoch is a str"),
-    (lambda c: c.__setitem__("best_dev_eer", "abc"), r"stored best_dev_eer is a str"),
-    (lambda c: c.__setitem__("optimizer", {}), r"stored optimizer / history are damaged"),
-    (lambda c: c["model"].__setitem__("classifier.fc29.weight", torch.zeros(3, 3)), r"its state does not fit the model"),
-])  # fmt: skip
-def test_resume_of_a_damaged_checkpoint_is_one_line_naming_it(train_small_run, tmp_path, damage, match):
-    ckpt = torch.load(train_small_run / "last.pt", weights_only=True)
-    damage(ckpt)
-    torch.save(ckpt, tmp_path / "last.pt")
-    with pytest.raises(ValueError, match=match) as err:
-        lcnn_train.main(["--resume", str(tmp_path / "last.pt"), "--epochs", "4"])
-    assert str(tmp_path / "last.pt") in str(err.value) and "\n" not in str(err.value)
-
-
-def test_checkpoint_with_stored_arguments_of_the_wrong_type_is_one_clear_line(tmp_path):
-    good = _evaluate_save_ckpt(tmp_path / "good.pt")
-    for where, key, value, message in (
-        ("model_args", "dropout", "x", r"stored model_args\['dropout'\] must be a number in \[0, 1\), got 'x'"),
-        ("model_args", "num_frames", 3.5, r"stored model_args\['num_frames'\] must be at least 16 .*a whole number, got 3\.5"),
-        ("args", "pad", "middle", r"stored args\['pad'\] = 'middle'; expected one of repeat, zeros"),
-        ("args", "frontend", "cqt", r"stored args\['frontend'\] = 'cqt': --frontend must be one of"),
-    ):  # fmt: skip
-        ckpt = torch.load(good, weights_only=True)
-        ckpt[where][key] = value
-        torch.save(ckpt, tmp_path / "bad.pt")
-        with pytest.raises(ValueError, match=message) as err:
-            evaluate.load_scorer(tmp_path / "bad.pt")
-        assert "\n" not in str(err.value) and str(tmp_path / "bad.pt") in str(err.value)
-
-
-def test_resume_of_a_checkpoint_with_a_mistyped_flag_is_refused(train_small_run, tmp_path):
-    ckpt = torch.load(train_small_run / "last.pt", weights_only=True)
-    ckpt["args"]["lr"] = "abc"
-    torch.save(ckpt, tmp_path / "last.pt")
-    with pytest.raises(ValueError, match=r"last\.pt: stored flag lr = 'abc' is not a number"):
-        lcnn_train.parse_args(["--resume", str(tmp_path / "last.pt")])
-    (tmp_path / "trunc.pt").write_bytes((train_small_run / "last.pt").read_bytes()[:1000])
-    with pytest.raises(ValueError) as err:
-        lcnn_train.parse_args(["--resume", str(tmp_path / "trunc.pt")])
-    assert "not a readable train.py checkpoint" in str(err.value) and "\n" not in str(err.value)
-    assert "weights_only=False" not in str(err.value)
-
-
-def test_vocoded_training_spoofs_are_made_once_cached_and_added(tmp_path, capsys):
-    cache = tmp_path / "cache"
-    flags = _train_small_flags(tmp_path / "run", "--epochs", "1", "--limit-train", "24", "--vocode", "griffinlim",
-                               "melgl", "--vocoded-cache", str(cache))  # fmt: skip
-    lcnn_train.main(flags)
-    (h,) = _train_metrics(tmp_path / "run")
-    bona = sum(e.key == "bonafide" for e in corpora.spread_entries(find_la_root(DEMO).protocol("train"), 24))
-    assert h["n_train"] == 24 + 2 * bona
-    made = sorted(p.name for p in cache.rglob("*.wav"))
-    assert len(made) == 2 * bona and made[0].startswith("griffinlim_LA_T_")
-    out = capsys.readouterr()
-    assert f"making {2 * bona} of {2 * bona}" in out.err and f"griffinlim {bona}, melgl {bona}" in out.out
-    mtimes = {p: p.stat().st_mtime_ns for p in cache.rglob("*.wav")}
-    lcnn_train.main(_train_small_flags(tmp_path / "run2", *flags[flags.index("--epochs") :]))
-    assert "making" not in capsys.readouterr().err  # reused, never recomputed
-    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
-    with pytest.raises(ValueError, match=r"cannot resume .*trained with --vocoded \['griffinlim', 'melgl'\]"):
-        lcnn_train.parse_args(["--resume", str(tmp_path / "run"), "--vocoded", "griffinlim"])
-
-
-def test_vocv4_copies_of_the_training_bona_fide_become_spoofs(tmp_path):
-    utt = "LA_T_4179989"
-    real = data.load_audio(DEMO / "ASVspoof2019_LA_train" / "flac" / f"{utt}.flac")
-    vocv4 = explain_write_vocv4(tmp_path / "vocv4", utt, real)
-    entries = find_la_root(DEMO).protocol("train")
-    extra = vocoders.vocv4_training_entries(vocv4, entries, ["hifigan"])
-    assert [(e.utt_id, e.system, e.key, e.speaker) for e in extra] == [
-        (f"hifigan_{utt}", "hifigan", "spoof", "LA_0079")
-    ]
-    ds = data.ASVspoof2019LA(DEMO, "train", 8000, entries=entries[:2] + extra)
-    assert ds.path(2) == Path(extra[0].path) and ds[2][1] == corpora.LABEL_SPOOF
+# --- precision, loaders, early stopping, DDP ---
 
 
 def test_asoftmax_bf16_channels_last_cached_run_trains_and_scores(tmp_path):
     run = tmp_path / "run"
     flags = ["--epochs", "1", "--loss", "asoftmax", "--precision", "bf16", "--channels-last", "--cache-audio"]
-    lcnn_train.main(_train_small_flags(run, *flags))
+    lcnn_train.main(small_run_flags(run, *flags))
     (h,) = _train_metrics(run)
     assert np.isfinite(h["train_loss"]) and 0 <= h["dev_eer"] <= 100
     ckpt = lcnn_model.load_checkpoint(run / "last.pt")
@@ -2922,45 +3179,26 @@ def test_asoftmax_bf16_channels_last_cached_run_trains_and_scores(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_bf16_run_on_the_cpu_lowers_the_loss_and_resumes_exactly(tmp_path):
     flags = ("--precision", "bf16", "--limit-train", "0", "--num-frames", "600", "--no-augment")  # whole items
-    lcnn_train.main(_train_small_flags(tmp_path / "ref", "--epochs", "3", *flags))
+    lcnn_train.main(small_run_flags(tmp_path / "ref", "--epochs", "3", *flags))
     ref = _train_metrics(tmp_path / "ref")
     assert ref[-1]["train_loss"] < ref[0]["train_loss"] - 0.2, ref  # measured: 0.74 -> 0.17
-    lcnn_train.main(_train_small_flags(tmp_path / "run", "--epochs", "1", *flags))
+    lcnn_train.main(small_run_flags(tmp_path / "run", "--epochs", "1", *flags))
     lcnn_train.main(["--resume", str(tmp_path / "run"), "--epochs", "3"])
     keys = ("epoch", "train_loss", "dev_loss", "dev_eer", "best_epoch")
     assert [{k: h[k] for k in keys} for h in _train_metrics(tmp_path / "run")] == [{k: h[k] for k in keys} for h in ref]
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["args"]["precision"] == "bf16"
 
 
-# bf16 against fp32 scoring, measured on the mini dev split (101 files): with the small run's model below the largest
-# score difference was 0.002 and the EER identical; with the tiny recipe's model (279 files, 3 epochs, scores spread
-# over +-4) 0.058 (1.5 % of the scores' standard deviation), EER identical (19.80 %). The bounds leave room: 0.15 on
-# any score, 2 points of EER (two of the 101 trials).
-BF16_MAX_SCORE_DIFF, BF16_MAX_EER_DIFF = 0.15, 2.0
-
-
-def test_bf16_scoring_agrees_with_fp32_and_channels_last_changes_nothing(train_small_run, tmp_path):
-    out = {}
-    for name, precision, cl in (("fp32", "fp32", True), ("bf16", "bf16", True), ("nchw", "fp32", False)):
-        scorer = evaluate.load_scorer(train_small_run / "best.pt", "cpu", precision, channels_last=cl)
-        res = evaluate.score_split(scorer, DEMO, "dev", tmp_path / f"{name}.txt", 16, 0, progress=False)
-        out[name] = (res.scores.score, metrics.evaluate_scores(res.scores)["eer"])
-    (fp32, eer32), (bf16, eer16), (nchw, eer_nchw) = out["fp32"], out["bf16"], out["nchw"]
-    diff = np.abs(fp32 - bf16).max()
-    assert 0 < diff <= BF16_MAX_SCORE_DIFF, diff
-    assert abs(eer32 - eer16) <= BF16_MAX_EER_DIFF
-    assert np.abs(fp32 - nchw).max() < 1e-4 and eer_nchw == eer32
-
-
 def test_pinned_memory_loader_path_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(lcnn_train, "pin_memory_for", lambda device: True)  # what a CUDA device gets
-    args = lcnn_train.parse_args(_train_small_flags(tmp_path / "run", "--epochs", "1"))
+    args = lcnn_train.parse_args(small_run_flags(tmp_path / "run", "--epochs", "1"))
     loaders = lcnn_train.make_loaders(args, data.make_frontend("mel"), torch.device("cpu"))
     assert loaders[0].pin_memory and loaders[1].pin_memory
     with pytest.warns(UserWarning, match="pin_memory"):  # no accelerator here: torch says so and copies as usual
-        lcnn_train.main(_train_small_flags(tmp_path / "run", "--epochs", "1"))
+        lcnn_train.main(small_run_flags(tmp_path / "run", "--epochs", "1"))
     assert _train_metrics(tmp_path / "run")[0]["n_train"] == 48
 
 
@@ -2972,7 +3210,7 @@ def test_patience_stops_when_dev_eer_stops_improving_and_eval_is_never_read(tmp_
         monkeypatch.setattr(
             layout_class, method, lambda self, split, real=real: splits.append(split) or real(self, split)
         )
-    lcnn_train.main(_train_small_flags(tmp_path / "run", "--epochs", "5", "--patience", "2", "--limit-train", "16"))
+    lcnn_train.main(small_run_flags(tmp_path / "run", "--epochs", "5", "--patience", "2", "--limit-train", "16"))
     history = _train_metrics(tmp_path / "run")
     assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["best_epoch"] == 1  # ties: earlier epoch
     assert set(splits) == {"train", "dev"}  # the eval split is never touched
@@ -2981,11 +3219,11 @@ def test_patience_stops_when_dev_eer_stops_improving_and_eval_is_never_read(tmp_
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_gather_every_dev_file_once(tmp_path):
     run = tmp_path / "ddp"
-    flags = _train_small_flags(run, "--epochs", "1", "--limit-train", "32", "--limit-dev", "21",  # 21: uneven shards
-                               "--precision", "bf16")  # the GPU default, on gloo  # fmt: skip
+    flags = small_run_flags(run, "--epochs", "1", "--limit-train", "32", "--limit-dev", "21",  # 21: uneven shards
+                            "--precision", "bf16")  # the GPU default, on gloo  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "train.py"), *flags]  # fmt: skip
-    env = {k: v for k, v in _train_env().items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {k: v for k, v in script_env().items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stdout and done.stdout.count("epoch 1/1: train loss") == 1  # only rank 0 prints
@@ -3008,27 +3246,8 @@ def test_torchrun_two_cpu_processes_gather_every_dev_file_once(tmp_path):
     assert lcnn_train.dev_metrics(single)["dev_eer"] == pytest.approx(h["dev_eer"], abs=1e-9)
 
 
-# ---------------------------------------- evaluate.py and bench.py ----------------------------------------
+# ---------------------------------------- evaluate.py ----------------------------------------
 EVALUATE_PY = Path(evaluate.__file__).resolve()
-
-
-def _evaluate_save_ckpt(path: Path, frontend: str = "mel", num_frames: int = 32, **drop) -> Path:
-    """A random-init LCNN checkpoint with train.py's keys; `drop` names keys to leave out (for error tests)."""
-    torch.manual_seed(0)
-    in_bins = 20 if frontend == "mel" else 863
-    model = build_model({"in_bins": in_bins, "num_frames": num_frames, "dropout": 0.1, "head": "linear"})
-    ckpt = {"model": model.state_dict(), "model_args": model.model_args(),
-            "args": {"frontend": frontend, "num_frames": num_frames, "pad": "repeat", "recipe": "tiny"},
-            "epoch": 1}  # fmt: skip
-    for key in drop:
-        ckpt.pop(key)
-    torch.save(ckpt, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def evaluate_ckpt(tmp_path_factory) -> Path:
-    return _evaluate_save_ckpt(tmp_path_factory.mktemp("evaluate_ckpt") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
@@ -3038,7 +3257,8 @@ def evaluate_demo() -> Path:
 
 @pytest.fixture
 def evaluate_tree(tmp_path) -> LALayout:
-    """A generated 12-file eval split in the official layout (no ASV scores)."""
+    """A generated 12-file eval split in the official layout (no ASV scores): speech-like audio of LA lengths,
+    ids LA_E_1000000 to LA_E_1000011 (benchkit.generate_la_files, bench's own generator)."""
     return benchkit.generate_la_files(tmp_path / "gen", 12, "eval", workers=1)
 
 
@@ -3057,14 +3277,17 @@ class _EvaluateCounting(torch.nn.Module):
         return self.inner(x)
 
 
-# --- evaluate.py: a split ---
+def _strict_json(text: str):
+    """json.loads that refuses NaN / Infinity, which are not JSON."""
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
 
 
-def test_demo_dev_split_gives_80_lines_in_protocol_order_metrics_and_det(
-    evaluate_ckpt, evaluate_demo, tmp_path, capsys
-):
+# --- a split ---
+
+
+def test_demo_dev_split_gives_80_lines_in_protocol_order_metrics_and_det(tiny_ckpt, evaluate_demo, tmp_path, capsys):
     out = tmp_path / "scores.txt"
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(evaluate_demo), "--split", "dev",
+    evaluate.main(["--ckpt", str(tiny_ckpt), "--data-root", str(evaluate_demo), "--split", "dev",
                    "--out", str(out), "--num-workers", "1", "--batch-size", "16", "--json"])  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     lines = [line.split() for line in out.read_text().splitlines()]
@@ -3079,17 +3302,17 @@ def test_demo_dev_split_gives_80_lines_in_protocol_order_metrics_and_det(
     assert (tmp_path / "scores_det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.partial*"))
     # the score is the bona fide log-odds, as the model computes it
-    scorer = evaluate.load_scorer(evaluate_ckpt)
+    scorer = evaluate.load_scorer(tiny_ckpt)
     ds_wave = evaluate.fix_length(evaluate.load_audio(find_la_root(evaluate_demo).audio_path("dev", lines[0][0])),
                                   scorer.num_samples, "repeat")  # fmt: skip
     logits = scorer.logits(ds_wave.unsqueeze(0))[0]
     assert float(lines[0][3]) == pytest.approx(float(logits[1] - logits[0]), abs=1e-5)
 
 
-def test_report_is_printed_and_default_out_goes_next_to_the_checkpoint(evaluate_ckpt, evaluate_demo, tmp_path, capsys):
+def test_report_is_printed_and_default_out_goes_next_to_the_checkpoint(tiny_ckpt, evaluate_demo, tmp_path, capsys):
     ckpt = tmp_path / "run" / "best.pt"
     ckpt.parent.mkdir()
-    ckpt.write_bytes(evaluate_ckpt.read_bytes())
+    ckpt.write_bytes(tiny_ckpt.read_bytes())
     evaluate.main(["--ckpt", str(ckpt), "--data-root", str(evaluate_demo), "--split", "dev", "--num-workers", "0"])
     captured = capsys.readouterr()
     assert (tmp_path / "run" / "scores_dev.txt").is_file() and (tmp_path / "run" / "scores_dev_det.png").is_file()
@@ -3098,9 +3321,9 @@ def test_report_is_printed_and_default_out_goes_next_to_the_checkpoint(evaluate_
     assert "score dev: 80/80" in captured.err and "files/s" in captured.err
 
 
-def test_resume_scores_only_what_a_killed_run_left(evaluate_ckpt, evaluate_demo, tmp_path):
+def test_resume_scores_only_what_a_killed_run_left(tiny_ckpt, evaluate_demo, tmp_path):
     out = tmp_path / "scores.txt"
-    scorer = evaluate.load_scorer(evaluate_ckpt)
+    scorer = evaluate.load_scorer(tiny_ckpt)
     scorer.model = _EvaluateCounting(scorer.model, fail_after=3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         evaluate.score_split(scorer, evaluate_demo, "dev", out, batch_size=10, num_workers=0, save_every=2,
@@ -3112,19 +3335,19 @@ def test_resume_scores_only_what_a_killed_run_left(evaluate_ckpt, evaluate_demo,
     res = evaluate.score_split(scorer, evaluate_demo, "dev", out, batch_size=10, num_workers=0, progress=False)
     assert scorer.model.items == 50 and (res.n_scored, res.n_resumed) == (50, 30)
     assert not partial.exists() and not meta.exists()
-    whole = evaluate.score_split(evaluate.load_scorer(evaluate_ckpt), evaluate_demo, "dev", tmp_path / "whole.txt",
+    whole = evaluate.score_split(evaluate.load_scorer(tiny_ckpt), evaluate_demo, "dev", tmp_path / "whole.txt",
                                  batch_size=101, num_workers=0, progress=False)  # fmt: skip
     assert res.scores.utt_id.tolist() == whole.scores.utt_id.tolist()
     np.testing.assert_allclose(res.scores.score, whole.scores.score, atol=1e-5)
 
 
-def test_partial_scores_of_another_checkpoint_are_refused(evaluate_ckpt, evaluate_demo, tmp_path):
+def test_partial_scores_of_another_checkpoint_are_refused(tiny_ckpt, evaluate_demo, tmp_path):
     out = tmp_path / "scores.txt"
     partial, meta = evaluate.partial_paths(out)
     partial.write_text("LA_D_1293230 - bonafide 0.5\n")
     meta.write_text(json.dumps({"checkpoint_sha256": "0" * 64}))
     with pytest.raises(ValueError, match=r"another run .*checkpoint_sha256.*delete it"):
-        evaluate.score_split(evaluate.load_scorer(evaluate_ckpt), evaluate_demo, "dev", out, progress=False)
+        evaluate.score_split(evaluate.load_scorer(tiny_ckpt), evaluate_demo, "dev", out, progress=False)
 
 
 def test_score_file_out_of_protocol_order_names_the_line(evaluate_demo, tmp_path):
@@ -3138,10 +3361,10 @@ def test_score_file_out_of_protocol_order_names_the_line(evaluate_demo, tmp_path
         evaluate.check_score_file(path, order[:2])
 
 
-def test_unreadable_file_in_a_split_names_it_and_skip_bad_leaves_it_out(evaluate_ckpt, evaluate_tree, tmp_path):
+def test_unreadable_file_in_a_split_names_it_and_skip_bad_leaves_it_out(tiny_ckpt, evaluate_tree, tmp_path):
     bad = evaluate_tree.audio_path("eval", "LA_E_1000003")
     bad.write_bytes(b"not audio")
-    scorer = evaluate.load_scorer(evaluate_ckpt)
+    scorer = evaluate.load_scorer(tiny_ckpt)
     with pytest.raises(RuntimeError, match=r"LA_E_1000003.flac: cannot decode audio .*--skip-bad"):
         evaluate.score_split(scorer, evaluate_tree, "eval", tmp_path / "s.txt", batch_size=2, num_workers=1,
                              progress=False)  # fmt: skip
@@ -3152,123 +3375,38 @@ def test_unreadable_file_in_a_split_names_it_and_skip_bad_leaves_it_out(evaluate
     assert "LA_E_1000003" not in res.scores.utt_id.tolist()
 
 
-def test_split_without_asv_scores_reports_no_tdcf_but_succeeds(evaluate_ckpt, evaluate_tree, tmp_path, capsys):
+def test_split_without_asv_scores_reports_no_tdcf_but_succeeds(tiny_ckpt, evaluate_tree, tmp_path, capsys):
     out = tmp_path / "s.txt"
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(evaluate_tree.root.parent), "--out", str(out),
+    evaluate.main(["--ckpt", str(tiny_ckpt), "--data-root", str(evaluate_tree.root.parent), "--out", str(out),
                    "--num-workers", "0", "--full-length", "--save-every", "1", "--device", "cpu"])  # fmt: skip
     captured = capsys.readouterr()
     assert "min t-DCF skipped" in captured.err and "n/a" in captured.out and len(out.read_text().splitlines()) == 12
 
 
-def test_explicit_asv_scores_and_det_flags(evaluate_ckpt, evaluate_demo, tmp_path, capsys):
+def test_explicit_asv_scores_and_det_flags(tiny_ckpt, evaluate_demo, tmp_path, capsys):
     asv = evaluate_demo / "ASVspoof2019_LA_asv_scores" / "ASVspoof2019.LA.asv.dev.gi.trl.scores.txt"
     det = tmp_path / "plots" / "det.png"
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(evaluate_demo), "--split", "dev", "--out",
+    evaluate.main(["--ckpt", str(tiny_ckpt), "--data-root", str(evaluate_demo), "--split", "dev", "--out",
                    str(tmp_path / "s.txt"), "--asv-scores", str(asv), "--det", str(det), "--num-workers", "0",
                    "--precision", "bf16", "--pad", "zeros", "--json"])  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     assert summary["asv_scores"] == str(asv) and summary["min_tdcf"] is not None and det.is_file()
 
 
-# --- evaluate.py: files ---
-
-
-def test_files_wav_resampled_and_downmixed_and_flac(evaluate_ckpt, evaluate_demo, tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    mono = (0.1 * rng.standard_normal(int(1.5 * 22050))).astype(np.float32)
-    sf.write(tmp_path / "stereo.wav", np.stack([mono, mono], 1), 22050)
-    sf.write(tmp_path / "mono.wav", mono, 22050)
-    flac = evaluate_demo / "ASVspoof2019_LA_dev" / "flac" / "LA_D_1293230.flac"
-    files = [str(tmp_path / "stereo.wav"), str(tmp_path / "mono.wav"), str(flac)]
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", *files, "--json"])
-    rows = json.loads(capsys.readouterr().out)["files"]
-    assert [r["file"] for r in rows] == files
-    assert rows[0]["duration_s"] == pytest.approx(1.5, abs=1e-3)
-    assert rows[0]["score"] == pytest.approx(rows[1]["score"], abs=1e-5)  # downmix of L = R is the mono file
-    for r in rows:  # an uncalibrated checkpoint: no LLR, no probability, the raw score against 0
-        assert r["llr"] is None and r["p_bonafide"] is None
-        assert r["verdict"] == ("bonafide" if r["score"] >= 0 else "spoof")
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(flac)])
-    table = capsys.readouterr().out
-    assert "LA_D_1293230.flac" in table and "UNCALIBRATED" in table and "--calibrate" in table
-
-
-def test_full_length_is_the_mean_of_window_logits(evaluate_ckpt):
-    scorer = evaluate.load_scorer(evaluate_ckpt)
-    w = scorer.num_samples
-    wave = torch.randn(2 * w + w // 2)
-    windows = torch.stack([wave[:w], wave[w : 2 * w], wave[-w:]])
-    torch.testing.assert_close(scorer.logits_full(wave), scorer.logits(windows).mean(0))
-    torch.testing.assert_close(scorer.logits_full(wave[: w // 3]), scorer.logits(
-        evaluate.fix_length(wave[: w // 3], w, "repeat").unsqueeze(0))[0])  # fmt: skip
-
-
-def test_unreadable_file_names_it_and_exits_1_unless_skip_bad(evaluate_ckpt, tmp_path, capsys):
-    bad = tmp_path / "broken.flac"
-    bad.write_bytes(b"not audio")
-    good = tmp_path / "ok.wav"
-    sf.write(good, np.zeros(8000, np.float32) + 0.01, 16000)
-    with pytest.raises(RuntimeError, match=r"broken.flac: cannot decode audio"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(good), str(bad)])
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(good), str(bad), "--skip-bad", "--json"])
-    rows = json.loads(capsys.readouterr().out)["files"]
-    assert "verdict" in rows[0] and "broken.flac" in rows[1]["error"]
-    proc = subprocess.run([sys.executable, str(EVALUATE_PY), "--ckpt", str(evaluate_ckpt), "--files", str(bad)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    errors = [line for line in proc.stderr.strip().splitlines() if not line.startswith("settings: ")]  # issue 20's line
-    assert proc.returncode == 1 and "broken.flac" in proc.stderr and len(errors) == 1, proc.stderr
-
-
-def _strict_json(text: str):
-    """json.loads that refuses NaN / Infinity, which are not JSON."""
-    return json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
-
-
-def test_non_finite_audio_file_never_gets_a_score_or_a_verdict(evaluate_ckpt, tmp_path, capsys):
-    nan = data_nonfinite_wav(tmp_path / "nan.wav", "start")
-    good = tmp_path / "ok.wav"
-    sf.write(good, data_tone(1.0), 16000)
-    with pytest.raises(data.BadAudioError, match=r"nan\.wav: 1 sample\(s\) are NaN or inf .*--skip-bad"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(nan)])
-    for extra in ([], ["--full-length"]):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(good), str(nan), "--skip-bad", "--json", *extra])
-        rows = _strict_json(capsys.readouterr().out)["files"]
-        assert set(rows[1]) == {"file", "error"} and "NaN or inf" in rows[1]["error"] and "verdict" in rows[0]
-
-
-def test_a_model_that_gives_nan_is_refused_not_scored(evaluate_ckpt, evaluate_tree, tmp_path):
-    scorer = evaluate.load_scorer(evaluate_ckpt)
+def test_a_model_that_gives_nan_is_refused_not_scored(tiny_ckpt, evaluate_tree, tmp_path):
+    scorer = evaluate.load_scorer(tiny_ckpt)
     with torch.no_grad():
         scorer.model.classifier.fc32.bias.fill_(float("nan"))  # damaged weights
     with pytest.raises(evaluate.NonFiniteScoreError, match=r"non-finite score\(s\) \(first: LA_E_1000000\)"):
         evaluate.score_split(scorer, evaluate_tree, "eval", tmp_path / "s.txt", 4, 0, progress=False)
     assert not (tmp_path / "s.txt").exists()
-    sf.write(tmp_path / "a.wav", data_tone(1.0), 16000)
+    sf.write(tmp_path / "a.wav", make_signal(1.0), 16000)
     with pytest.raises(evaluate.NonFiniteScoreError):
         evaluate.score_files(scorer, [tmp_path / "a.wav"])
 
 
-def test_full_length_memory_is_flat_in_the_file_length(evaluate_ckpt, tmp_path):
-    scorer = evaluate.load_scorer(evaluate_ckpt)
-    long = tmp_path / "long.flac"
-    sf.write(long, data_tone(60.0), 16000, format="FLAC")
-    seen, real = [], scorer.logits
-    scorer.logits = lambda waves: seen.append(waves.shape[0]) or real(waves)
-    logits, seconds = scorer.logits_file(long, batch_size=8)
-    windows = -(-data.load_audio(long).numel() // scorer.num_samples)
-    assert seconds == pytest.approx(60.0) and sum(seen) == windows and max(seen) == 8  # never all windows at once
-    torch.testing.assert_close(logits, scorer.logits_full(data.load_audio(long), batch_size=1000), atol=1e-5, rtol=0)
-    rows = evaluate.score_files(scorer, [long], batch_size=8, full_length=True)
-    assert rows[0]["duration_s"] == pytest.approx(60.0) and rows[0]["score"] == pytest.approx(
-        float(logits[1] - logits[0])
-    )
-    seen.clear()
-    evaluate.score_files(scorer, [long], batch_size=8)  # the training crop: one window, read from the start
-    assert seen == [1]
-
-
-def test_output_path_is_checked_before_any_scoring(evaluate_ckpt, evaluate_tree, tmp_path):
-    scorer = evaluate.load_scorer(evaluate_ckpt)
+def test_output_path_is_checked_before_any_scoring(tiny_ckpt, evaluate_tree, tmp_path):
+    scorer = evaluate.load_scorer(tiny_ckpt)
     scorer.model = _EvaluateCounting(scorer.model)
     (tmp_path / "a_dir").mkdir()
     (tmp_path / "a_file").write_text("x")
@@ -3279,7 +3417,7 @@ def test_output_path_is_checked_before_any_scoring(evaluate_ckpt, evaluate_tree,
     assert scorer.model.items == 0
 
 
-def test_failed_final_write_keeps_the_partial_scores(evaluate_ckpt, evaluate_tree, tmp_path, monkeypatch):
+def test_failed_final_write_keeps_the_partial_scores(tiny_ckpt, evaluate_tree, tmp_path, monkeypatch):
     out = tmp_path / "s.txt"
     real = evaluate.write_scores
 
@@ -3289,7 +3427,7 @@ def test_failed_final_write_keeps_the_partial_scores(evaluate_ckpt, evaluate_tre
         return real(path, entries, scores)
 
     monkeypatch.setattr(evaluate, "write_scores", fail_final)
-    scorer = evaluate.load_scorer(evaluate_ckpt)
+    scorer = evaluate.load_scorer(tiny_ckpt)
     with pytest.raises(OSError, match="No space left"):
         evaluate.score_split(scorer, evaluate_tree, "eval", out, 4, 0, progress=False)
     assert len(evaluate.partial_paths(out)[0].read_text().splitlines()) == 12  # all 12 kept for the next run
@@ -3300,10 +3438,10 @@ def test_failed_final_write_keeps_the_partial_scores(evaluate_ckpt, evaluate_tre
 
 
 @pytest.mark.slow
-def test_sigterm_during_split_scoring_keeps_the_partial_and_exits_143(evaluate_ckpt, tmp_path):
+def test_sigterm_during_split_scoring_keeps_the_partial_and_exits_143(tiny_ckpt, tmp_path):
     layout = benchkit.generate_la_files(tmp_path / "gen", 400, "eval", workers=1)
     out = tmp_path / "s.txt"
-    cmd = [sys.executable, str(EVALUATE_PY), "--ckpt", str(evaluate_ckpt), "--data-root", str(layout.root), "--out",
+    cmd = [sys.executable, str(EVALUATE_PY), "--ckpt", str(tiny_ckpt), "--data-root", str(layout.root), "--out",
            str(out), "--batch-size", "2", "--save-every", "1", "--num-workers", "0", "--device", "cpu"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = evaluate.partial_paths(out)[0]
@@ -3322,33 +3460,7 @@ def test_sigterm_during_split_scoring_keeps_the_partial_and_exits_143(evaluate_c
     assert summary["n_resumed"] == kept and summary["n_scored"] == 400 - kept
 
 
-def test_scoring_a_file_decodes_all_of_it_so_a_late_fault_is_found(evaluate_ckpt, tmp_path, capsys):
-    long = data_tone(6.0).astype(np.float32)
-    long[-100] = np.nan  # after the window the model scores
-    sf.write(tmp_path / "late_nan.wav", long, 16000, subtype="FLOAT")
-    sf.write(tmp_path / "whole.flac", data_tone(6.0), 16000)
-    flac = (tmp_path / "whole.flac").read_bytes()
-    (tmp_path / "cut.flac").write_bytes(flac[: len(flac) * 2 // 3])  # truncated after the window
-    for bad, what in (("late_nan.wav", "NaN or inf"), ("cut.flac", "cannot decode audio")):
-        with pytest.raises(data.BadAudioError, match=rf"{bad}: .*{what}"):
-            evaluate.score_files(evaluate.load_scorer(evaluate_ckpt), [tmp_path / bad])
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", str(tmp_path / "late_nan.wav"), str(tmp_path / "cut.flac"),
-                   "--skip-bad", "--json"])  # fmt: skip
-    rows = _strict_json(capsys.readouterr().out)["files"]
-    assert all(set(r) == {"file", "error"} for r in rows)
-
-
-def test_an_odd_sample_rate_is_resampled_with_bounded_memory(tmp_path):
-    x = 0.1 * np.random.default_rng(0).standard_normal(16001).astype(np.float32)
-    sf.write(tmp_path / "odd.wav", x, 16001, subtype="FLOAT")
-    wave = data.load_audio(tmp_path / "odd.wav")  # taken as 16 kHz (0.006 % off): no gigabyte kernel
-    assert wave.shape == (16001,) and torch.allclose(wave, torch.from_numpy(x))
-    sf.write(tmp_path / "cd.wav", x, 22050, subtype="FLOAT")  # a ratio of small integers: resampled as such
-    assert data.load_audio(tmp_path / "cd.wav").shape == (round(16001 * 16000 / 22050),)
-    assert data.resample(torch.zeros(44101), 44101).shape[0] in (16000, 16001)  # 44,101 Hz is read as 44,100 Hz
-
-
-def test_damaged_partial_metadata_is_one_line(evaluate_ckpt, evaluate_tree, tmp_path):
+def test_damaged_partial_metadata_is_one_line(tiny_ckpt, evaluate_tree, tmp_path):
     out = tmp_path / "s.txt"
     partial, meta = evaluate.partial_paths(out)
     partial.write_text("LA_E_1000000 - bonafide 0.5\n")
@@ -3356,134 +3468,111 @@ def test_damaged_partial_metadata_is_one_line(evaluate_ckpt, evaluate_tree, tmp_
                            (b"\xe9", "not the JSON")):  # fmt: skip
         meta.write_bytes(content)
         with pytest.raises(ValueError, match=rf"^{re.escape(str(meta))}: {match}") as err:
-            evaluate.score_split(evaluate.load_scorer(evaluate_ckpt), evaluate_tree, "eval", out, 4, 0, progress=False)
+            evaluate.score_split(evaluate.load_scorer(tiny_ckpt), evaluate_tree, "eval", out, 4, 0, progress=False)
         assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("script,argv,match", [
-    ("train.py", ["--batch-size", "abc"], r"^train\.py: error: argument --batch-size: invalid int value: 'abc' \(see train\.py --help\)$"),
-    ("evaluate.py", ["--files", "x"], r"^evaluate\.py: error: the following arguments are required: --ckpt"),
-    ("metrics.py", ["--scores", "x", "--bogus"], r"^metrics\.py: error: unrecognized arguments: --bogus"),
-    ("explain.py", ["--vocode", "hifigan"], r"^explain\.py: error: argument --vocode: invalid choice"),
-])  # fmt: skip
-def test_usage_errors_are_one_line(script, argv, match):
-    done = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 2 and re.match(match, done.stderr) and len(done.stderr.strip().splitlines()) == 1, (
-        done.stderr
+# --- files ---
+
+
+def test_files_wav_resampled_and_downmixed_and_flac(tiny_ckpt, evaluate_demo, tmp_path, capsys):
+    mono = make_signal(1.5, 22050, amp=0.1, kind="noise")
+    sf.write(tmp_path / "stereo.wav", np.stack([mono, mono], 1), 22050)
+    sf.write(tmp_path / "mono.wav", mono, 22050)
+    flac = evaluate_demo / "ASVspoof2019_LA_dev" / "flac" / "LA_D_1293230.flac"
+    files = [str(tmp_path / "stereo.wav"), str(tmp_path / "mono.wav"), str(flac)]
+    evaluate.main(["--ckpt", str(tiny_ckpt), "--files", *files, "--json"])
+    rows = json.loads(capsys.readouterr().out)["files"]
+    assert [r["file"] for r in rows] == files
+    assert rows[0]["duration_s"] == pytest.approx(1.5, abs=1e-3)
+    assert rows[0]["score"] == pytest.approx(rows[1]["score"], abs=1e-5)  # downmix of L = R is the mono file
+    for r in rows:  # an uncalibrated checkpoint: no LLR, no probability, the raw score against 0
+        assert r["llr"] is None and r["p_bonafide"] is None
+        assert r["verdict"] == ("bonafide" if r["score"] >= 0 else "spoof")
+    evaluate.main(["--ckpt", str(tiny_ckpt), "--files", str(flac)])
+    table = capsys.readouterr().out
+    assert "LA_D_1293230.flac" in table and "UNCALIBRATED" in table and "--calibrate" in table
+
+
+def test_full_length_is_the_mean_of_window_logits(tiny_ckpt):
+    scorer = evaluate.load_scorer(tiny_ckpt)
+    w = scorer.num_samples
+    wave = torch.randn(2 * w + w // 2)
+    windows = torch.stack([wave[:w], wave[w : 2 * w], wave[-w:]])
+    torch.testing.assert_close(scorer.logits_full(wave), scorer.logits(windows).mean(0))
+    torch.testing.assert_close(scorer.logits_full(wave[: w // 3]), scorer.logits(
+        evaluate.fix_length(wave[: w // 3], w, "repeat").unsqueeze(0))[0])  # fmt: skip
+
+
+def test_unreadable_file_names_it_and_exits_1_unless_skip_bad(tiny_ckpt, tmp_path, capsys):
+    bad = tmp_path / "broken.flac"
+    bad.write_bytes(b"not audio")
+    good = tmp_path / "ok.wav"
+    sf.write(good, np.zeros(8000, np.float32) + 0.01, 16000)
+    with pytest.raises(RuntimeError, match=r"broken.flac: cannot decode audio"):
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--files", str(good), str(bad)])
+    evaluate.main(["--ckpt", str(tiny_ckpt), "--files", str(good), str(bad), "--skip-bad", "--json"])
+    rows = json.loads(capsys.readouterr().out)["files"]
+    assert "verdict" in rows[0] and "broken.flac" in rows[1]["error"]
+    proc = subprocess.run([sys.executable, str(EVALUATE_PY), "--ckpt", str(tiny_ckpt), "--files", str(bad)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    errors = [line for line in proc.stderr.strip().splitlines() if not line.startswith("settings: ")]  # issue 20's line
+    assert proc.returncode == 1 and "broken.flac" in proc.stderr and len(errors) == 1, proc.stderr
+
+
+def test_non_finite_audio_file_never_gets_a_score_or_a_verdict(tiny_ckpt, tmp_path, capsys):
+    nan = write_nonfinite_wav(tmp_path / "nan.wav", "start")
+    good = tmp_path / "ok.wav"
+    sf.write(good, make_signal(1.0), 16000)
+    with pytest.raises(data.BadAudioError, match=r"nan\.wav: 1 sample\(s\) are NaN or inf .*--skip-bad"):
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--files", str(nan)])
+    for extra in ([], ["--full-length"]):
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--files", str(good), str(nan), "--skip-bad", "--json", *extra])
+        rows = _strict_json(capsys.readouterr().out)["files"]
+        assert set(rows[1]) == {"file", "error"} and "NaN or inf" in rows[1]["error"] and "verdict" in rows[0]
+
+
+def test_full_length_memory_is_flat_in_the_file_length(tiny_ckpt, tmp_path):
+    scorer = evaluate.load_scorer(tiny_ckpt)
+    long = tmp_path / "long.flac"
+    sf.write(long, make_signal(60.0), 16000, format="FLAC")
+    seen, real = [], scorer.logits
+    scorer.logits = lambda waves: seen.append(waves.shape[0]) or real(waves)
+    logits, seconds = scorer.logits_file(long, batch_size=8)
+    windows = -(-data.load_audio(long).numel() // scorer.num_samples)
+    assert seconds == pytest.approx(60.0) and sum(seen) == windows and max(seen) == 8  # never all windows at once
+    torch.testing.assert_close(logits, scorer.logits_full(data.load_audio(long), batch_size=1000), atol=1e-5, rtol=0)
+    rows = evaluate.score_files(scorer, [long], batch_size=8, full_length=True)
+    assert rows[0]["duration_s"] == pytest.approx(60.0) and rows[0]["score"] == pytest.approx(
+        float(logits[1] - logits[0])
     )
+    seen.clear()
+    evaluate.score_files(scorer, [long], batch_size=8)  # the training crop: one window, read from the start
+    assert seen == [1]
 
 
-# --- evaluate.py: checkpoints and flags ---
+def test_scoring_a_file_decodes_all_of_it_so_a_late_fault_is_found(tiny_ckpt, tmp_path, capsys):
+    long = make_signal(6.0).astype(np.float32)
+    long[-100] = np.nan  # after the window the model scores
+    sf.write(tmp_path / "late_nan.wav", long, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "whole.flac", make_signal(6.0), 16000)
+    flac = (tmp_path / "whole.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(flac[: len(flac) * 2 // 3])  # truncated after the window
+    for bad, what in (("late_nan.wav", "NaN or inf"), ("cut.flac", "cannot decode audio")):
+        with pytest.raises(data.BadAudioError, match=rf"{bad}: .*{what}"):
+            evaluate.score_files(evaluate.load_scorer(tiny_ckpt), [tmp_path / bad])
+    evaluate.main(["--ckpt", str(tiny_ckpt), "--files", str(tmp_path / "late_nan.wav"), str(tmp_path / "cut.flac"),
+                   "--skip-bad", "--json"])  # fmt: skip
+    rows = _strict_json(capsys.readouterr().out)["files"]
+    assert all(set(r) == {"file", "error"} for r in rows)
 
 
-def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_work(evaluate_ckpt, tmp_path):
-    """One output-path rule (cli.check_outputs) in evaluate.py and metrics.py: nothing is overwritten, exit 1."""
-    tree = tmp_path / "LA"
-    shutil.copytree(DEMO, tree)
-    ckpt = shutil.copy(evaluate_ckpt, tmp_path / "best.pt")
-    protocol = find_la_root(tree).protocol_path("dev")
-    before = {p: Path(p).read_bytes() for p in (ckpt, protocol)}
-    base = [sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(ckpt), "--data-root", str(tree), "--split", "dev"]
-    for extra, match in ((["--out", str(ckpt)], "--out .* is --ckpt"),
-                         (["--out", str(protocol)], r"--out .* is the key file \(dev\)"),
-                         (["--out", str(tmp_path / "s.txt"), "--det", str(tmp_path / "s.txt")], "--det .* is also --out")):  # fmt: skip
-        run = subprocess.run(base + extra, capture_output=True, text=True, env=_train_env())
-        assert run.returncode == 1 and run.stderr.count("\n") == 1 and re.search(match, run.stderr), run.stderr
-    assert all(Path(p).read_bytes() == raw for p, raw in before.items())
-    scores = tmp_path / "s.txt"
-    metrics.write_score_file(scores, ["LA_D_1"], ["-"], ["bonafide"], [1.0])
-    run = subprocess.run([sys.executable, str(REPO / "metrics.py"), "--scores", str(scores), "--det", str(scores)],
-                         capture_output=True, text=True)  # fmt: skip
-    assert run.returncode == 1 and "--det" in run.stderr and "is --scores" in run.stderr
-    assert metrics.read_score_file(scores).utt_id.tolist() == ["LA_D_1"]
-    run = subprocess.run([sys.executable, str(REPO / "metrics.py"), "--scores", str(tmp_path)], capture_output=True,
-                         text=True)  # fmt: skip
-    assert run.returncode == 1 and "is a folder, expected a file" in run.stderr, run.stderr
+# --- flags, precision ---
 
 
-def test_an_utt_id_that_names_a_path_is_refused_at_its_protocol_line(tmp_path):
-    """The one id-to-path rule: no reader can turn a protocol line into a file outside the data root."""
-    for bad in ("../../../outside/good", "a/b", "..", "x\\y"):
-        with pytest.raises(ValueError, match=r"p\.txt line 3: utt id .* is not a plain file name"):
-            corpora.parse_protocol_line(f"LA_0079 {bad} - - bonafide", "p.txt line 3")
-    layout = data_small_tree(tmp_path / "LA")
-    with pytest.raises(ValueError, match="not a plain file name"):
-        find_la_root(layout).audio_path("dev", "../../x")
-
-
-@pytest.mark.parametrize("samples,peak", [(1, 0.3), (16, 0.3), (320, 0.3), (1723, 0.3), (16000, 0.0)])
-def test_audio_too_short_to_hold_a_frame_or_silent_is_unusable_everywhere(tmp_path, evaluate_ckpt, samples, peak):
-    """One rule (data.MIN_SAMPLES, data.check_not_silent) for load_audio, --check, the Dataset and --files:
-    a 1 ms or 20 ms clip or digital silence is never given a confident verdict."""
-    clip = tmp_path / "clip.wav"
-    sf.write(clip, (peak * np.sin(np.arange(samples) / 3.0)).astype(np.float32), 16000, subtype="FLOAT")
-    with pytest.raises(data.UnusableAudio, match=r"clip\.wav: .*(too short to score|digital silence)"):
-        data.load_audio(clip)
-    assert any("too short" in p or "digital silence" in p or "silent" in p
-               for p in data.check_audio_file(clip, deep=True)[1])  # fmt: skip
-    ok = tmp_path / "ok.wav"
-    sf.write(ok, (0.3 * np.sin(np.arange(1724) / 3.0)).astype(np.float32), 16000, subtype="FLOAT")
-    assert data.load_audio(ok).shape == (1724,)
-    out = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(evaluate_ckpt), "--files", str(clip),
-                          str(ok), "--skip-bad", "--json"], capture_output=True, text=True, env=_train_env())  # fmt: skip
-    rows = json.loads(out.stdout)["files"]
-    assert "verdict" not in rows[0] and rows[0]["file"].endswith("clip.wav") and "verdict" in rows[1], rows
-    assert "too short to score" in rows[0]["error"] or "digital silence" in rows[0]["error"]
-    assert "1 scored, 1 skipped: first " in out.stderr and "score files: 2/2 files" in out.stderr  # progress, tally
-
-
-def test_a_broken_symlink_in_a_flac_folder_costs_only_that_file(tmp_path, capsys):
-    la = data_small_tree(tmp_path / "LA")
-    flac = la / "ASVspoof2019_LA_dev" / "flac"
-    (flac / "LA_D_9999999.flac").symlink_to(tmp_path / "nowhere.flac")  # dangling, listed by no protocol
-    loop = flac / "LA_D_0000001.flac"
-    loop.unlink()
-    loop.symlink_to(loop)  # a loop, listed
-    report = data.check_dataset(la, ["dev"], progress=False)
-    problems = report["splits"]["dev"]["problems"]
-    assert [p["path"] for p in problems] == [str(loop)] and "broken symbolic link" in problems[0]["problem"]
-    ds = data.ASVspoof2019LA(find_la_root(la), "dev", 8000, skip_bad=True)
-    assert [e.utt_id for e in ds.entries] == ["LA_D_0000002"]
-
-
-@pytest.mark.parametrize(
-    "drop,message",
-    [(("model",), "not a train.py checkpoint"), (("args",), "not a train.py checkpoint: no args")],
-)
-def test_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path, drop, message):
-    ckpt = _evaluate_save_ckpt(tmp_path / "c.pt", **dict.fromkeys(drop))
-    with pytest.raises(ValueError, match=message):
-        evaluate.load_scorer(ckpt)
-
-
-class _PickledCode:  # a checkpoint that would run code if loaded without weights_only
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
-
-
-@pytest.mark.parametrize("content", ["text", "truncated", "code", "code-protocol-4", "list"])
-def test_unreadable_checkpoint_is_one_clear_line_without_torch_advice(tmp_path, evaluate_ckpt, content):
-    path = tmp_path / "c.pt"
-    if content == "text":
-        path.write_text("hello")
-    elif content == "truncated":
-        path.write_bytes(evaluate_ckpt.read_bytes()[:5000])
-    elif content.startswith("code"):  # protocol 4: torch first warns in several lines about the protocol
-        torch.save({"model": _PickledCode()}, path, pickle_protocol=4 if content.endswith("4") else 2)
-    else:
-        torch.save([1, 2], path)
-    with pytest.raises(ValueError) as err, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        evaluate.load_scorer(path)
-    assert not caught, [str(w.message)[:80] for w in caught]  # nothing but the one line reaches the user
-    message = str(err.value)
-    assert message.startswith(f"--ckpt {path}: ") and "\n" not in message and "weights_only=False" not in message
-    assert "train.py checkpoint" in message
-
-
-def test_an_asv_score_file_named_on_the_command_line_is_read_before_scoring(evaluate_ckpt, tmp_path, monkeypatch):
+def test_an_asv_score_file_named_on_the_command_line_is_read_before_scoring(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "score_split", lambda *a, **k: pytest.fail("scored before reading --asv-scores"))
-    base = ["--ckpt", str(evaluate_ckpt), "--data-root", str(DEMO), "--split", "dev", "--out", str(tmp_path / "s.txt")]
+    base = ["--ckpt", str(tiny_ckpt), "--data-root", str(DEMO), "--split", "dev", "--out", str(tmp_path / "s.txt")]
     with pytest.raises(FileNotFoundError, match="none.txt"):
         evaluate.main([*base, "--asv-scores", str(tmp_path / "none.txt")])
     garbage = tmp_path / "garbage.txt"
@@ -3492,36 +3581,46 @@ def test_an_asv_score_file_named_on_the_command_line_is_read_before_scoring(eval
         evaluate.main([*base, "--asv-scores", str(garbage)])
 
 
-def test_forged_sizes_in_a_checkpoint_are_refused_before_any_model_is_built(evaluate_ckpt, tmp_path, monkeypatch):
-    ckpt = torch.load(evaluate_ckpt, weights_only=True)
-    ckpt["model_args"].update(in_bins=2**14, num_frames=2**22)  # an LCNN of 5.5 TB of weights
-    torch.save(ckpt, tmp_path / "forged.pt")
-    monkeypatch.setattr(lcnn_model, "build_model", lambda *a: pytest.fail("built a model from forged sizes"))
-    with pytest.raises(ValueError, match=r"forged\.pt: stored model_args .* give fc29 .* inputs, but its weights "
-                                         r"have .*: the checkpoint is damaged or forged"):  # fmt: skip
-        lcnn_model.load_checkpoint(tmp_path / "forged.pt")
-
-
-def test_flags_that_contradict_the_checkpoint_are_refused(evaluate_ckpt, monkeypatch):
+def test_flags_that_contradict_the_checkpoint_are_refused(tiny_ckpt, monkeypatch):
     with pytest.raises(ValueError, match="trained with --frontend mel"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--frontend", "stft"])
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--files", "x.wav", "--frontend", "stft"])
     with pytest.raises(ValueError, match="trained on 32 frames"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--num-frames", "600"])
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--files", "x.wav", "--num-frames", "600"])
     monkeypatch.delenv("ASVSPOOF_ROOT", raising=False)
     with pytest.raises(ValueError, match="give --data-root"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt)])
+        evaluate.main(["--ckpt", str(tiny_ckpt)])
     with pytest.raises(ValueError, match="--save-every must be at least 1"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--save-every", "0"])
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--save-every", "0"])
     with pytest.raises(ValueError, match="p_spoof must be in"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--files", "x.wav", "--p-spoof", "2"])
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--files", "x.wav", "--p-spoof", "2"])
 
 
-# --- evaluate.py: any corpus, calibrated scores (issue 16) ---
+# bf16 against fp32 scoring, measured on the mini dev split (101 files): with the small run's model below the largest
+# score difference was 0.002 and the EER identical; with the tiny recipe's model (279 files, 3 epochs, scores spread
+# over +-4) 0.058 (1.5 % of the scores' standard deviation), EER identical (19.80 %). The bounds leave room: 0.15 on
+# any score, 2 points of EER (two of the 101 trials).
+BF16_MAX_SCORE_DIFF, BF16_MAX_EER_DIFF = 0.15, 2.0
 
 
-def test_evaluate_scores_a_corpus_resumably_and_writes_the_asvspoof5_pair(evaluate_ckpt, tmp_path, capsys):
-    corpus = corpora.read_corpus(_make_corpus(tmp_path / "itw", "itw"))
-    scorer = evaluate.load_scorer(evaluate_ckpt)
+def test_bf16_scoring_agrees_with_fp32_and_channels_last_changes_nothing(train_small_run, tmp_path):
+    out = {}
+    for name, precision, cl in (("fp32", "fp32", True), ("bf16", "bf16", True), ("nchw", "fp32", False)):
+        scorer = evaluate.load_scorer(train_small_run / "best.pt", "cpu", precision, channels_last=cl)
+        res = evaluate.score_split(scorer, DEMO, "dev", tmp_path / f"{name}.txt", 16, 0, progress=False)
+        out[name] = (res.scores.score, metrics.evaluate_scores(res.scores)["eer"])
+    (fp32, eer32), (bf16, eer16), (nchw, eer_nchw) = out["fp32"], out["bf16"], out["nchw"]
+    diff = np.abs(fp32 - bf16).max()
+    assert 0 < diff <= BF16_MAX_SCORE_DIFF, diff
+    assert abs(eer32 - eer16) <= BF16_MAX_EER_DIFF
+    assert np.abs(fp32 - nchw).max() < 1e-4 and eer_nchw == eer32
+
+
+# --- any corpus, calibrated scores (issue 16) ---
+
+
+def test_evaluate_scores_a_corpus_resumably_and_writes_the_asvspoof5_pair(tiny_ckpt, tmp_path, capsys):
+    corpus = corpora.read_corpus(make_corpus(tmp_path / "itw", "itw"))
+    scorer = evaluate.load_scorer(tiny_ckpt)
     inner = scorer.model
     scorer.model = _EvaluateCounting(inner, fail_after=1)  # dies after the first batch of 2
     out = tmp_path / "s.txt"
@@ -3535,7 +3634,7 @@ def test_evaluate_scores_a_corpus_resumably_and_writes_the_asvspoof5_pair(evalua
     assert list(res.scores.system) == [e.system for e in corpus.entries] and not out.with_name("s.txt.partial").exists()
     # the command line: detected corpus, raw scores said so, the ASVspoof 5 pair, the JSON fields
     asv5 = tmp_path / "asv5.tsv"
-    evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--out", str(tmp_path / "cli.txt"),
+    evaluate.main(["--ckpt", str(tiny_ckpt), "--data-root", str(corpus.root), "--out", str(tmp_path / "cli.txt"),
                    "--asv5-out", str(asv5), "--json"])  # fmt: skip
     captured = capsys.readouterr()
     result = json.loads(captured.out)
@@ -3546,15 +3645,15 @@ def test_evaluate_scores_a_corpus_resumably_and_writes_the_asvspoof5_pair(evalua
     pair = metrics.read_asv5_scores(asv5, tmp_path / "asv5_keys.tsv")
     np.testing.assert_array_equal(pair.score, metrics.read_score_file(tmp_path / "cli.txt").score)
     with pytest.raises(ValueError, match="--split dev is for ASVspoof 2019 LA; the itw corpus takes --subset"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--split", "dev"])
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--data-root", str(corpus.root), "--split", "dev"])
     with pytest.raises(ValueError, match="--calibrated: .* holds no calibration"):
-        evaluate.main(["--ckpt", str(evaluate_ckpt), "--data-root", str(corpus.root), "--calibrated"])
+        evaluate.main(["--ckpt", str(tiny_ckpt), "--data-root", str(corpus.root), "--calibrated"])
 
 
-def test_scoring_loader_works_with_spawned_workers(evaluate_ckpt, tmp_path):
+def test_scoring_loader_works_with_spawned_workers(tiny_ckpt, tmp_path):
     """The DataLoader's dataset and collate_fn pickle: workers started by spawn (macOS, Windows) score 3 files."""
-    corpus = corpora.read_corpus(_make_corpus(tmp_path / "f", "folders"))
-    scorer = evaluate.load_scorer(evaluate_ckpt)
+    corpus = corpora.read_corpus(make_corpus(tmp_path / "f", "folders"))
+    scorer = evaluate.load_scorer(tiny_ckpt)
     ds = data.AudioDataset(corpus.entries[:3], scorer.num_samples, pad=scorer.pad)
     for full_length in (False, True):
         scores: dict[str, float] = {}
@@ -3608,7 +3707,7 @@ def test_old_checkpoint_scores_raw_then_calibrates_in_one_command(train_small_ru
     assert "UNCALIBRATED" in capsys.readouterr().out
 
 
-# --- bench.py ---
+# ---------------------------------------- bench.py (benchkit.py with it) ----------------------------------------
 
 
 def test_generated_files_are_la_like_and_reused(tmp_path):
@@ -3624,6 +3723,7 @@ def test_generated_files_are_la_like_and_reused(tmp_path):
     assert layout.audio_path("eval", entries[0].utt_id).stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_bench_times_the_real_loops_against_naive_on_a_tiny_config(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LCNN_TUNE", raising=False)  # the defaults row measures (at toy size: well under a second)
     monkeypatch.setenv("LCNN_TUNE_CACHE", str(tmp_path / "tune.json"))
@@ -3671,6 +3771,7 @@ def test_bench_flops_counter_matches_the_stc_table():
     assert flops["forward"] == pytest.approx(14.3e9, rel=0.01) and flops["train"] == pytest.approx(41.2e9, rel=0.01)
 
 
+@pytest.mark.slow
 def test_bench_gpu_check_runs_every_step_at_toy_size_on_the_cpu(tmp_path, capsys):
     real = DEMO if DEMO is not None else MINI
     bench.main(["--device", "cpu", "--what", "gpu", "--num-workers", "0", "--files-dir", str(tmp_path),
@@ -3686,10 +3787,10 @@ def test_bench_gpu_check_runs_every_step_at_toy_size_on_the_cpu(tmp_path, capsys
         assert "stopped at 2 and resumed" in out and "(identical)" in out
 
 
-@pytest.mark.skipif(DATA_PROTOCOLS is None or MINI is None, reason="../shared/data protocols / mini tree absent")
+@pytest.mark.skipif(PROTOCOLS is None or MINI is None, reason="../shared/data protocols / mini tree absent")
 def test_bench_scale_links_an_la_shaped_tree_and_checks_it(tmp_path, capsys):
     bench.main(["--what", "scale", "--sizes", "60", "--skip-train", "--files-dir", str(tmp_path),
-                "--protocols", str(DATA_PROTOCOLS), "--scale-source", str(MINI), "--num-workers", "0"])  # fmt: skip
+                "--protocols", str(PROTOCOLS), "--scale-source", str(MINI), "--num-workers", "0"])  # fmt: skip
     out = capsys.readouterr().out
     assert "data.py --check" in out and "Dataset construction" in out and "split scoring" in out
     layout = find_la_root(tmp_path / "scale_60")

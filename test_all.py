@@ -324,8 +324,6 @@ def train_small_run(tmp_path_factory):
 
 # the names the explain section still calls these by (that section is being changed elsewhere): drop once it uses
 # make_signal and write_nonfinite_wav
-data_tone = make_signal
-data_nonfinite_wav = write_nonfinite_wav
 
 
 # ---------------------------------------- cli.py ----------------------------------------
@@ -4297,13 +4295,8 @@ def test_explain_vocv4_pairs_by_utterance_id(tmp_path):
 
 
 def explain_tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    m = lcnn_model.LCNN(in_bins=863, num_frames=32, dropout=0.1)
-    ckpt = {"model": m.state_dict(), "model_args": m.model_args(),
-            "args": {"frontend": "stft", "num_frames": 32, "pad": "repeat", "recipe": "test"},
-            "epoch": 1, "best_dev_eer": 50.0}  # fmt: skip
-    torch.save(ckpt, path)
-    return path
+    """The STFT, 32-frame checkpoint every explain test uses (make_checkpoint's stft variant)."""
+    return make_checkpoint(path, "stft", args={"recipe": "test"}, best_dev_eer=50.0)
 
 
 def explain_pairs_of(out: Path) -> dict[str, "report.PairResult"]:
@@ -4357,6 +4350,7 @@ def test_explain_cli_on_the_real_neural_pair(tmp_path, capsys):
     assert "one pair: no confidence interval" in printed and "(n = 1)" in printed and "[" not in printed.split("==")[1]
 
 
+@pytest.mark.slow
 def test_explain_cli_short_form_with_local_vocoders_and_vocv4(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(explain, "find_default_checkpoint", lambda: None)  # no runs/ here
     monkeypatch.delenv("ASVSPOOF_ROOT", raising=False)
@@ -4394,6 +4388,7 @@ def test_explain_short_form_explains_the_model_just_trained_on_its_own_tree(tmp_
     assert (tmp_path / "explain_out" / "LA_T_4179989" / "pairs" / "griffinlim__LA_T_4179989.json").is_file()
 
 
+@pytest.mark.slow
 def test_explain_many_pairs_from_a_folder_resume_and_name_a_failing_pair(tmp_path, capsys):
     ckpt = explain_tiny_checkpoint(tmp_path / "best.pt")
     folder = tmp_path / "real"
@@ -4470,8 +4465,8 @@ def test_explain_every_bona_fide_file_of_a_split_and_every_vocv4_pair(tmp_path):
 
 def test_explain_non_finite_audio_is_one_error_naming_the_file(tmp_path):
     ckpt = explain_tiny_checkpoint(tmp_path / "tiny.pt")
-    nan = data_nonfinite_wav(tmp_path / "real.wav", "start")
-    sf.write(tmp_path / "fake.wav", data_tone(1.0), 16000)
+    nan = write_nonfinite_wav(tmp_path / "real.wav", "start")
+    sf.write(tmp_path / "fake.wav", make_signal(1.0), 16000)
     for real, fake in ((nan, tmp_path / "fake.wav"), (tmp_path / "fake.wav", nan)):
         with pytest.raises(ValueError, match=rf"^\S*{nan.name}: 1 sample\(s\) are NaN"):  # the one pair: its error
             explain.main(["--real", str(real), "--fake", str(fake), "--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
@@ -4582,7 +4577,7 @@ def test_explain_checkpoint_with_nan_weights_is_one_line(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     state["model"]["classifier.fc32.bias"].fill_(float("nan"))
     torch.save(state, ckpt)
-    sf.write(tmp_path / "a.wav", data_tone(1.0), 16000)
+    sf.write(tmp_path / "a.wav", make_signal(1.0), 16000)
     argv = ["--ckpt", str(ckpt), "--real", str(tmp_path / "a.wav"), "--vocode", "griffinlim", "--out",
             str(tmp_path / "o"), "--device", "cpu"]  # fmt: skip
     with pytest.raises(ValueError, match=r"^--ckpt \S*nan_weights\.pt: 1 weight tensor\(s\) hold NaN or inf \(first: "

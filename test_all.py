@@ -1515,17 +1515,23 @@ def test_get_eer_refuses_inputs_that_would_give_a_wrong_number(logits, labels, m
 @pytest.mark.parametrize("negate", [False, True], ids=["bonafide-high", "negated"])
 @pytest.mark.parametrize("tied", [False, True], ids=["continuous", "integer-ties"])
 def test_tdcf_curve_equals_the_official_legacy_code_on_random_scores(tied, negate):
-    rng = np.random.default_rng(99 + 2 * tied + negate)
+    _check_tdcf_against_reference(99 + 2 * tied + negate, tied, negate, metrics.compute_tdcf_curve,
+                                  metrics.compute_min_tdcf, _official_tdcf_legacy)  # fmt: skip
+
+
+def _check_tdcf_against_reference(seed, tied, negate, curve_of, min_of, reference) -> None:
+    """A t-DCF formulation against the organisers' code on 100 random score sets: the same curve, bit for bit."""
+    rng = np.random.default_rng(seed)
     for _ in range(100):
         bona, spoof = _random_scores(rng, tied, negate)
         if np.unique(np.concatenate((bona, spoof))).size < 3:
             continue
         asv = _random_asv(rng, tied)
-        curve, thresholds = metrics.compute_tdcf_curve(bona, spoof, asv)
-        official_curve, official_thresholds = _official_tdcf_legacy(bona, spoof, asv.target, asv.nontarget, asv.spoof)
+        curve, thresholds = curve_of(bona, spoof, asv)
+        official_curve, official_thresholds = reference(bona, spoof, asv.target, asv.nontarget, asv.spoof)
         np.testing.assert_array_equal(curve, official_curve)
         np.testing.assert_array_equal(thresholds, official_thresholds)
-        assert metrics.compute_min_tdcf(bona, spoof, asv) == official_curve.min()
+        assert min_of(bona, spoof, asv) == official_curve.min()
 
 
 def test_cost_model_is_the_asvspoof2019_one():
@@ -2018,17 +2024,8 @@ def test_new_metrics_refuse_what_compute_eer_refuses():
 @pytest.mark.parametrize("negate", [False, True], ids=["bonafide-high", "negated"])
 @pytest.mark.parametrize("tied", [False, True], ids=["continuous", "integer-ties"])
 def test_tdcf_2021_curve_equals_the_organisers_code_on_random_scores(tied, negate):
-    rng = np.random.default_rng(2021 + 2 * tied + negate)
-    for _ in range(100):
-        bona, spoof = _random_scores(rng, tied, negate)
-        if np.unique(np.concatenate((bona, spoof))).size < 3:
-            continue
-        asv = _random_asv(rng, tied)
-        curve, thresholds = metrics.compute_tdcf_curve_2021(bona, spoof, asv)
-        official_curve, official_thresholds = _official2021_tdcf(bona, spoof, asv.target, asv.nontarget, asv.spoof)
-        np.testing.assert_array_equal(curve, official_curve)
-        np.testing.assert_array_equal(thresholds, official_thresholds)
-        assert metrics.compute_min_tdcf_2021(bona, spoof, asv) == official_curve.min()
+    _check_tdcf_against_reference(2021 + 2 * tied + negate, tied, negate, metrics.compute_tdcf_curve_2021,
+                                  metrics.compute_min_tdcf_2021, _official2021_tdcf)  # fmt: skip
 
 
 def test_tdcf_2021_of_a_perfect_cm_is_the_asv_floor_and_b01_matches_the_reference(protocols):

@@ -75,13 +75,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "w"):
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete the `.NAME.PID.TID.tmp` files of `atomic_write`s to `path` whose process no longer runs (killed
     mid-write); returns them. Temporaries of live processes (another rank, another thread) are left alone."""
+    return _remove_dead_writers(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+
+
+def _remove_dead_writers(temporaries) -> list[Path]:
+    """The `.NAME.PID.TID.tmp` files among `temporaries` whose writing process is gone, removed; returns them. The
+    one reading of the temporary's name, for `remove_stale_temporaries` and `remove_stale_in`."""
     removed = []
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
-        if not pid.isdigit() or pid_alive(int(pid)):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
+    for tmp in temporaries:
+        parts = tmp.name[1:].rsplit(".", 3)  # NAME (may hold dots), PID, TID, "tmp"
+        if len(parts) == 4 and parts[1].isdigit() and not pid_alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
     return removed
 
 
@@ -269,13 +274,7 @@ def remove_stale_in(folder: str | os.PathLike) -> list[Path]:
     """The `.NAME.PID.TID.tmp` temporaries that killed `atomic_write`s left in a folder (their process is gone),
     removed; returns them. A resumed run calls it so that its folder holds no leftovers."""
     folder = Path(folder)
-    removed = []
-    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
-        parts = tmp.name[1:].rsplit(".", 3)  # NAME (may hold dots), PID, TID, "tmp"
-        if len(parts) == 4 and parts[1].isdigit() and not pid_alive(int(parts[1])):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
+    return _remove_dead_writers(folder.glob(".*.tmp")) if folder.is_dir() else []
 
 
 class Progress:

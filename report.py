@@ -7,7 +7,7 @@ imports this file, never the reverse. Inside:
                         per ranking), PairResult (one JSON file per pair: to_json / from_json), read_pair, PairMaps
                         (the tensors for its figures), finite_or_none
   numbers over pairs    N_BOOT, bootstrap_ci, paired_vs, zero_filled, detection, summarise_sanity,
-                        summarise_faithfulness, summarise_pairs, fmt_ci, format_summary
+                        summarise_maps, summarise_faithfulness, summarise_pairs, fmt_ci, format_summary
   figures of one pair   FIG_DPI, to_db, plot_pair (real vs fake by eye), plot_maps (mask vs maps, binarised),
                         plot_sanity (trained vs re-initialised maps and the cascade)
   figures over pairs    RANKING_STYLE, plot_agreement_summary, plot_faithfulness_summary, plot_sanity_summary
@@ -265,6 +265,18 @@ def summarise_sanity(rs: list[PairResult]) -> dict:
     return out
 
 
+def summarise_maps(rs: list[PairResult]) -> dict:
+    """What the mask and the maps prefer, over pairs: the share of their top-5 % pixels quieter than the real
+    recording's median pixel (0.5 = no preference), Spearman of each map with the input features, and how the two
+    maps agree with each other (Spearman, IoU of their top 5 %)."""
+    return {
+        "quiet_share": {k: bootstrap_ci([r.level_profile[k]["quiet_share"] for r in rs if k in r.level_profile])
+                        for k in ("mask", "gradcam", "ixg_abs")},
+        "vs_input": {k: bootstrap_ci([r.vs_input.get(k) for r in rs]) for k in ("gradcam", "ixg_abs")},
+        "between": {k: bootstrap_ci([r.between_maps.get(k) for r in rs]) for k in ("spearman", "iou_top")},
+    }  # fmt: skip
+
+
 def summarise_faithfulness(rs: list[PairResult]) -> dict | None:
     """Per direction and ranking: the mean curve, the raw AOPC, the normalised AOPC, both also against random."""
     faith = [r.faithfulness for r in rs if r.faithfulness is not None]
@@ -314,6 +326,7 @@ def summarise_pairs(results: list[PairResult]) -> dict:
                     per[m]["vs_floor"] = paired_vs(vals, [getattr(r.floor, m) for r in rs])
                 v["agreement"][t][method] = per
         v["sanity"] = summarise_sanity(rs)
+        v["maps"] = summarise_maps(rs)
         faith = summarise_faithfulness(rs)
         if faith is not None:
             v["faithfulness"] = faith
@@ -368,6 +381,12 @@ def format_summary(summary: dict) -> str:
             for k in METHODS:
                 lines.append(f"    {k:<8}" + " ".join(f"{st.split('.')[-1]} {x['mean']:+.2f}"
                                                    for st, x in zip(c["stages"], c[k])))  # fmt: skip
+        mp = v["maps"]
+        lines.append("quiet pixels (share below the real's median level): "
+                     + ", ".join(f"{k} {fmt_ci(x, 2)}" for k, x in mp["quiet_share"].items())
+                     + "; Spearman with the input: " + ", ".join(f"{k} {fmt_ci(x, 2)}" for k, x in mp["vs_input"].items())
+                     + f"; Grad-CAM vs |x*grad|: Spearman {fmt_ci(mp['between']['spearman'], 2)}, top-5 % IoU "
+                     f"{fmt_ci(mp['between']['iou_top'], 2)}")  # fmt: skip
         if "faithfulness" in v:
             f = v["faithfulness"]
             lines.append(f"faithfulness: the {f['target']} logit (the quantity the maps explain) against k = "

@@ -4253,6 +4253,27 @@ def test_report_pair_result_round_trips_through_json(tmp_path):
             report.PairResult.from_json(bad)
 
 
+def test_report_summarises_where_the_mask_and_maps_sit_over_pairs():
+    a = report.Agreement(0.1, 0.2, 0.3, 0.4, 0.5)
+
+    def pair(i: int, quiet: float, rho_input: float | None) -> report.PairResult:
+        return report.PairResult(
+            f"melgl__x{i}", f"x{i}", "melgl", "local", "LA_0079", "envelope", 0, 0, 0.9, 0.0, 2.0, 32, 100, 0.95, {},
+            report.Prediction(0.1, 0.3, 0.2, 0.55, 1), report.Prediction(0.5, 0.1, -0.4, 0.4, 0),
+            {t: {m: a for m in report.METHODS} for t in report.TARGETS}, a, a, {m: [0.1] for m in report.METHODS},
+            [], {}, None,
+            {k: {"quiet_share": quiet, "mean_db": -60.0, "all_db": -50.0} for k in ("mask", "gradcam", "ixg_abs")},
+            {"gradcam": rho_input, "ixg_abs": -0.5}, {"spearman": 0.2 * i, "iou_top": 0.1},
+        )  # fmt: skip
+
+    s = report.summarise_pairs([pair(1, 0.6, -0.4), pair(2, 0.8, None), pair(3, 1.0, -0.2)])
+    maps = s["vocoders"]["melgl"]["maps"]
+    assert maps["quiet_share"]["mask"]["mean"] == pytest.approx(0.8) and maps["quiet_share"]["mask"]["n"] == 3
+    assert maps["vs_input"]["gradcam"]["mean"] == pytest.approx(-0.3) and maps["vs_input"]["gradcam"]["n"] == 2
+    assert maps["between"]["spearman"]["mean"] == pytest.approx(0.4)
+    assert "quiet pixels (share below the real's median level): mask 0.80 [" in report.format_summary(s)
+
+
 # ---------------------------------------- explain.py ----------------------------------------
 # --- vocv4 reading
 
@@ -4425,7 +4446,9 @@ def test_explain_many_pairs_from_a_folder_resume_and_name_a_failing_pair(tmp_pat
     assert not [line for line in rerun.err.splitlines() if line.startswith("error:")]
     assert "resuming" in rerun.out and all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     # other settings into the same folder are refused
-    with pytest.raises(ValueError, match=r"holds pairs explained with other settings \(faith_ks\)"):
+    with pytest.raises(
+        ValueError, match=r"run\.json was written by another run \(faith_ks: \[.*\] now \[10\.0\]\); its pairs were "
+    ):
         explain.main([*argv[:-6], "--faith-ks", "10", "--figures", "1", "--device", "cpu"])
     # filters
     assert explain.main([*argv[:8], str(tmp_path / "out2"), "--limit", "1", "--speakers", "LA_0079", "--faith-ks",

@@ -487,17 +487,10 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
     pairs_dir.mkdir(parents=True, exist_ok=True)
     settings = run_settings(info, layer_name, args)
     run_file = out / "run.json"
-    if run_file.is_file():
-        try:
-            old = json.loads(run_file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(
-                f"{run_file}: not readable ({e}); delete it and {pairs_dir} or choose another --out"
-            ) from None
-        differ = [k for k in settings if not isinstance(old, dict) or old.get(k) != settings[k]]
-        if differ:
-            raise ValueError(f"--out {out} holds pairs explained with other settings ({', '.join(differ)}): delete "
-                             "its pairs/ or choose another --out")  # fmt: skip
+    remedy = f"its pairs were explained with other settings: delete {pairs_dir} and it, or choose another --out"
+    old = cli.read_json_object(run_file, "the settings file explain.py writes", remedy)
+    if old is not None:
+        cli.check_same_settings(run_file, old, settings, remedy)
     with cli.atomic_write(run_file) as f:
         json.dump(settings, f, indent=1)
     done = finished_pairs(pairs_dir, specs)

@@ -143,12 +143,12 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modul
 
 
 def choose_explain_settings(args: argparse.Namespace, model: nn.Module, frontend: str, device: torch.device):
-    """--precision / --channels-last for the explanations (`tune.choose_settings`, printed to stderr), measured as a
-    "train" step of 2 inputs: the maps need gradients, and bf16 auto is not yet cleared for gradients on the CPU
-    (`tune.BF16_AUTO`)."""
+    """--precision / --channels-last for the explanations (`tune.choose_settings`, printed to stderr), measured as an
+    "explain" step of 2 inputs (eval mode, forward + backward): the maps need gradients, and bf16 auto is not cleared
+    for gradients on the CPU (`tune.BF16_AUTO`)."""
     fe = data.make_frontend(frontend).to(device)
     shape = (2, fe.num_samples(model.num_frames))
-    settings = tune.choose_settings(model, fe, device, shape, "train", args.precision, args.channels_last)
+    settings = tune.choose_settings(model, fe, device, shape, "explain", args.precision, args.channels_last)
     print(settings.describe(), file=sys.stderr, flush=True)
     return settings
 

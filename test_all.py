@@ -2630,16 +2630,20 @@ def test_tune_explicit_flags_win_and_skip_their_dimension(fake_timing):
 def test_tune_bf16_is_a_candidate_only_where_native_and_allowed(fake_timing, monkeypatch):
     net, fe = _tune_inputs()
     cpu, shape = torch.device("cpu"), (8, fe.num_samples(32))
-    train = tune.choose_settings(net, fe, cpu, shape, "train")  # native here, but not cleared for CPU training
-    assert set(train.timings) == {"fp32/cl", "fp32"} and not train.bf16
-    assert "bf16 not tried for training on the cpu: its dev EER against fp32 is not yet measured" in train.describe()
+    monkeypatch.setattr(tune, "native_bf16", lambda device: True)
+    train = tune.choose_settings(net, fe, cpu, shape, "train")  # cleared for CPU training by the fp32/bf16 study
+    assert train.bf16 and set(train.timings) == {"fp32/cl", "fp32", "bf16/cl", "bf16"}
+    explaining = tune.choose_settings(net, fe, cpu, shape, "explain")  # maps: gradients stay fp32 on the CPU
+    assert set(explaining.timings) == {"fp32/cl", "fp32"} and not explaining.bf16
+    assert "bf16 not tried for explaining on the cpu: not allowed there by tune.BF16_AUTO" in explaining.describe()
     monkeypatch.setattr(tune, "native_bf16", lambda device: False)
     score = tune.choose_settings(net, fe, cpu, (2, shape[1]), "score")
     assert set(score.timings) == {"fp32/cl", "fp32"} and "bf16 not tried: not native on this cpu" in score.describe()
-    monkeypatch.setitem(tune.BF16_AUTO, "train", ("cuda", "cpu"))  # the one switch, flipped
+    monkeypatch.setitem(tune.BF16_AUTO, "train", ("cuda",))  # the one switch, taken back
     monkeypatch.setattr(tune, "native_bf16", lambda device: True)
-    flipped = tune.choose_settings(net, fe, cpu, shape, "train")
-    assert flipped.bf16 and set(flipped.timings) == {"fp32/cl", "fp32", "bf16/cl", "bf16"}
+    kept = tune.choose_settings(net, fe, cpu, (4, shape[1]), "train")
+    assert set(kept.timings) == {"fp32/cl", "fp32"} and not kept.bf16
+    assert "bf16 not tried for training on the cpu: not allowed there by tune.BF16_AUTO" in kept.describe()
 
 
 def test_tune_damaged_cache_is_noted_ignored_and_rewritten(fake_timing, tmp_path):

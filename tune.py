@@ -49,13 +49,15 @@ from torch import nn
 from cli import atomic_write
 from model import PRECISIONS, release_cpu_memory, use_bf16, use_channels_last, waves_to_logits
 
-MODES = ("train", "score")
+MODES = ("train", "score", "explain")
 # Where --precision auto may choose bf16 (if native and measured faster), per mode: the one switch of the rule.
-# Training: CUDA keeps the bf16 autocast it always had by default; on the CPU bf16 training waits for the fp32-vs-bf16
-# dev EER study over seeds (issue 20) -- add "cpu" here once it shows no difference beyond seed noise. Scoring: bf16
-# wherever it is native (scores of one checkpoint move by ~1e-3, half a bf16 step; the EER by far less than that).
-BF16_AUTO = {"train": ("cuda",), "score": ("cuda", "cpu")}
-BF16_TRAIN_PENDING = "its dev EER against fp32 is not yet measured over seeds (tune.BF16_AUTO)"
+# Training: CUDA keeps the bf16 autocast it always had by default; on native-bf16 CPUs bf16 training is a candidate
+# since the fp32-vs-bf16 study over seeds (`bench.py --what science`, README "Does bf16 change the science?"): best
+# mini dev EER equal within seed noise for the tiny recipe and an STC-shaped model. Scoring: bf16 wherever it is native
+# (scores of one checkpoint move by ~1e-2 at most, the EER not at all in that study).
+# Explaining (the input gradients and Grad-CAM of explain.py): fp32 on the CPU -- the study cleared bf16 for what a
+# model learns and scores, not for the gradients a map is made of; CUDA keeps the bf16 it always had there.
+BF16_AUTO = {"train": ("cuda", "cpu"), "score": ("cuda", "cpu"), "explain": ("cuda",)}
 
 REPEATS = 3  # at most this many timed steps per candidate (after one warm-up); the fastest of them counts
 TIMED_S = 1.0  # ... and no more timed steps once they add up to this (long steps vary little)
@@ -133,7 +135,7 @@ class Settings:
         cost_s: seconds spent measuring now (0 from the cache or the flags).
         cached: the choice came from the cache file.
         notes: what the reader should know (a candidate left out and why, a budget cut, a damaged cache).
-        shape: (batch, samples) measured at; mode: "train" or "score"; cache_path: the cache file.
+        shape: (batch, samples) measured at; mode: "train", "score" or "explain"; cache_path: the cache file.
     """
 
     bf16: bool
@@ -239,17 +241,18 @@ def cache_key(device: torch.device, mode: str, shape: tuple[int, int], model: nn
 def make_step(model: nn.Module, frontend: nn.Module, device: torch.device, shape: tuple[int, int], mode: str,
               bf16: bool, channels_last: bool) -> Callable[[], None]:  # fmt: skip
     """One step of the run at `shape` = (batch, samples), on a throwaway copy of the model: train = featurize +
-    classify + cross-entropy + backward (no optimiser step); score = the same forward under inference_mode."""
+    classify + cross-entropy + backward (no optimiser step); explain = the same in eval mode (the maps' gradient
+    passes); score = the forward under inference_mode."""
     net = copy.deepcopy(getattr(model, "module", model)).to(device)
     net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    net.train(mode == "train")
+    net.train(mode == "train")  # explain: eval mode (BatchNorm statistics, no dropout), gradients on
     gen = torch.Generator().manual_seed(0)
     waves = (0.1 * torch.randn(shape, generator=gen)).to(device)  # (B, N)
     labels = (torch.arange(shape[0]) % 2).to(device)  # (B,) both classes
     margin = {"labels": labels, "lamb": 0.0} if getattr(net, "head", "linear") == "asoftmax" else {}
 
     def step() -> None:
-        if mode == "train":
+        if mode in ("train", "explain"):
             F.cross_entropy(waves_to_logits(net, frontend, waves, bf16, channels_last, **margin), labels).backward()
             net.zero_grad(set_to_none=True)
         else:
@@ -331,7 +334,8 @@ def choose_settings(
         frontend: the run's front-end on `device`.
         device: where the run computes.
         shape: (batch, samples) of the run's batches.
-        mode: "train" (forward + backward) or "score" (forward under inference_mode).
+        mode: "train" (forward + backward), "explain" (the same in eval mode) or "score" (forward under
+            inference_mode).
         precision: --precision ("auto", "fp32", "bf16"); "fp32" / "bf16" win.
         channels_last: --channels-last / --no-channels-last (True / False) win; None = measured.
         budget_s: no candidate starts after this many seconds of measuring.
@@ -359,8 +363,9 @@ def choose_settings(
         if not native_bf16(device):
             notes.append(f"bf16 not tried: not native on this {device.type}")
         else:
-            notes.append(f"bf16 not tried for {'training' if mode == 'train' else 'scoring'} on the {device.type}: "
-                         f"{BF16_TRAIN_PENDING if mode == 'train' else 'tune.BF16_AUTO'}; --precision bf16 forces it")  # fmt: skip
+            doing = {"train": "training", "score": "scoring", "explain": "explaining"}[mode]
+            notes.append(f"bf16 not tried for {doing} on the {device.type}: "
+                         "not allowed there by tune.BF16_AUTO; --precision bf16 forces it")  # fmt: skip
     layouts = [fallback[1]] if channels_last is not None else [fallback[1], not fallback[1]]
     candidates = [(p, c) for p in precisions for c in layouts]
     if len(candidates) == 1:

@@ -132,20 +132,26 @@ def _train_args(root: str, n: int, batch_size: int, device: str, frontend: str, 
     return train.parse_args(argv)
 
 
+def _train_setup(*flags, **kw):
+    """A training task's flags (`_train_args`), its device with train.py's backend set-up, and its front-end."""
+    from model import configure_backend
+
+    args = _train_args(*flags, **kw)
+    dev = resolve_device(args.device)
+    configure_backend(dev)
+    return args, dev, make_frontend(args.frontend).to(dev)
+
+
 def task_train_ours(root: str, n: int, batch_size: int, device: str, frontend: str = "stft", num_frames: int = 600,
                     num_workers: int | None = None, precision: str = "auto", channels_last: bool | None = None,
                     cache: bool = False, compile: bool = False, epochs: int = 2, recipe: str = "stc") -> dict:  # fmt: skip
     """`train.train_one_epoch` as train.py runs it: `epochs` epochs over n files, the last one timed (the first
     ones warm up workers, cuDNN autotuning and the allocator)."""
     import train
-    from model import configure_backend
 
     with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
-        args = _train_args(root, n, batch_size, device, frontend, num_frames, num_workers, precision, channels_last,
-                           cache, out, recipe)  # fmt: skip
-        dev = resolve_device(args.device)
-        configure_backend(dev)
-        fe = make_frontend(args.frontend).to(dev)
+        args, dev, fe = _train_setup(root, n, batch_size, device, frontend, num_frames, num_workers, precision,
+                                     channels_last, cache, out, recipe)  # fmt: skip
         torch.manual_seed(0)
         loader, _, generator = train.make_loaders(args, fe, dev)
         settings = train.choose_run_settings(args, fe, dev, epochs * len(loader))  # as train.py does
@@ -168,14 +174,10 @@ def task_train_settle(root: str, n: int, batch_size: int, device: str, frontend:
     timed one: users pay it once per machine and shapes, and the candidates' memory, which the allocator keeps,
     must not count as the timed run's peak (it read 4.14 GiB in-process against 3.28 GiB after)."""
     import train
-    from model import configure_backend
 
     with tempfile.TemporaryDirectory(prefix="bench_run_") as out:
-        args = _train_args(root, n, batch_size, device, frontend, num_frames, num_workers, precision, channels_last,
-                           cache, out, recipe)  # fmt: skip
-        dev = resolve_device(args.device)
-        configure_backend(dev)
-        fe = make_frontend(args.frontend).to(dev)
+        args, dev, fe = _train_setup(root, n, batch_size, device, frontend, num_frames, num_workers, precision,
+                                     channels_last, cache, out, recipe)  # fmt: skip
         # no job bound: a benchmark's few steps would leave candidates unmeasured and the choice uncached, while a
         # real run's thousands of steps allow them all
         settings = train.choose_run_settings(args, fe, dev)

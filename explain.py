@@ -487,7 +487,7 @@ def explain_pairs(specs: list[PairSpec], model, frontend, info: ModelInfo, layer
     pairs_dir.mkdir(parents=True, exist_ok=True)
     settings = run_settings(info, layer_name, args)
     run_file = out / "run.json"
-    remedy = f"its pairs were explained with other settings: delete {pairs_dir} and it, or choose another --out"
+    remedy = f"delete it and {pairs_dir}, or choose another --out"  # damaged, or written with other settings
     old = cli.read_json_object(run_file, "the settings file explain.py writes", remedy)
     if old is not None:
         cli.check_same_settings(run_file, old, settings, remedy)

@@ -4454,9 +4454,13 @@ def test_explain_many_pairs_from_a_folder_resume_and_name_a_failing_pair(tmp_pat
     assert "resuming" in rerun.out and all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     # other settings into the same folder are refused
     with pytest.raises(
-        ValueError, match=r"run\.json was written by another run \(faith_ks: \[.*\] now \[10\.0\]\); its pairs were "
+        ValueError,
+        match=r"run\.json was written by another run \(faith_ks: \[.*\] now \[10\.0\]\); delete it and \S*pairs, or ",
     ):
         explain.main([*argv[:-6], "--faith-ks", "10", "--figures", "1", "--device", "cpu"])
+    (out / "run.json").write_text("{not json")  # a damaged settings file: named, with the same remedy
+    with pytest.raises(ValueError, match=r"run\.json: not the settings file explain\.py writes \(.*\); delete it and "):
+        explain.main([*argv, "--skip-bad"])
     # filters
     assert explain.main([*argv[:8], str(tmp_path / "out2"), "--limit", "1", "--speakers", "LA_0079", "--faith-ks",
                          "--random-seeds", "2", "--reinit-seeds", "0", "--device", "cpu"]) == 0  # fmt: skip

@@ -362,8 +362,8 @@ def task_real_run(root: str, out: str, device: str, epochs: int = 3, recipe: str
             "dev_eer": [h["dev_eer"] for h in full], "dev_eer_resumed": [h["dev_eer"] for h in resumed]}  # fmt: skip
 
 
-TASKS = {"train_ours": task_train_ours, "train_settle": task_train_settle, "train_naive": task_train_naive, "score_ours": task_score_ours,
-         "score_naive": task_score_naive, "check": task_check, "datasets": task_datasets,
+TASKS = {"train_ours": task_train_ours, "train_settle": task_train_settle, "train_naive": task_train_naive,
+         "score_ours": task_score_ours, "score_naive": task_score_naive, "check": task_check, "datasets": task_datasets,
          "train_epoch": task_train_epoch, "loader": task_loader, "real_run": task_real_run}  # fmt: skip
 
 
@@ -710,8 +710,9 @@ def train_run(out: Path, root: str, precision: str, seed: int, extra: list[str])
 
 
 # the models trained by --what science: the tiny recipe, and the STC recipe's LCNN (863-bin STFT, dropout 0.75,
-# cross-entropy, random crops, repeat padding) at a shorter input and the tiny recipe's faster schedule, so that it learns on the mini
-# tree's 279 files in minutes on a CPU (at 600 frames and lr 3e-4 / batch 64 it takes hours to leave chance)
+# cross-entropy, random crops, repeat padding) at a shorter input and the tiny recipe's faster schedule, so that it
+# learns on the mini tree's 279 files in minutes on a CPU (at 600 frames and lr 3e-4 / batch 64 it takes hours to
+# leave chance)
 SCIENCE_MODELS = {
     "tiny": ["--recipe", "tiny"],
     "stc-shaped (863 x 200, lr 1e-3, batch 16, 4 epochs)": ["--recipe", "stc", "--num-frames", "200", "--lr", "1e-3",
@@ -727,8 +728,9 @@ def bench_science(args, folder: Path) -> str:
 
     root = args.science_root
     shapes = {k: v for k, v in SCIENCE_MODELS.items() if k.split()[0] in args.science_models}
+    w = max(len(k) for k in shapes)  # the model column fits the longest label
     lines = [f"{describe_device(torch.device('cpu'))}; data {root}; seeds {args.seeds}",
-             f"{'model':<34} {'seed':>4} {'fp32 best dev EER':>18} {'bf16 best dev EER':>18} {'difference':>11}"]  # fmt: skip
+             f"{'model':<{w}} {'seed':>4} {'fp32 best dev EER':>18} {'bf16 best dev EER':>18} {'difference':>11}"]  # fmt: skip
     ckpt = None
     for name, extra in shapes.items():
         diffs = []
@@ -739,8 +741,8 @@ def bench_science(args, folder: Path) -> str:
                 eer[precision] = train_run(out, root, precision, seed, extra)["best_dev_eer"]
                 ckpt = ckpt or out / "best.pt"
             diffs.append(eer["bf16"] - eer["fp32"])
-            lines.append(f"{name:<34} {seed:>4} {eer['fp32']:>17.2f}% {eer['bf16']:>17.2f}% {diffs[-1]:>+10.2f}")
-        lines.append(f"{name:<34} mean |difference| {np.mean(np.abs(diffs)):.2f} EER points over {len(diffs)} seeds")
+            lines.append(f"{name:<{w}} {seed:>4} {eer['fp32']:>17.2f}% {eer['bf16']:>17.2f}% {diffs[-1]:>+10.2f}")
+        lines.append(f"{name:<{w}} mean |difference| {np.mean(np.abs(diffs)):.2f} EER points over {len(diffs)} seeds")
     device = torch.device("cpu")
     scores = {}
     for precision in ("fp32", "bf16"):
